@@ -1,0 +1,210 @@
+//! Configuration: `proxy.toml` parsed into raw serde structs ([`raw`]), then validated into
+//! the typed [`Config`] the rest of the program uses. Validation checks references between
+//! sections, parses durations, checks setting names, resolves `password_env` and turns every
+//! user's password into the verifier form client authentication needs. Every error names the
+//! file, the key and the problem.
+
+mod raw;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use validate::ConfigError;
+
+/// The whole validated configuration. Cheap to share: wrap in an `Arc` (and swap on reload).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub backends: BTreeMap<String, Arc<BackendConfig>>,
+    pub users: BTreeMap<String, Arc<UserConfig>>,
+    pub tenants: BTreeMap<String, Arc<TenantConfig>>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+        Config::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` (usually the file name) prefixes errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        validate::parse(text, origin)
+    }
+
+    /// The server endpoint a tenant's connections go to: its backend, with the tenant's
+    /// `database`/`user`/`password` overrides applied.
+    pub fn endpoint_for(&self, tenant: &TenantConfig) -> EndpointConfig {
+        let backend = &self.backends[&tenant.backend];
+        EndpointConfig {
+            backend: backend.name.clone(),
+            host: backend.host.clone(),
+            port: backend.port,
+            database: tenant.database.clone().unwrap_or_else(|| backend.database.clone()),
+            user: tenant.user.clone().unwrap_or_else(|| backend.user.clone()),
+            password: if tenant.user.is_some() {
+                tenant.password.clone()
+            } else {
+                backend.password.clone()
+            },
+            pool_size: backend.pool_size,
+            min_pool_size: backend.min_pool_size,
+        }
+    }
+}
+
+/// `[proxy]`
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub pool_mode: PoolMode,
+    /// Tried in order; the first method that names a tenant wins.
+    pub tenant_from: Vec<TenantSource>,
+    pub user_separator: String,
+    /// For clients that name no tenant; `None` rejects them.
+    pub default_tenant: Option<String>,
+    pub auth: AuthMethod,
+    pub search_path_sync: SearchPathSync,
+    pub admin_users: Vec<String>,
+    pub max_client_connections: usize,
+    pub query_wait_timeout: Duration,
+    pub server_connect_timeout: Duration,
+    pub server_idle_timeout: Duration,
+    pub server_lifetime: Duration,
+    /// `None` when configured as `"0s"` (off).
+    pub idle_transaction_timeout: Option<Duration>,
+    pub shutdown_timeout: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Largest message (other than the startup packet) the proxy will buffer to inspect.
+    /// Messages it only forwards (DataRow, CopyData) stream through and are not capped.
+    pub max_message_size: usize,
+    /// Per-server-connection LRU size of prepared statements (transaction mode).
+    pub max_prepared_statements: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Transaction,
+    Session,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantSource {
+    Options,
+    User,
+    Database,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    ScramSha256,
+    Md5,
+    Trust,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchPathSync {
+    Tracked,
+    Always,
+}
+
+/// `[backends.NAME]`
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// Resolved from `password` or `password_env`; `None` for trust servers.
+    pub password: Option<String>,
+    pub pool_size: usize,
+    pub min_pool_size: usize,
+}
+
+/// A server endpoint: (host, port, database, server user) plus how to log in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointConfig {
+    /// Name of the backend it came from (for error messages).
+    pub backend: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub pool_size: usize,
+    pub min_pool_size: usize,
+}
+
+/// `[users.NAME]`
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub name: String,
+    pub secret: UserSecret,
+    pub tenants: TenantAllow,
+}
+
+/// How a user's password is stored.
+#[derive(Clone)]
+pub enum UserSecret {
+    /// A plain password; `scram` is a verifier derived from it at load time.
+    Plain { password: String, scram: ScramVerifier },
+    /// A `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey` verifier (SCRAM only).
+    Scram(ScramVerifier),
+    /// An `md5` + md5(password || user) hash (md5 only).
+    Md5(String),
+}
+
+impl std::fmt::Debug for UserSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UserSecret::Plain { .. } => "Plain(<redacted>)",
+            UserSecret::Scram(_) => "Scram(<redacted>)",
+            UserSecret::Md5(_) => "Md5(<redacted>)",
+        })
+    }
+}
+
+/// The parts of a SCRAM-SHA-256 verifier.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramVerifier {
+    pub iterations: usize,
+    pub salt: Vec<u8>,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// Which tenants a user may act as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantAllow {
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl TenantAllow {
+    pub fn allows(&self, tenant: &str) -> bool {
+        match self {
+            TenantAllow::All => true,
+            TenantAllow::Only(set) => set.contains(tenant),
+        }
+    }
+}
+
+/// `[tenants."NAME"]`
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub name: String,
+    pub backend: String,
+    pub search_path: Vec<String>,
+    /// Extra GUCs applied at checkout, in file order. Names validated at load.
+    pub settings: Vec<(String, String)>,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub max_server_connections: Option<usize>,
+    pub max_client_connections: Option<usize>,
+}

@@ -1,0 +1,1 @@
+//! Starting a throwaway local PostgreSQL.
