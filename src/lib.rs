@@ -10,6 +10,7 @@
 //! - [`pool`]: endpoints, per-tenant logical pools, fair waiting. Knows nothing of the protocol.
 //! - [`server`]: one server connection: connect, log in, the state it carries.
 //! - [`session`]: one client's life: handshake, auth, idle/linked state machine.
+//! - [`listener`]: accepting clients, the client cap, graceful shutdown.
 //! - [`localpg`]: starting a throwaway local PostgreSQL (demo, tests, benchmarks).
 //! - [`demo`]: `pgtenant demo`.
 
@@ -17,9 +18,12 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod listener;
 pub mod localpg;
 pub mod pool;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod tenant;
+
+pub use listener::run;
