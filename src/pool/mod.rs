@@ -1,1 +1,323 @@
-//! TODO
+//! Server connection pools, knowing nothing of the protocol.
+//!
+//! One [`Pool`] per endpoint (host, port, database, server user); `size` caps its
+//! connections. Inside it every tenant has a logical pool ([`TenantId`]) with its own cap,
+//! FIFO queue of waiters and counters. Checkout prefers an idle connection already carrying
+//! the wanted state (affinity), then any idle connection, then a new one under the caps,
+//! else waits. A released connection goes to the next tenant, round-robin, among tenants
+//! with waiters that are under their cap, so one busy tenant cannot starve a quiet one.
+//!
+//! The mutex is a `std` one and is never held across an `.await`.
+
+mod guard;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+pub use guard::{ConnectPermit, Lease, Pooled};
+
+/// What a pool needs to know about a connection.
+pub trait Poolable: Send + 'static {
+    /// The session state a connection carries; checkout prefers equal state.
+    type State: PartialEq + Send + Sync;
+    /// `None` when unknown.
+    fn state(&self) -> Option<&Self::State>;
+    /// Called before an idle connection is handed out or kept. `false` drops it: e.g. it
+    /// received bytes while idle (a FATAL from `pg_terminate_backend`, EOF after a restart).
+    fn reusable(&mut self) -> bool;
+}
+
+/// A tenant's logical pool inside an endpoint pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TenantId(pub usize);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("timed out waiting for a server connection")]
+    Timeout,
+}
+
+enum Grant<C> {
+    Conn(C),
+    /// Permission to open a new connection (already counted in `open` and `in_use`).
+    Slot,
+}
+
+struct Idle<C> {
+    conn: C,
+    since: Instant,
+}
+
+/// Counters for one tenant's logical pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantStats {
+    pub in_use: usize,
+    pub waiting: usize,
+    pub checkouts: u64,
+    /// Checkouts that found a connection already carrying the wanted state.
+    pub affinity_hits: u64,
+    pub total_wait: Duration,
+}
+
+struct TenantSlot<C> {
+    max: usize,
+    in_use: usize,
+    waiters: VecDeque<oneshot::Sender<Grant<C>>>,
+    checkouts: u64,
+    affinity_hits: u64,
+    total_wait: Duration,
+}
+
+struct Inner<C> {
+    idle: Vec<Idle<C>>,
+    /// Connections counted against `size`: idle, in use and being opened.
+    open: usize,
+    tenants: Vec<TenantSlot<C>>,
+    /// Tenants that (may) have waiters, in round-robin order.
+    ring: VecDeque<usize>,
+}
+
+pub struct Pool<C: Poolable> {
+    size: usize,
+    inner: Mutex<Inner<C>>,
+}
+
+impl<C: Poolable> Pool<C> {
+    pub fn new(size: usize) -> Arc<Self> {
+        Arc::new(Pool {
+            size,
+            inner: Mutex::new(Inner { idle: Vec::new(), open: 0, tenants: Vec::new(), ring: VecDeque::new() }),
+        })
+    }
+
+    /// Registers a tenant's logical pool with its own cap (`None` = the pool size).
+    pub fn add_tenant(&self, max: Option<usize>) -> TenantId {
+        let mut inner = self.lock();
+        inner.tenants.push(TenantSlot {
+            max: max.unwrap_or(self.size).min(self.size),
+            in_use: 0,
+            waiters: VecDeque::new(),
+            checkouts: 0,
+            affinity_hits: 0,
+            total_wait: Duration::ZERO,
+        });
+        TenantId(inner.tenants.len() - 1)
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<C>> {
+        // A panic while holding this lock is a bug elsewhere; the state is still consistent
+        // enough to keep serving (all updates are single assignments), so don't cascade.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gets a connection for `tenant`, preferring one in state `want`. Either a ready
+    /// connection or a permit to open one. Waits at most `timeout`.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        want: &C::State,
+        timeout: Duration,
+    ) -> Result<Lease<C>, PoolError> {
+        let started = Instant::now();
+        let rx = {
+            let mut inner = self.lock();
+            match self.try_take(&mut inner, tenant.0, want) {
+                Some(grant) => {
+                    inner.tenants[tenant.0].checkouts += 1;
+                    return Ok(self.lease(grant, tenant));
+                }
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    let slot = &mut inner.tenants[tenant.0];
+                    slot.waiters.push_back(tx);
+                    if !inner.ring.contains(&tenant.0) {
+                        inner.ring.push_back(tenant.0);
+                    }
+                    rx
+                }
+            }
+        };
+        let mut rx = rx;
+        let grant = match tokio::time::timeout(timeout, &mut rx).await {
+            Ok(Ok(grant)) => grant,
+            _ => {
+                // A grant may have raced with the timeout: take it rather than lose it.
+                rx.close();
+                match rx.try_recv() {
+                    Ok(grant) => grant,
+                    Err(_) => return Err(PoolError::Timeout),
+                }
+            }
+        };
+        let mut inner = self.lock();
+        let slot = &mut inner.tenants[tenant.0];
+        slot.checkouts += 1;
+        slot.total_wait += started.elapsed();
+        drop(inner);
+        Ok(self.lease(grant, tenant))
+    }
+
+    fn lease(self: &Arc<Self>, grant: Grant<C>, tenant: TenantId) -> Lease<C> {
+        match grant {
+            Grant::Conn(conn) => Lease::Ready(Pooled::new(self.clone(), tenant, conn)),
+            Grant::Slot => Lease::Connect(ConnectPermit::new(self.clone(), tenant)),
+        }
+    }
+
+    /// Without waiting: an idle connection (affinity first) or a slot, if the caps allow.
+    fn try_take(&self, inner: &mut Inner<C>, t: usize, want: &C::State) -> Option<Grant<C>> {
+        let slot = &mut inner.tenants[t];
+        slot.waiters.retain(|w| !w.is_closed());
+        if slot.in_use >= slot.max || !slot.waiters.is_empty() {
+            return None;
+        }
+        loop {
+            let pick = inner
+                .idle
+                .iter()
+                .rposition(|i| i.conn.state() == Some(want))
+                .map(|i| (i, true))
+                .or_else(|| inner.idle.len().checked_sub(1).map(|i| (i, false)));
+            let Some((i, hit)) = pick else { break };
+            let mut idle = inner.idle.swap_remove(i);
+            if !idle.conn.reusable() {
+                inner.open -= 1;
+                continue;
+            }
+            let slot = &mut inner.tenants[t];
+            slot.in_use += 1;
+            slot.affinity_hits += u64::from(hit);
+            return Some(Grant::Conn(idle.conn));
+        }
+        if inner.open < self.size {
+            inner.open += 1;
+            inner.tenants[t].in_use += 1;
+            return Some(Grant::Slot);
+        }
+        None
+    }
+
+    /// Returns a connection (from a [`Pooled`] drop).
+    fn checkin(&self, tenant: TenantId, mut conn: C) {
+        let mut inner = self.lock();
+        inner.tenants[tenant.0].in_use -= 1;
+        if !conn.reusable() {
+            inner.open -= 1;
+            drop(conn);
+            self.dispatch_slot(&mut inner);
+            return;
+        }
+        if let Some(conn) = self.dispatch(&mut inner, Grant::Conn(conn)) {
+            match conn {
+                Grant::Conn(conn) => inner.idle.push(Idle { conn, since: Instant::now() }),
+                Grant::Slot => unreachable!("dispatch returns what it was given"),
+            }
+        }
+    }
+
+    /// Gives up a slot (a connection closed, or a permit unused).
+    fn release_slot(&self, tenant: TenantId) {
+        let mut inner = self.lock();
+        inner.tenants[tenant.0].in_use -= 1;
+        inner.open -= 1;
+        self.dispatch_slot(&mut inner);
+    }
+
+    fn dispatch_slot(&self, inner: &mut Inner<C>) {
+        if inner.open < self.size {
+            inner.open += 1;
+            if self.dispatch(inner, Grant::Slot).is_some() {
+                inner.open -= 1;
+            }
+        }
+    }
+
+    /// Hands `grant` to the next eligible waiter, round-robin across tenants and FIFO within
+    /// one. Returns it when nobody can take it.
+    fn dispatch(&self, inner: &mut Inner<C>, mut grant: Grant<C>) -> Option<Grant<C>> {
+        let mut skipped = 0;
+        while skipped < inner.ring.len() {
+            let Some(t) = inner.ring.pop_front() else { break };
+            let slot = &mut inner.tenants[t];
+            while slot.waiters.front().is_some_and(|w| w.is_closed()) {
+                slot.waiters.pop_front();
+            }
+            if slot.waiters.is_empty() {
+                continue;
+            }
+            if slot.in_use >= slot.max {
+                inner.ring.push_back(t);
+                skipped += 1;
+                continue;
+            }
+            let Some(waiter) = slot.waiters.pop_front() else { continue };
+            slot.in_use += 1;
+            match waiter.send(grant) {
+                Ok(()) => {
+                    if !slot.waiters.is_empty() {
+                        inner.ring.push_back(t);
+                    }
+                    return None;
+                }
+                Err(back) => {
+                    // The waiter gave up in between; try the same tenant's next one.
+                    slot.in_use -= 1;
+                    grant = back;
+                    inner.ring.push_front(t);
+                }
+            }
+        }
+        Some(grant)
+    }
+
+    /// Drops idle connections for which `keep` says no (timeouts, lifetime); returns how many.
+    pub fn prune_idle(&self, mut keep: impl FnMut(&mut C, Duration) -> bool) -> usize {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let before = inner.idle.len();
+        let mut dropped = Vec::new();
+        let idle = std::mem::take(&mut inner.idle);
+        for mut i in idle {
+            if keep(&mut i.conn, now - i.since) && i.conn.reusable() {
+                inner.idle.push(i);
+            } else {
+                dropped.push(i);
+            }
+        }
+        let n = before - inner.idle.len();
+        inner.open -= n;
+        for _ in 0..n {
+            self.dispatch_slot(&mut inner);
+        }
+        drop(inner);
+        drop(dropped);
+        n
+    }
+
+    /// Counts: (open, idle).
+    pub fn counts(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.open, inner.idle.len())
+    }
+
+    pub fn tenant_stats(&self, tenant: TenantId) -> TenantStats {
+        let inner = self.lock();
+        let s = &inner.tenants[tenant.0];
+        TenantStats {
+            in_use: s.in_use,
+            waiting: s.waiters.iter().filter(|w| !w.is_closed()).count(),
+            checkouts: s.checkouts,
+            affinity_hits: s.affinity_hits,
+            total_wait: s.total_wait,
+        }
+    }
+}

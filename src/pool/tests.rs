@@ -1,0 +1,135 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+struct Fake {
+    id: u32,
+    state: Option<&'static str>,
+    broken: Arc<AtomicBool>,
+}
+
+impl Poolable for Fake {
+    type State = &'static str;
+    fn state(&self) -> Option<&&'static str> {
+        self.state.as_ref()
+    }
+    fn reusable(&mut self) -> bool {
+        !self.broken.load(Ordering::Relaxed)
+    }
+}
+
+fn fake(id: u32, state: &'static str) -> Fake {
+    Fake { id, state: Some(state), broken: Arc::new(AtomicBool::new(false)) }
+}
+
+const T: Duration = Duration::from_secs(5);
+
+async fn take(pool: &Arc<Pool<Fake>>, t: TenantId, want: &'static str, id: u32) -> Pooled<Fake> {
+    match pool.checkout(t, &want, T).await.unwrap() {
+        Lease::Ready(c) => c,
+        Lease::Connect(p) => p.fulfil(fake(id, want)),
+    }
+}
+
+#[tokio::test]
+async fn prefers_idle_connection_with_same_state() {
+    let pool = Pool::<Fake>::new(3);
+    let a = pool.add_tenant(None);
+    let b = pool.add_tenant(None);
+    let ca = take(&pool, a, "a", 1).await;
+    let cb = take(&pool, b, "b", 2).await;
+    drop(ca);
+    drop(cb);
+    let again = take(&pool, a, "a", 9).await;
+    assert_eq!(again.id, 1, "affinity picks the connection carrying a's state");
+    assert_eq!(pool.tenant_stats(a).affinity_hits, 1);
+    let other = take(&pool, b, "x", 9).await;
+    assert_eq!(other.id, 2, "else any idle connection, not a new one");
+    assert_eq!(pool.counts(), (2, 0));
+}
+
+#[tokio::test]
+async fn caps_pool_and_tenant_and_times_out() {
+    let pool = Pool::<Fake>::new(2);
+    let a = pool.add_tenant(Some(1));
+    let b = pool.add_tenant(None);
+    let _ca = take(&pool, a, "a", 1).await;
+    let err = pool.checkout(a, &"a", Duration::from_millis(20)).await.err();
+    assert_eq!(err, Some(PoolError::Timeout), "tenant cap of 1");
+    let _cb = take(&pool, b, "b", 2).await;
+    let err = pool.checkout(b, &"b", Duration::from_millis(20)).await.err();
+    assert_eq!(err, Some(PoolError::Timeout), "pool size of 2");
+    assert_eq!(pool.tenant_stats(b).waiting, 0, "a timed-out waiter is not counted");
+}
+
+#[tokio::test]
+async fn released_connections_go_round_robin_across_tenants() {
+    let pool = Pool::<Fake>::new(1);
+    let noisy = pool.add_tenant(None);
+    let quiet = pool.add_tenant(None);
+    let held = take(&pool, noisy, "n", 1).await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    // Five noisy waiters queue first, then one quiet waiter.
+    for (i, t) in [noisy, noisy, noisy, noisy, noisy, quiet].into_iter().enumerate() {
+        let pool = pool.clone();
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = take(&pool, t, "x", 10 + i as u32).await;
+            order.lock().unwrap().push(t);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            drop(c);
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(held);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    let quiet_at = order.iter().position(|&t| t == quiet).unwrap();
+    assert!(quiet_at <= 1, "quiet tenant served second at the latest, got order {order:?}");
+}
+
+#[tokio::test]
+async fn broken_connections_are_dropped_and_free_their_slot() {
+    let pool = Pool::<Fake>::new(1);
+    let a = pool.add_tenant(None);
+    let c = take(&pool, a, "a", 1).await;
+    let flag = c.broken.clone();
+    drop(c);
+    flag.store(true, Ordering::Relaxed);
+    let c = take(&pool, a, "a", 2).await;
+    assert_eq!(c.id, 2, "the broken idle connection is never handed out");
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { take(&pool, a, "a", 3).await.id })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    c.discard();
+    assert_eq!(waiter.await.unwrap(), 3, "a discarded connection's slot goes to the waiter");
+}
+
+#[tokio::test]
+async fn unused_permit_returns_its_slot() {
+    let pool = Pool::<Fake>::new(1);
+    let a = pool.add_tenant(None);
+    match pool.checkout(a, &"a", T).await.unwrap() {
+        Lease::Connect(p) => drop(p),
+        Lease::Ready(_) => panic!("empty pool has nothing ready"),
+    }
+    assert_eq!(pool.counts(), (0, 0));
+    assert!(matches!(pool.checkout(a, &"a", T).await.unwrap(), Lease::Connect(_)));
+}
+
+#[tokio::test]
+async fn prune_drops_idle_connections() {
+    let pool = Pool::<Fake>::new(2);
+    let a = pool.add_tenant(None);
+    let c1 = take(&pool, a, "a", 1).await;
+    drop(c1);
+    assert_eq!(pool.prune_idle(|_, _| false), 1);
+    assert_eq!(pool.counts(), (0, 0));
+}
