@@ -44,7 +44,10 @@ impl Config {
             backend: backend.name.clone(),
             host: backend.host.clone(),
             port: backend.port,
-            database: tenant.database.clone().unwrap_or_else(|| backend.database.clone()),
+            database: tenant
+                .database
+                .clone()
+                .unwrap_or_else(|| backend.database.clone()),
             user: tenant.user.clone().unwrap_or_else(|| backend.user.clone()),
             password: if tenant.user.is_some() {
                 tenant.password.clone()
@@ -152,7 +155,10 @@ pub struct UserConfig {
 #[derive(Clone)]
 pub enum UserSecret {
     /// A plain password; `scram` is a verifier derived from it at load time.
-    Plain { password: String, scram: ScramVerifier },
+    Plain {
+        password: String,
+        scram: ScramVerifier,
+    },
     /// A `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey` verifier (SCRAM only).
     Scram(ScramVerifier),
     /// An `md5` + md5(password || user) hash (md5 only).

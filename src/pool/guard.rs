@@ -22,7 +22,11 @@ pub struct Pooled<C: Poolable> {
 
 impl<C: Poolable> Pooled<C> {
     pub(super) fn new(pool: Arc<Pool<C>>, tenant: TenantId, conn: C) -> Self {
-        Pooled { pool, tenant, conn: Some(conn) }
+        Pooled {
+            pool,
+            tenant,
+            conn: Some(conn),
+        }
     }
 
     /// Closes the connection instead of returning it (it is broken or its state unsafe).
@@ -42,13 +46,17 @@ impl<C: Poolable> Deref for Pooled<C> {
     type Target = C;
     fn deref(&self) -> &C {
         // Invariant: `conn` is Some until drop/discard consume self.
-        self.conn.as_ref().expect("pooled connection present until drop")
+        self.conn
+            .as_ref()
+            .expect("pooled connection present until drop")
     }
 }
 
 impl<C: Poolable> DerefMut for Pooled<C> {
     fn deref_mut(&mut self) -> &mut C {
-        self.conn.as_mut().expect("pooled connection present until drop")
+        self.conn
+            .as_mut()
+            .expect("pooled connection present until drop")
     }
 }
 
@@ -69,7 +77,11 @@ pub struct ConnectPermit<C: Poolable> {
 
 impl<C: Poolable> ConnectPermit<C> {
     pub(super) fn new(pool: Arc<Pool<C>>, tenant: TenantId) -> Self {
-        ConnectPermit { pool, tenant, used: false }
+        ConnectPermit {
+            pool,
+            tenant,
+            used: false,
+        }
     }
 
     /// Turns a freshly opened connection into a checked-out one.

@@ -91,7 +91,12 @@ impl<C: Poolable> Pool<C> {
     pub fn new(size: usize) -> Arc<Self> {
         Arc::new(Pool {
             size,
-            inner: Mutex::new(Inner { idle: Vec::new(), open: 0, tenants: Vec::new(), ring: VecDeque::new() }),
+            inner: Mutex::new(Inner {
+                idle: Vec::new(),
+                open: 0,
+                tenants: Vec::new(),
+                ring: VecDeque::new(),
+            }),
         })
     }
 
@@ -218,7 +223,10 @@ impl<C: Poolable> Pool<C> {
         }
         if let Some(conn) = self.dispatch(&mut inner, Grant::Conn(conn)) {
             match conn {
-                Grant::Conn(conn) => inner.idle.push(Idle { conn, since: Instant::now() }),
+                Grant::Conn(conn) => inner.idle.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                }),
                 Grant::Slot => unreachable!("dispatch returns what it was given"),
             }
         }
@@ -246,7 +254,9 @@ impl<C: Poolable> Pool<C> {
     fn dispatch(&self, inner: &mut Inner<C>, mut grant: Grant<C>) -> Option<Grant<C>> {
         let mut skipped = 0;
         while skipped < inner.ring.len() {
-            let Some(t) = inner.ring.pop_front() else { break };
+            let Some(t) = inner.ring.pop_front() else {
+                break;
+            };
             let slot = &mut inner.tenants[t];
             while slot.waiters.front().is_some_and(|w| w.is_closed()) {
                 slot.waiters.pop_front();
@@ -259,7 +269,9 @@ impl<C: Poolable> Pool<C> {
                 skipped += 1;
                 continue;
             }
-            let Some(waiter) = slot.waiters.pop_front() else { continue };
+            let Some(waiter) = slot.waiters.pop_front() else {
+                continue;
+            };
             slot.in_use += 1;
             match waiter.send(grant) {
                 Ok(()) => {

@@ -21,7 +21,11 @@ impl Poolable for Fake {
 }
 
 fn fake(id: u32, state: &'static str) -> Fake {
-    Fake { id, state: Some(state), broken: Arc::new(AtomicBool::new(false)) }
+    Fake {
+        id,
+        state: Some(state),
+        broken: Arc::new(AtomicBool::new(false)),
+    }
 }
 
 const T: Duration = Duration::from_secs(5);
@@ -43,7 +47,10 @@ async fn prefers_idle_connection_with_same_state() {
     drop(ca);
     drop(cb);
     let again = take(&pool, a, "a", 9).await;
-    assert_eq!(again.id, 1, "affinity picks the connection carrying a's state");
+    assert_eq!(
+        again.id, 1,
+        "affinity picks the connection carrying a's state"
+    );
     assert_eq!(pool.tenant_stats(a).affinity_hits, 1);
     let other = take(&pool, b, "x", 9).await;
     assert_eq!(other.id, 2, "else any idle connection, not a new one");
@@ -56,12 +63,22 @@ async fn caps_pool_and_tenant_and_times_out() {
     let a = pool.add_tenant(Some(1));
     let b = pool.add_tenant(None);
     let _ca = take(&pool, a, "a", 1).await;
-    let err = pool.checkout(a, &"a", Duration::from_millis(20)).await.err();
+    let err = pool
+        .checkout(a, &"a", Duration::from_millis(20))
+        .await
+        .err();
     assert_eq!(err, Some(PoolError::Timeout), "tenant cap of 1");
     let _cb = take(&pool, b, "b", 2).await;
-    let err = pool.checkout(b, &"b", Duration::from_millis(20)).await.err();
+    let err = pool
+        .checkout(b, &"b", Duration::from_millis(20))
+        .await
+        .err();
     assert_eq!(err, Some(PoolError::Timeout), "pool size of 2");
-    assert_eq!(pool.tenant_stats(b).waiting, 0, "a timed-out waiter is not counted");
+    assert_eq!(
+        pool.tenant_stats(b).waiting,
+        0,
+        "a timed-out waiter is not counted"
+    );
 }
 
 #[tokio::test]
@@ -73,7 +90,10 @@ async fn released_connections_go_round_robin_across_tenants() {
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     // Five noisy waiters queue first, then one quiet waiter.
-    for (i, t) in [noisy, noisy, noisy, noisy, noisy, quiet].into_iter().enumerate() {
+    for (i, t) in [noisy, noisy, noisy, noisy, noisy, quiet]
+        .into_iter()
+        .enumerate()
+    {
         let pool = pool.clone();
         let order = order.clone();
         tasks.push(tokio::spawn(async move {
@@ -90,7 +110,10 @@ async fn released_connections_go_round_robin_across_tenants() {
     }
     let order = order.lock().unwrap().clone();
     let quiet_at = order.iter().position(|&t| t == quiet).unwrap();
-    assert!(quiet_at <= 1, "quiet tenant served second at the latest, got order {order:?}");
+    assert!(
+        quiet_at <= 1,
+        "quiet tenant served second at the latest, got order {order:?}"
+    );
 }
 
 #[tokio::test]
@@ -109,7 +132,11 @@ async fn broken_connections_are_dropped_and_free_their_slot() {
     };
     tokio::time::sleep(Duration::from_millis(10)).await;
     c.discard();
-    assert_eq!(waiter.await.unwrap(), 3, "a discarded connection's slot goes to the waiter");
+    assert_eq!(
+        waiter.await.unwrap(),
+        3,
+        "a discarded connection's slot goes to the waiter"
+    );
 }
 
 #[tokio::test]
@@ -121,7 +148,10 @@ async fn unused_permit_returns_its_slot() {
         Lease::Ready(_) => panic!("empty pool has nothing ready"),
     }
     assert_eq!(pool.counts(), (0, 0));
-    assert!(matches!(pool.checkout(a, &"a", T).await.unwrap(), Lease::Connect(_)));
+    assert!(matches!(
+        pool.checkout(a, &"a", T).await.unwrap(),
+        Lease::Connect(_)
+    ));
 }
 
 #[tokio::test]

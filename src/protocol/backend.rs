@@ -54,8 +54,14 @@ pub enum Backend<'a> {
     CommandComplete(&'a [u8]),
     Error(ErrorFields<'a>),
     Notice(ErrorFields<'a>),
-    ParameterStatus { name: &'a [u8], value: &'a [u8] },
-    BackendKeyData { pid: i32, secret: i32 },
+    ParameterStatus {
+        name: &'a [u8],
+        value: &'a [u8],
+    },
+    BackendKeyData {
+        pid: i32,
+        secret: i32,
+    },
     Authentication(AuthRequest<'a>),
     CopyInResponse,
     CopyOutResponse,
@@ -88,7 +94,9 @@ impl<'a> ErrorFields<'a> {
 
     /// SQLSTATE (`C`).
     pub fn code(&self) -> &'a str {
-        self.get(b'C').and_then(|v| std::str::from_utf8(v).ok()).unwrap_or("")
+        self.get(b'C')
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or("")
     }
 
     /// Primary message (`M`), lossily decoded (for logs).
@@ -98,7 +106,9 @@ impl<'a> ErrorFields<'a> {
 
     /// Non-localized severity (`V`), else the localized one (`S`).
     pub fn severity(&self) -> &'a [u8] {
-        self.get(b'V').or_else(|| self.get(b'S')).unwrap_or_default()
+        self.get(b'V')
+            .or_else(|| self.get(b'S'))
+            .unwrap_or_default()
     }
 }
 
@@ -108,7 +118,10 @@ pub fn decode(message: &[u8]) -> Result<Backend<'_>, &'static str> {
     let b = body(message);
     Ok(match tag {
         btag::READY_FOR_QUERY => Backend::ReadyForQuery(
-            b.first().copied().and_then(TxStatus::from_byte).ok_or("bad ReadyForQuery")?,
+            b.first()
+                .copied()
+                .and_then(TxStatus::from_byte)
+                .ok_or("bad ReadyForQuery")?,
         ),
         btag::COMMAND_COMPLETE => {
             Backend::CommandComplete(super::cstr(b).ok_or("bad CommandComplete")?.0)
@@ -181,11 +194,20 @@ mod tests {
 
     #[test]
     fn decodes_the_messages_we_inspect() {
-        assert_eq!(decode(b"Z\0\0\0\x05T").unwrap(), Backend::ReadyForQuery(TxStatus::InTransaction));
-        assert_eq!(decode(b"C\0\0\0\x08SET\0").unwrap(), Backend::CommandComplete(b"SET"));
+        assert_eq!(
+            decode(b"Z\0\0\0\x05T").unwrap(),
+            Backend::ReadyForQuery(TxStatus::InTransaction)
+        );
+        assert_eq!(
+            decode(b"C\0\0\0\x08SET\0").unwrap(),
+            Backend::CommandComplete(b"SET")
+        );
         assert_eq!(
             decode(b"S\0\0\0\x0ea\0b\0").unwrap(),
-            Backend::ParameterStatus { name: b"a", value: b"b" }
+            Backend::ParameterStatus {
+                name: b"a",
+                value: b"b"
+            }
         );
         let mut buf = BytesMut::new();
         crate::protocol::encode::error_response(

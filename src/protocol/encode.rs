@@ -38,11 +38,23 @@ pub struct ErrorInfo {
 
 impl ErrorInfo {
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
-        ErrorInfo { severity: "FATAL", code, message: message.into(), detail: None, hint: None }
+        ErrorInfo {
+            severity: "FATAL",
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        ErrorInfo { severity: "ERROR", code, message: message.into(), detail: None, hint: None }
+        ErrorInfo {
+            severity: "ERROR",
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -182,7 +194,10 @@ mod tests {
         buf.clear();
         query(&mut buf, "SET a TO 'b'");
         assert_eq!(buf[0], b'Q');
-        assert_eq!(i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize, buf.len() - 1);
+        assert_eq!(
+            i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize,
+            buf.len() - 1
+        );
         buf.clear();
         startup_message(&mut buf, &[("user", "u")]);
         let (req, len) = crate::protocol::startup::decode(&buf).unwrap().unwrap();

@@ -23,7 +23,11 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::BadLength { tag, len } => {
-                write!(f, "invalid message length {len} for message type {}", show_tag(*tag))
+                write!(
+                    f,
+                    "invalid message length {len} for message type {}",
+                    show_tag(*tag)
+                )
             }
             FrameError::TooLarge { tag, len, max } => write!(
                 f,
@@ -66,7 +70,10 @@ pub struct FrameScanner {
 
 impl FrameScanner {
     pub fn new(max_message: usize) -> Self {
-        FrameScanner { streaming: 0, max_message }
+        FrameScanner {
+            streaming: 0,
+            max_message,
+        }
     }
 
     /// True when the scanner is in the middle of a streaming message.
@@ -101,7 +108,11 @@ impl FrameScanner {
         let total = raw as usize + 1;
         if inspect(tag) {
             if total > self.max_message {
-                return Err(FrameError::TooLarge { tag, len: total, max: self.max_message });
+                return Err(FrameError::TooLarge {
+                    tag,
+                    len: total,
+                    max: self.max_message,
+                });
             }
             if buf.len() < total {
                 return Ok(None);
@@ -110,7 +121,10 @@ impl FrameScanner {
         }
         let len = total.min(buf.len());
         self.streaming = total - len;
-        Ok(Some(Scanned::Through { len, start: Some(tag) }))
+        Ok(Some(Scanned::Through {
+            len,
+            start: Some(tag),
+        }))
     }
 }
 
@@ -197,7 +211,10 @@ mod tests {
         // Streaming messages are not capped.
         assert_eq!(
             sc.scan(&[b'd', 0, 0, 1, 0], |_| false),
-            Ok(Some(Scanned::Through { len: 5, start: Some(b'd') }))
+            Ok(Some(Scanned::Through {
+                len: 5,
+                start: Some(b'd')
+            }))
         );
         assert!(sc.mid_message());
     }

@@ -6,8 +6,13 @@ use super::ftag;
 /// A client message, decoded only as far as the proxy needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frontend<'a> {
-    Query { sql: &'a [u8] },
-    Parse { name: &'a [u8], sql: &'a [u8] },
+    Query {
+        sql: &'a [u8],
+    },
+    Parse {
+        name: &'a [u8],
+        sql: &'a [u8],
+    },
     Bind,
     Describe,
     Execute,
@@ -27,7 +32,9 @@ pub enum Frontend<'a> {
 pub fn decode(message: &[u8]) -> Result<Frontend<'_>, String> {
     let b = body(message);
     Ok(match message[0] {
-        ftag::QUERY => Frontend::Query { sql: super::cstr(b).ok_or("Query without NUL")?.0 },
+        ftag::QUERY => Frontend::Query {
+            sql: super::cstr(b).ok_or("Query without NUL")?.0,
+        },
         ftag::PARSE => {
             let (name, rest) = super::cstr(b).ok_or("bad Parse")?;
             let (sql, _) = super::cstr(rest).ok_or("bad Parse")?;
@@ -86,7 +93,8 @@ pub fn sasl_initial_response(b: &[u8]) -> Option<(&[u8], &[u8])> {
 /// Case-insensitive search for `set_config` in SQL text (its use makes session state unknown).
 pub fn mentions_set_config(sql: &[u8]) -> bool {
     const NEEDLE: &[u8] = b"set_config";
-    sql.windows(NEEDLE.len()).any(|w| w.eq_ignore_ascii_case(NEEDLE))
+    sql.windows(NEEDLE.len())
+        .any(|w| w.eq_ignore_ascii_case(NEEDLE))
 }
 
 #[cfg(test)]
@@ -95,10 +103,16 @@ mod tests {
 
     #[test]
     fn decodes_query_and_parse() {
-        assert_eq!(decode(b"Q\0\0\0\x0bselect\0").unwrap(), Frontend::Query { sql: b"select" });
+        assert_eq!(
+            decode(b"Q\0\0\0\x0bselect\0").unwrap(),
+            Frontend::Query { sql: b"select" }
+        );
         assert_eq!(
             decode(b"P\0\0\0\x0cs1\0sel\0\0\0").unwrap(),
-            Frontend::Parse { name: b"s1", sql: b"sel" }
+            Frontend::Parse {
+                name: b"s1",
+                sql: b"sel"
+            }
         );
         assert!(decode(b"Q\0\0\0\x05x").is_err());
         assert!(decode(b"?\0\0\0\x04").is_err());
@@ -106,8 +120,12 @@ mod tests {
 
     #[test]
     fn finds_set_config_in_any_case() {
-        assert!(mentions_set_config(b"select SET_CONFIG('search_path', 'b', false)"));
-        assert!(mentions_set_config(b"select pg_catalog.set_config('x','y',true)"));
+        assert!(mentions_set_config(
+            b"select SET_CONFIG('search_path', 'b', false)"
+        ));
+        assert!(mentions_set_config(
+            b"select pg_catalog.set_config('x','y',true)"
+        ));
         assert!(!mentions_set_config(b"select 1"));
     }
 

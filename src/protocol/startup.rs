@@ -67,11 +67,18 @@ pub fn decode(buf: &[u8]) -> Result<Option<(StartupRequest, usize)>, StartupErro
             secret: i32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]),
         },
         SSL_REQUEST_CODE | GSSENC_REQUEST_CODE | CANCEL_REQUEST_CODE => {
-            return Err(StartupError::Malformed("wrong length for a special request"))
+            return Err(StartupError::Malformed(
+                "wrong length for a special request",
+            ))
         }
-        PROTOCOL_3_0 => StartupRequest::Startup { params: decode_params(rest)? },
+        PROTOCOL_3_0 => StartupRequest::Startup {
+            params: decode_params(rest)?,
+        },
         other => {
-            return Err(StartupError::UnsupportedVersion { major: other >> 16, minor: other & 0xffff })
+            return Err(StartupError::UnsupportedVersion {
+                major: other >> 16,
+                minor: other & 0xffff,
+            })
         }
     };
     Ok(Some((request, len)))
@@ -113,7 +120,9 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
         let arg = &args[i];
         let setting = if arg == "-c" {
             i += 1;
-            args.get(i).ok_or_else(|| "option -c needs a name=value argument".to_string())?.clone()
+            args.get(i)
+                .ok_or_else(|| "option -c needs a name=value argument".to_string())?
+                .clone()
         } else if let Some(s) = arg.strip_prefix("--") {
             s.to_string()
         } else if let Some(s) = arg.strip_prefix("-c") {
@@ -179,19 +188,31 @@ mod tests {
         assert_eq!(
             req,
             StartupRequest::Startup {
-                params: vec![("user".into(), "app".into()), ("database".into(), "app".into())]
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "app".into())
+                ]
             }
         );
         assert_eq!(decode(&p[..p.len() - 1]).unwrap(), None);
-        assert_eq!(decode(&packet(SSL_REQUEST_CODE, b"")).unwrap().unwrap().0, StartupRequest::Ssl);
+        assert_eq!(
+            decode(&packet(SSL_REQUEST_CODE, b"")).unwrap().unwrap().0,
+            StartupRequest::Ssl
+        );
         let c = packet(CANCEL_REQUEST_CODE, &[0, 0, 0, 7, 0, 0, 0, 9]);
-        assert_eq!(decode(&c).unwrap().unwrap().0, StartupRequest::Cancel { pid: 7, secret: 9 });
+        assert_eq!(
+            decode(&c).unwrap().unwrap().0,
+            StartupRequest::Cancel { pid: 7, secret: 9 }
+        );
     }
 
     #[test]
     fn rejects_bad_packets() {
         assert_eq!(decode(&[0, 0, 0, 3]), Err(StartupError::BadLength(3)));
-        assert_eq!(decode(&[0, 0, 0x27, 0x11]), Err(StartupError::BadLength(10_001)));
+        assert_eq!(
+            decode(&[0, 0, 0x27, 0x11]),
+            Err(StartupError::BadLength(10_001))
+        );
         assert!(matches!(
             decode(&packet(2 << 16, b"\0")),
             Err(StartupError::UnsupportedVersion { major: 2, minor: 0 })
@@ -212,7 +233,10 @@ mod tests {
                 ("search_path".into(), "x y".into())
             ]
         );
-        assert_eq!(parse_options("--tenant=b").unwrap(), vec![("tenant".into(), "b".into())]);
+        assert_eq!(
+            parse_options("--tenant=b").unwrap(),
+            vec![("tenant".into(), "b".into())]
+        );
         assert!(parse_options("-c").is_err());
         assert!(parse_options("-d 5").is_err());
         assert!(parse_options("-c novalue").is_err());

@@ -1,1 +1,178 @@
-//! TODO
+//! One server connection: connecting, logging in (SCRAM-SHA-256, md5, cleartext or trust, as
+//! the server asks), and the session state it carries, which decides whether a checkout must
+//! re-apply tenant state.
+
+mod login;
+mod params;
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::config::EndpointConfig;
+use crate::pool::Poolable;
+use crate::protocol::FrameScanner;
+
+pub use params::{tracked_name, Params, TRACKED_PARAMS};
+
+/// Which tenant state a connection holds, as far as the proxy knows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StateKey {
+    /// Identity of the tenant (unique per tenant in a loaded config).
+    pub tenant: u64,
+    /// Hash of the client settings applied after the tenant's own.
+    pub client_settings: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("timed out connecting to {0}")]
+    Timeout(String),
+    #[error("server refused login: {0}")]
+    Refused(String),
+    #[error("server login needs a password and the backend has none")]
+    NoPassword,
+    #[error("protocol error from server: {0}")]
+    Protocol(String),
+    #[error("I/O error on server connection: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl ServerError {
+    /// Short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerError::Connect { .. } => "connect",
+            ServerError::Timeout(_) => "timeout",
+            ServerError::Refused(_) => "refused",
+            ServerError::NoPassword => "no_password",
+            ServerError::Protocol(_) => "protocol",
+            ServerError::Io(_) => "io",
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A logged-in server connection.
+pub struct ServerConn {
+    pub id: u64,
+    pub stream: TcpStream,
+    /// Unconsumed bytes read from the server.
+    pub rbuf: BytesMut,
+    pub scanner: FrameScanner,
+    /// The server's own key, for forwarding cancels.
+    pub backend_key: (i32, i32),
+    pub endpoint: Arc<EndpointConfig>,
+    /// Reported parameter values as of now, and as of login (what `RESET ALL` returns to).
+    pub params: Params,
+    pub startup_params: Params,
+    /// `None` = unknown: the next checkout must re-apply state.
+    pub state: Option<StateKey>,
+    /// The `search_path` the server reported after the proxy last set it (PostgreSQL 18+).
+    pub reported_search_path: Option<Vec<u8>>,
+    /// Set when the connection must not be reused.
+    pub broken: bool,
+    created: Instant,
+    lifetime: Duration,
+}
+
+impl ServerConn {
+    /// Connects and logs in, within `timeout`.
+    pub async fn connect(
+        endpoint: Arc<EndpointConfig>,
+        timeout: Duration,
+        lifetime: Duration,
+        max_message: usize,
+    ) -> Result<ServerConn, ServerError> {
+        let addr = format!("{}:{}", endpoint.host, endpoint.port);
+        let work = async {
+            let stream =
+                TcpStream::connect(&addr)
+                    .await
+                    .map_err(|source| ServerError::Connect {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+            stream.set_nodelay(true)?;
+            let mut conn = ServerConn {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                stream,
+                rbuf: BytesMut::with_capacity(8192),
+                scanner: FrameScanner::new(max_message),
+                backend_key: (0, 0),
+                endpoint: endpoint.clone(),
+                params: Params::default(),
+                startup_params: Params::default(),
+                state: None,
+                reported_search_path: None,
+                broken: false,
+                created: Instant::now(),
+                lifetime,
+            };
+            login::login(&mut conn).await?;
+            conn.startup_params = conn.params.clone();
+            Ok(conn)
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ServerError::Timeout(addr)),
+        }
+    }
+
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    /// Writes all of `bytes`.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+}
+
+impl Poolable for ServerConn {
+    type State = StateKey;
+
+    fn state(&self) -> Option<&StateKey> {
+        self.state.as_ref()
+    }
+
+    fn reusable(&mut self) -> bool {
+        if self.broken || !self.rbuf.is_empty() || self.scanner.mid_message() {
+            return false;
+        }
+        if self.created.elapsed() >= self.lifetime {
+            return false;
+        }
+        // An idle connection must have nothing to say: any bytes (a FATAL after
+        // pg_terminate_backend, EOF after a restart) mean it is gone.
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            _ => false,
+        }
+    }
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        // Best effort, never blocks: tell the server we are leaving.
+        let _ = self.stream.try_write(b"X\0\0\0\x04");
+    }
+}
+
+/// Sends a CancelRequest for `key` to the server at `endpoint`.
+pub async fn send_cancel(endpoint: &EndpointConfig, key: (i32, i32)) -> io::Result<()> {
+    let mut stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+    let mut buf = BytesMut::with_capacity(16);
+    crate::protocol::encode::cancel_request(&mut buf, key.0, key.1);
+    stream.write_all(&buf).await?;
+    stream.shutdown().await
+}

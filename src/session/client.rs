@@ -1,0 +1,243 @@
+//! What the proxy knows about one client: who it is, its tenant, and the session state it
+//! expects on every server connection it is linked to.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use crate::config::EndpointConfig;
+use crate::protocol::encode::ErrorInfo;
+use crate::protocol::startup::parse_options;
+use crate::server::{Params, StateKey};
+use crate::tenant::registry::settings_sql;
+use crate::tenant::TenantRuntime;
+
+/// Startup parameters sorted into what the proxy does with them.
+#[derive(Debug, Default)]
+pub struct StartupInfo {
+    pub user: String,
+    pub database: String,
+    /// `tenant` from `options` (`-c tenant=X` or `--tenant=X`).
+    pub options_tenant: Option<String>,
+    /// Reported parameters the client asked for (client_encoding, application_name, ...).
+    pub reported: Vec<(&'static str, String)>,
+    /// Other settings, applied at checkout like `SET`.
+    pub settings: Vec<(String, String)>,
+}
+
+pub fn read_startup(params: Vec<(String, String)>) -> Result<StartupInfo, ErrorInfo> {
+    let mut info = StartupInfo::default();
+    let mut database = None;
+    for (name, value) in params {
+        match name.as_str() {
+            "user" => info.user = value,
+            "database" => database = Some(value),
+            "options" => {
+                for (n, v) in parse_options(&value).map_err(|e| ErrorInfo::fatal("08P01", e))? {
+                    add_setting(&mut info, n, v)?;
+                }
+            }
+            "replication" => {
+                if !matches!(value.as_str(), "false" | "off" | "no" | "0") {
+                    return Err(ErrorInfo::fatal(
+                        "08P01",
+                        "replication connections are not supported by pgtenant",
+                    ));
+                }
+            }
+            // Protocol extensions (`_pq_.*`) are not supported: ignore rather than fail.
+            n if n.starts_with("_pq_.") => {}
+            _ => add_setting(&mut info, name, value)?,
+        }
+    }
+    if info.user.is_empty() {
+        return Err(ErrorInfo::fatal(
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        ));
+    }
+    info.database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| info.user.clone());
+    Ok(info)
+}
+
+fn add_setting(info: &mut StartupInfo, name: String, value: String) -> Result<(), ErrorInfo> {
+    if name.eq_ignore_ascii_case("tenant") {
+        info.options_tenant = Some(value);
+        return Ok(());
+    }
+    if !valid_setting_name(&name) {
+        return Err(ErrorInfo::fatal(
+            "42602",
+            format!("invalid setting name \"{name}\""),
+        ));
+    }
+    match crate::server::tracked_name(&name) {
+        Some(canonical) => {
+            let value = if canonical == "client_encoding" {
+                normalize_encoding(&value)
+            } else {
+                value
+            };
+            info.reported.retain(|(n, _)| *n != canonical);
+            info.reported.push((canonical, value));
+        }
+        None => info.settings.push((name, value)),
+    }
+    Ok(())
+}
+
+/// `name` or `prefix.name`, identifier characters only.
+pub fn valid_setting_name(name: &str) -> bool {
+    let part = |p: &str| {
+        let mut chars = p.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match name.split_once('.') {
+        Some((a, b)) => part(a) && part(b),
+        None => part(name),
+    }
+}
+
+/// PostgreSQL's spelling of common encoding names (the server corrects the rest at the
+/// first checkout, through ParameterStatus).
+fn normalize_encoding(value: &str) -> String {
+    let upper = value.to_ascii_uppercase();
+    match upper.as_str() {
+        "UTF-8" | "UNICODE" | "UTF_8" => "UTF8".into(),
+        "LATIN-1" | "ISO-8859-1" | "ISO_8859_1" => "LATIN1".into(),
+        _ => upper,
+    }
+}
+
+/// Where a cancel for this client should go while it is linked.
+#[derive(Default)]
+pub struct CancelSlot {
+    pub linked: Mutex<Option<(Arc<EndpointConfig>, (i32, i32))>>,
+}
+
+pub struct ClientCtx {
+    pub user: String,
+    pub tenant: Arc<TenantRuntime>,
+    /// Reported parameter values as this client knows them.
+    pub params: Params,
+    /// The client's own settings as SQL (empty when none).
+    pub settings_sql: String,
+    settings_hash: u64,
+    /// Whether the client's settings have been applied once without error.
+    pub settings_verified: bool,
+    pub key: (i32, i32),
+    pub cancel: Arc<CancelSlot>,
+}
+
+impl ClientCtx {
+    pub fn new(
+        user: String,
+        tenant: Arc<TenantRuntime>,
+        info: &StartupInfo,
+        params: Params,
+        key: (i32, i32),
+    ) -> Self {
+        let settings_sql = settings_sql(&info.settings);
+        let mut h = DefaultHasher::new();
+        settings_sql.hash(&mut h);
+        ClientCtx {
+            user,
+            tenant,
+            params,
+            settings_verified: settings_sql.is_empty(),
+            settings_sql,
+            settings_hash: h.finish(),
+            key,
+            cancel: Arc::new(CancelSlot::default()),
+        }
+    }
+
+    /// The state a connection must hold to serve this client.
+    pub fn wanted_state(&self) -> StateKey {
+        StateKey {
+            tenant: self.tenant.state_id,
+            client_settings: self.settings_hash,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sorts_startup_parameters() {
+        let info = read_startup(p(&[
+            ("user", "app.acme"),
+            ("options", "-c tenant=acme -c statement_timeout=5s"),
+            ("client_encoding", "utf-8"),
+            ("application_name", "psql"),
+            ("extra_float_digits", "3"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            info.database, "app.acme",
+            "database defaults to the user name"
+        );
+        assert_eq!(info.options_tenant.as_deref(), Some("acme"));
+        assert_eq!(
+            info.reported,
+            vec![
+                ("client_encoding", "UTF8".into()),
+                ("application_name", "psql".into())
+            ]
+        );
+        assert_eq!(
+            info.settings,
+            vec![
+                ("statement_timeout".into(), "5s".into()),
+                ("extra_float_digits".into(), "3".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_startup_parameters() {
+        assert_eq!(
+            read_startup(p(&[("database", "x")])).unwrap_err().code,
+            "28000"
+        );
+        assert_eq!(
+            read_startup(p(&[("user", "u"), ("replication", "true")]))
+                .unwrap_err()
+                .code,
+            "08P01"
+        );
+        assert_eq!(
+            read_startup(p(&[("user", "u"), ("options", "-c x;drop=1")]))
+                .unwrap_err()
+                .code,
+            "42602"
+        );
+        assert_eq!(
+            read_startup(p(&[("user", "u"), ("options", "-q")]))
+                .unwrap_err()
+                .code,
+            "08P01"
+        );
+    }
+
+    #[test]
+    fn setting_names() {
+        assert!(valid_setting_name("app.tenant_id"));
+        assert!(valid_setting_name("statement_timeout"));
+        assert!(!valid_setting_name("a.b.c"));
+        assert!(!valid_setting_name("1abc"));
+        assert!(!valid_setting_name("a;b"));
+        assert!(!valid_setting_name(""));
+    }
+}

@@ -1,0 +1,75 @@
+//! A client connection that reads and writes whole messages. Deliberately not `AsyncRead`:
+//! sessions see frames, and the linked loop reaches into the buffers to forward without copying.
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::encode::{self, ErrorInfo};
+use crate::protocol::{FrameError, FrameScanner, Scanned};
+
+pub struct ClientStream<S> {
+    pub io: S,
+    /// Unconsumed bytes read from the client.
+    pub rbuf: BytesMut,
+    /// Messages the proxy composed, not yet written.
+    pub wbuf: BytesMut,
+    pub scanner: FrameScanner,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("client closed the connection")]
+    Closed,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
+    pub fn new(io: S, max_message: usize) -> Self {
+        ClientStream {
+            io,
+            rbuf: BytesMut::with_capacity(4096),
+            wbuf: BytesMut::with_capacity(1024),
+            scanner: FrameScanner::new(max_message),
+        }
+    }
+
+    /// Reads more bytes into `rbuf`; `Ok(0)` is EOF.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(8192);
+        }
+        self.io.read_buf(&mut self.rbuf).await
+    }
+
+    /// Reads one whole message (handshake and authentication only).
+    pub async fn read_message(&mut self) -> Result<BytesMut, StreamError> {
+        loop {
+            if let Some(Scanned::Message { len, .. }) = self.scanner.scan(&self.rbuf, |_| true)? {
+                return Ok(self.rbuf.split_to(len));
+            }
+            if self.fill().await? == 0 {
+                return Err(StreamError::Closed);
+            }
+        }
+    }
+
+    /// Writes out `wbuf`.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.io.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends an error (and, for FATAL, nothing more is expected to follow).
+    pub async fn send_error(&mut self, e: &ErrorInfo) -> io::Result<()> {
+        encode::error_response(&mut self.wbuf, e);
+        self.flush().await
+    }
+}

@@ -1,0 +1,119 @@
+//! Bringing a server connection to a client's state at checkout.
+//!
+//! The prelude is one simple Query: when the connection's state is not known to be this
+//! client's (or sync is `always`): `RESET ALL` (so nothing of a previous tenant or client
+//! survives), the tenant's `search_path` and settings, the client's own settings; then, in
+//! every case, `SET` for each reported parameter whose value differs from the client's.
+//! It runs as its own implicit transaction, so a client's later ROLLBACK cannot undo it.
+
+use bytes::BytesMut;
+use postgres_protocol::escape::escape_literal;
+
+use super::client::ClientCtx;
+use crate::config::SearchPathSync;
+use crate::protocol::backend::{self, Backend};
+use crate::protocol::encode;
+use crate::server::{ServerConn, StateKey, TRACKED_PARAMS};
+
+pub struct Prelude {
+    pub sql: String,
+    /// The state the connection holds once the prelude succeeded (`None`: it only re-sets
+    /// reported parameters and leaves the known state as it is).
+    pub state: Option<StateKey>,
+    /// Whether settings never applied before are in it: then it runs in a round trip of its
+    /// own before any client message is sent, so a failing setting cannot leave the client's
+    /// statement running in someone else's state.
+    pub unverified: bool,
+}
+
+pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Option<Prelude> {
+    let want = ctx.wanted_state();
+    let full = mode == SearchPathSync::Always || conn.state.as_ref() != Some(&want);
+    let mut sql = String::new();
+    if full {
+        sql.push_str("RESET ALL;");
+        sql.push_str(&ctx.tenant.state_sql);
+        sql.push_str(&ctx.settings_sql);
+    }
+    for name in TRACKED_PARAMS {
+        let Some(value) = ctx.params.get(name) else {
+            continue;
+        };
+        let current = conn.params.get(name);
+        let after_reset = conn.startup_params.get(name);
+        if current != Some(value) || (full && after_reset != Some(value)) {
+            sql.push_str("SET ");
+            sql.push_str(name);
+            sql.push_str(" TO ");
+            sql.push_str(&escape_literal(&String::from_utf8_lossy(value)));
+            sql.push(';');
+        }
+    }
+    if sql.is_empty() {
+        return None;
+    }
+    let unverified = full
+        && (!ctx.settings_verified
+            || !ctx
+                .tenant
+                .settings_verified
+                .load(std::sync::atomic::Ordering::Relaxed));
+    Some(Prelude {
+        sql,
+        state: if full { Some(want) } else { conn.state.clone() },
+        unverified,
+    })
+}
+
+pub fn encode_prelude(buf: &mut BytesMut, p: &Prelude) {
+    encode::query(buf, &p.sql);
+}
+
+/// What one reply to the prelude means.
+pub enum Reply {
+    More,
+    /// ReadyForQuery: the prelude is done.
+    Done,
+    /// It failed; the raw ErrorResponse is forwarded to the client.
+    Failed,
+}
+
+/// Consumes one reply to the prelude (all are swallowed; parameter changes are recorded).
+pub fn on_reply(conn: &mut ServerConn, msg: &[u8]) -> Result<Reply, &'static str> {
+    Ok(match backend::decode(msg)? {
+        Backend::ParameterStatus { name, value } => {
+            let name = String::from_utf8_lossy(name);
+            conn.params.set(&name, value);
+            Reply::More
+        }
+        Backend::Error(_) => Reply::Failed,
+        Backend::ReadyForQuery(_) => Reply::Done,
+        _ => Reply::More,
+    })
+}
+
+/// After a successful prelude: record the state and tell the client about any reported
+/// parameter whose value the server spells differently than the client was told.
+pub fn finish(
+    conn: &mut ServerConn,
+    ctx: &mut ClientCtx,
+    state: Option<StateKey>,
+    out: &mut BytesMut,
+) {
+    if state.is_some() {
+        conn.reported_search_path = conn.params.get("search_path").map(|v| v.to_vec());
+    }
+    conn.state = state;
+    ctx.settings_verified = true;
+    ctx.tenant
+        .settings_verified
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    for name in TRACKED_PARAMS {
+        if let Some(value) = conn.params.get(name) {
+            if ctx.params.get(name).is_some_and(|v| v != value) {
+                encode::parameter_status(out, name.as_bytes(), value);
+                ctx.params.set(name, value);
+            }
+        }
+    }
+}

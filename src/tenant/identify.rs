@@ -1,0 +1,89 @@
+//! Which tenant a client names, exactly as SPEC.md's "Naming the tenant" says:
+//! `options` and `user` name a tenant explicitly (a name that is not a tenant is an error);
+//! `database` names one only when it is a tenant's name; methods are tried in the configured
+//! order; nothing named falls back to `default_tenant`, else an error with a hint.
+
+use crate::config::{Config, TenantSource};
+use crate::protocol::encode::ErrorInfo;
+
+/// Who the client is, once its startup names are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The proxy user to authenticate as.
+    pub user: String,
+    /// The tenant, or why there is none (reported only after authentication succeeds).
+    pub tenant: Result<String, IdentifyError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentifyError {
+    #[error("tenant \"{0}\" does not exist")]
+    Unknown(String),
+    #[error("no tenant named")]
+    NoneNamed,
+}
+
+impl IdentifyError {
+    pub fn to_client(&self) -> ErrorInfo {
+        match self {
+            IdentifyError::Unknown(_) => ErrorInfo::fatal("3D000", self.to_string()),
+            IdentifyError::NoneNamed => {
+                ErrorInfo::fatal("28000", "no tenant named for this connection").with_hint(
+                    "name one with options='-c tenant=NAME', user=USER.NAME or dbname=NAME",
+                )
+            }
+        }
+    }
+}
+
+/// Resolves the user and tenant from the startup `user`, `database` and the `tenant` given in
+/// `options` (if any).
+pub fn identify(
+    config: &Config,
+    user: &str,
+    database: &str,
+    options_tenant: Option<&str>,
+) -> Identity {
+    let sources = &config.proxy.tenant_from;
+    let (user, user_tenant) = split_user(config, user);
+    let exists = |t: &str| config.tenants.contains_key(t);
+    for source in sources {
+        let named = match source {
+            TenantSource::Options => options_tenant,
+            TenantSource::User => user_tenant.as_deref(),
+            TenantSource::Database => {
+                if exists(database) {
+                    Some(database)
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(t) = named {
+            let tenant = if exists(t) {
+                Ok(t.to_string())
+            } else {
+                Err(IdentifyError::Unknown(t.to_string()))
+            };
+            return Identity { user, tenant };
+        }
+    }
+    let tenant = match &config.proxy.default_tenant {
+        Some(t) => Ok(t.clone()),
+        None => Err(IdentifyError::NoneNamed),
+    };
+    Identity { user, tenant }
+}
+
+/// `app.a.com` -> (`app`, `a.com`), splitting at the first separator, only when `user` is a
+/// naming method and the full name is not itself a configured user.
+fn split_user(config: &Config, user: &str) -> (String, Option<String>) {
+    let by_user = config.proxy.tenant_from.contains(&TenantSource::User);
+    if !by_user || config.users.contains_key(user) {
+        return (user.to_string(), None);
+    }
+    match user.split_once(config.proxy.user_separator.as_str()) {
+        Some((u, t)) if !u.is_empty() && !t.is_empty() => (u.to_string(), Some(t.to_string())),
+        _ => (user.to_string(), None),
+    }
+}
