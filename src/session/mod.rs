@@ -393,6 +393,8 @@ async fn finish_session(
 /// nothing in flight -> ROLLBACK and confirm idle; anything else (a query or COPY in
 /// flight, an unsynced extended batch) -> close it.
 async fn abandon(mut conn: Pooled<ServerConn>, link: &Link) {
+    // Whatever happened, the proxy no longer vouches for this connection's state.
+    conn.state = None;
     if conn.broken {
         conn.discard();
         return;
@@ -401,7 +403,6 @@ async fn abandon(mut conn: Pooled<ServerConn>, link: &Link) {
         return;
     }
     if link.owed == 0 && !link.unsynced && reset(&mut conn, "ROLLBACK").await {
-        conn.state = None;
         return;
     }
     conn.discard();
