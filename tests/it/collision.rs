@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::support::{connect, simple_value, Naming, ProxyOptions, TestProxy};
+use crate::support::{connect, describe, simple_value, Naming, ProxyOptions, TestProxy};
 
 /// Transactions per client.
 const TXNS: usize = 200;
@@ -108,9 +108,11 @@ async fn run_client(index: usize, spec: Client, probe: &'static str, txns: usize
                     .push(format!("client {index} ({}) read {value:?}", spec.expect));
             }
             Err(e) => {
-                report
-                    .errors
-                    .push(format!("client {index} ({}) txn {txn}: {e}", spec.expect));
+                report.errors.push(format!(
+                    "client {index} ({}) txn {txn}: {}",
+                    spec.expect,
+                    describe(&e)
+                ));
                 if client.is_closed() {
                     break;
                 }

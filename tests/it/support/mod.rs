@@ -46,6 +46,20 @@ pub fn pg() -> &'static LocalPostgres {
     })
 }
 
+/// A key=value connection string straight to the shared PostgreSQL (bypassing the proxy),
+/// e.g. `pg_conn_str("app", "app_pw", "app")` or as superuser `postgres`/`postgres`.
+pub fn pg_conn_str(user: &str, password: &str, dbname: &str) -> String {
+    let pg = pg();
+    format!(
+        "host={} port={} user={} password={} dbname={} connect_timeout=10",
+        pg.host(),
+        pg.port(),
+        quote(user),
+        quote(password),
+        quote(dbname)
+    )
+}
+
 extern "C" fn stop_shared_pg() {
     if let Some(pg) = SHARED_PG.get() {
         pg.shutdown();
@@ -358,19 +372,26 @@ impl ConnectError {
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnectError::Postgres(e) => match e.as_db_error() {
-                Some(db) => write!(
-                    f,
-                    "{} {}: {}",
-                    db.severity(),
-                    db.code().code(),
-                    db.message()
-                ),
-                None => write!(f, "{e}"),
-            },
+            ConnectError::Postgres(e) => f.write_str(&describe(e)),
             ConnectError::TimedOut => write!(f, "timed out after {CONNECT_TIMEOUT:?} connecting"),
         }
     }
+}
+
+/// A tokio-postgres error as one readable line: `SEVERITY CODE: message` for a server
+/// error, else the error and its causes (its `Display` alone says just "db error" or
+/// "error connecting to server").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 /// Connects with tokio-postgres (no TLS), spawning the connection task; gives up after
