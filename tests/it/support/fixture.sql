@@ -1,0 +1,55 @@
+-- Fixture for the integration tests, run once per test binary as superuser `postgres`
+-- in database `postgres` (psql script: \connect switches databases).
+
+CREATE ROLE app LOGIN PASSWORD 'app_pw';
+CREATE ROLE tenant_t7 LOGIN PASSWORD 't7_pw';
+CREATE DATABASE app OWNER app;
+CREATE DATABASE app_t5 OWNER app;
+CREATE DATABASE app_t6 OWNER app;
+
+\connect app
+-- Model 2: a schema per tenant, all owned by app.
+SET ROLE app;
+CREATE SCHEMA t1;
+CREATE TABLE t1.whoami (tenant text, n int);
+INSERT INTO t1.whoami VALUES ('t1', 1);
+CREATE SCHEMA t2;
+CREATE TABLE t2.whoami (tenant text, n int);
+INSERT INTO t2.whoami VALUES ('t2', 2);
+CREATE SCHEMA t3;
+CREATE TABLE t3.whoami (tenant text, n int);
+INSERT INTO t3.whoami VALUES ('t3', 3);
+CREATE SCHEMA t4;
+CREATE TABLE t4.whoami (tenant text, n int);
+INSERT INTO t4.whoami VALUES ('t4', 4);
+
+-- Model 1: one table, rows carry a tenant id, row-level security on app.tenant_id.
+-- Tenant N owns N rows, so count(*) and min(tenant_id) both say N.
+CREATE TABLE public.rls_items (tenant_id int NOT NULL, val text NOT NULL);
+INSERT INTO public.rls_items
+    SELECT t, 'item ' || t || '.' || i FROM generate_series(1, 4) t, generate_series(1, t) i;
+ALTER TABLE public.rls_items ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.rls_items FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON public.rls_items
+    USING (tenant_id = current_setting('app.tenant_id')::int);
+RESET ROLE;
+
+-- A tenant with its own server login: schema t7 owned by tenant_t7.
+CREATE SCHEMA t7 AUTHORIZATION tenant_t7;
+SET ROLE tenant_t7;
+CREATE TABLE t7.whoami (tenant text, n int);
+INSERT INTO t7.whoami VALUES ('t7', 7);
+RESET ROLE;
+
+-- Model 3: a database per tenant.
+\connect app_t5
+SET ROLE app;
+CREATE TABLE public.whoami (tenant text, n int);
+INSERT INTO public.whoami VALUES ('t5', 5);
+RESET ROLE;
+
+\connect app_t6
+SET ROLE app;
+CREATE TABLE public.whoami (tenant text, n int);
+INSERT INTO public.whoami VALUES ('t6', 6);
+RESET ROLE;
