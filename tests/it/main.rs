@@ -4,4 +4,7 @@
 mod support;
 
 mod collision;
+mod faults;
+mod hostile;
 mod login;
+mod protocol;
