@@ -154,10 +154,7 @@ impl Poolable for ServerConn {
         // An idle connection must have nothing to say: any bytes (a FATAL after
         // pg_terminate_backend, EOF after a restart) mean it is gone.
         let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-            _ => false,
-        }
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 

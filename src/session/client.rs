@@ -112,10 +112,26 @@ fn normalize_encoding(value: &str) -> String {
     }
 }
 
+/// A linked server connection's address and its own cancel key.
+pub type CancelTarget = (Arc<EndpointConfig>, (i32, i32));
+
 /// Where a cancel for this client should go while it is linked.
 #[derive(Default)]
 pub struct CancelSlot {
-    pub linked: Mutex<Option<(Arc<EndpointConfig>, (i32, i32))>>,
+    pub linked: Mutex<Option<CancelTarget>>,
+}
+
+impl CancelSlot {
+    pub fn set(&self, target: Option<CancelTarget>) {
+        *self.linked.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+
+    pub fn get(&self) -> Option<CancelTarget> {
+        self.linked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 pub struct ClientCtx {

@@ -341,7 +341,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             .await
             .map_err(SessionError::Refused)?;
         let prelude = sync::prelude(proxy.search_path_sync, ctx, &conn);
-        *lock(&ctx.cancel) = Some((conn.endpoint.clone(), conn.backend_key));
+        ctx.cancel
+            .set(Some((conn.endpoint.clone(), conn.backend_key)));
         let mut link = Link::new(!session_mode);
         let end = linked::run(
             client,
@@ -352,7 +353,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             proxy.idle_transaction_timeout,
         )
         .await;
-        *lock(&ctx.cancel) = None;
+        ctx.cancel.set(None);
         match end {
             Ok(LinkEnd::Released) => drop(conn),
             Ok(LinkEnd::ClientGone) => return finish_session(conn, &link, session_mode).await,
@@ -362,12 +363,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-}
-
-fn lock(
-    slot: &CancelSlot,
-) -> std::sync::MutexGuard<'_, Option<(Arc<crate::config::EndpointConfig>, (i32, i32))>> {
-    slot.linked.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The client has left: make sure nothing of its transaction reaches the next client.
