@@ -605,7 +605,7 @@ async fn newer_minor_protocol_version_is_negotiated_down() {
         .unwrap_or_else(|e| panic!("a protocol 3.2 startup was refused: {e}"));
     if let Some(v) = got.iter().find(|m| m.tag == b'v') {
         // NegotiateProtocolVersion: the newest minor version supported.
-        assert_eq!(&v.body[..4], &((3 << 16) as i32).to_be_bytes());
+        assert_eq!(&v.body[..4], &(3i32 << 16).to_be_bytes());
     }
     wire.send(&query("SELECT tenant FROM whoami")).await;
     let rows = wire.until_ready().await.unwrap();
