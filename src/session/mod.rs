@@ -2,8 +2,10 @@
 //! transaction mode, `Idle <-> Linked(server)` until the client leaves -> cleanup.
 
 pub mod client;
+pub mod expect;
 pub mod handshake;
 pub mod linked;
+pub mod prepared;
 pub mod stream;
 pub mod sync;
 
@@ -275,6 +277,7 @@ async fn checkout(
                 proxy.server_connect_timeout,
                 proxy.server_lifetime,
                 proxy.max_message_size,
+                proxy.max_prepared_statements,
             )
             .await
             .map_err(|e| unreachable_backend(&endpoint.config.backend, &e))?;
@@ -397,7 +400,7 @@ async fn abandon(mut conn: Pooled<ServerConn>, link: &Link) {
     if link.is_idle() {
         return;
     }
-    if link.owed == 0 && !link.unsynced && reset(&mut conn, "ROLLBACK").await {
+    if link.expect.owed() == 0 && !link.unsynced && reset(&mut conn, "ROLLBACK").await {
         return;
     }
     conn.discard();

@@ -7,4 +7,5 @@ mod collision;
 mod faults;
 mod hostile;
 mod login;
+mod prepared;
 mod protocol;
