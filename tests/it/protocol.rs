@@ -229,9 +229,9 @@ async fn copy_out(client: &Client, sql: &str) -> Vec<u8> {
     chunks.concat()
 }
 
-/// tokio-postgres's `copy_in`/`copy_out` prepare a *named* statement first; named
-/// statements are not mapped across server connections yet, so this runs in an explicit
-/// transaction (one server connection for prepare and execute).
+/// tokio-postgres's `copy_in`/`copy_out` prepare a named statement first, then run it:
+/// once in autocommit (prepare and execute may land on different server connections) and
+/// once inside an explicit transaction.
 #[tokio::test]
 async fn copy_through_tokio_postgres_matches_direct() {
     let proxy = TestProxy::start_with(ProxyOptions::default());
@@ -243,10 +243,15 @@ async fn copy_through_tokio_postgres_matches_direct() {
         "COPY (SELECT * FROM copy_src ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)",
         "COPY copy_src TO STDOUT WITH (FORMAT binary)",
     ] {
-        proxied.batch_execute("BEGIN").await.unwrap();
         let via_proxy = copy_out(&proxied, sql).await;
+        proxied.batch_execute("BEGIN").await.unwrap();
+        let in_transaction = copy_out(&proxied, sql).await;
         proxied.batch_execute("COMMIT").await.unwrap();
         let straight = copy_out(&direct, sql).await;
+        assert!(
+            in_transaction == straight,
+            "{sql}: COPY output differs in a transaction"
+        );
         assert!(
             via_proxy.len() > 100_000,
             "{sql}: {} bytes",
@@ -257,7 +262,6 @@ async fn copy_through_tokio_postgres_matches_direct() {
     let text = copy_out(&direct, "COPY copy_src TO STDOUT").await;
     assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 10_000);
 
-    proxied.batch_execute("BEGIN").await.unwrap();
     let sink = proxied
         .copy_in("COPY copy_dst_tp FROM STDIN")
         .await
@@ -272,7 +276,6 @@ async fn copy_through_tokio_postgres_matches_direct() {
         .finish()
         .await
         .unwrap_or_else(|e| panic!("finishing COPY: {}", describe(&e)));
-    proxied.batch_execute("COMMIT").await.unwrap();
     assert_eq!(rows, 10_000);
     let expected = fingerprint(&direct, "copy_src").await;
     assert!(expected.starts_with("10000:"), "{expected}");
