@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::types::Type;
 
-use crate::support::{connect, describe, simple_value, Naming, ProxyOptions, TestProxy};
+use crate::support::{connect, describe, simple_value, ConnectError, ProxyOptions};
 
 /// How long one raw exchange may take before the test calls it a hang.
 const RAW_TIMEOUT: Duration = Duration::from_secs(10);
@@ -249,6 +249,110 @@ impl Wire {
     }
 }
 
+/// Env var that makes [`isolated_proxy_process`] run a proxy with the config it holds.
+const ISOLATED_CONFIG_ENV: &str = "PGTENANT_IT_ISOLATED_PROXY_CONFIG";
+const PORT_LINE: &str = "ISOLATED_PROXY_PORT=";
+
+/// A proxy in a child process (this test binary again, running only
+/// [`isolated_proxy_process`]). A proxy task that never yields would freeze a runtime shared
+/// with the test, so the test would hang instead of failing, and keep burning CPU for the
+/// rest of the run; a child process is simply killed when the test ends.
+struct IsolatedProxy {
+    addr: std::net::SocketAddr,
+    child: std::process::Child,
+}
+
+impl IsolatedProxy {
+    fn start(options: ProxyOptions) -> IsolatedProxy {
+        use std::io::BufRead;
+        let pg = crate::support::pg();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "hostile::isolated_proxy_process", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env(ISOLATED_CONFIG_ENV, options.toml(pg.host(), pg.port()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the isolated proxy process");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let port = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    // libtest prints "test NAME ... " on the same line first.
+                    if let Some(at) = line.find(PORT_LINE) {
+                        let port = line[at + PORT_LINE.len()..].trim();
+                        break port.parse::<u16>().expect("a port number");
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    panic!("the isolated proxy process exited before listening");
+                }
+            }
+        };
+        // Keep reading (and discarding) its output so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        IsolatedProxy {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// A tokio-postgres connection string for user `app` as `tenant`.
+    fn connect_str(&self, tenant: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=app password={} dbname=app \
+             options='-c tenant={tenant}' connect_timeout=10",
+            self.addr.port(),
+            crate::support::PROXY_PASSWORD
+        )
+    }
+
+    async fn connect(&self, tenant: &str) -> Result<tokio_postgres::Client, ConnectError> {
+        connect(&self.connect_str(tenant)).await
+    }
+}
+
+impl Drop for IsolatedProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Not a test of its own: the body of an [`IsolatedProxy`] child process. Without the env
+/// var (a normal test run) it does nothing.
+#[test]
+fn isolated_proxy_process() {
+    let Ok(config_text) = std::env::var(ISOLATED_CONFIG_ENV) else {
+        return;
+    };
+    // The parent holds our stdin: when it goes away, so do we.
+    std::thread::spawn(|| {
+        let mut buf = [0u8; 1];
+        let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
+        std::process::exit(0);
+    });
+    let config = pgtenant::config::Config::from_toml_str(&config_text, "isolated.toml")
+        .unwrap_or_else(|e| panic!("isolated proxy config: {e}"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{PORT_LINE}{}", listener.local_addr().unwrap().port());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let _ = pgtenant::run(listener, std::sync::Arc::new(config), shutdown).await;
+    });
+}
+
 /// Runs one hostile connection of kind `i % KINDS`; Err says what was wrong.
 async fn attack(addr: std::net::SocketAddr, i: usize) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(i as u64);
@@ -420,9 +524,9 @@ async fn honest(conn: String, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
     (done, errors)
 }
 
-async fn assert_still_serving(proxy: &TestProxy) {
+async fn assert_still_serving(proxy: &IsolatedProxy) {
     let client = proxy
-        .connect("app", Naming::Options, "t3")
+        .connect("t3")
         .await
         .unwrap_or_else(|e| panic!("a login after the attack: {e}"));
     let got = simple_value(&client, "SELECT tenant FROM whoami")
@@ -435,13 +539,10 @@ async fn assert_still_serving(proxy: &TestProxy) {
 async fn malformed_connections_do_not_hurt_an_honest_client() {
     const ATTACKS: usize = 306;
     const AT_ONCE: usize = 34;
-    let proxy = TestProxy::start_with(ProxyOptions::default().auth("trust").pool_size(2));
+    let proxy = IsolatedProxy::start(ProxyOptions::default().auth("trust").pool_size(2));
     let addr = proxy.addr();
     let stop = Arc::new(AtomicBool::new(false));
-    let honest_task = tokio::spawn(honest(
-        proxy.connect_str("app", Naming::Options, "t2"),
-        stop.clone(),
-    ));
+    let honest_task = tokio::spawn(honest(proxy.connect_str("t2"), stop.clone()));
     let started = Instant::now();
     let mut failures = Vec::new();
     for batch in (0..ATTACKS).collect::<Vec<_>>().chunks(AT_ONCE) {
@@ -480,7 +581,7 @@ async fn malformed_connections_do_not_hurt_an_honest_client() {
 
 #[tokio::test]
 async fn oversized_startup_packet_is_08p01() {
-    let proxy = TestProxy::start_with(ProxyOptions::default().auth("trust"));
+    let proxy = IsolatedProxy::start(ProxyOptions::default().auth("trust"));
     // A real packet of 12,000 bytes (a long options value).
     let pad = "x".repeat(12_000);
     let big = packet(
@@ -526,12 +627,12 @@ async fn oversized_startup_packet_is_08p01() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_over_max_message_size_is_08p01() {
-    let proxy = TestProxy::start_with(
+    let proxy = IsolatedProxy::start(
         ProxyOptions::default()
             .auth("trust")
             .proxy_line("max_message_size = 65536"),
     );
-    let other = proxy.connect("app", Naming::Options, "t2").await.unwrap();
+    let other = proxy.connect("t2").await.unwrap();
     assert_eq!(
         simple_value(&other, "SELECT tenant FROM whoami")
             .await
@@ -557,7 +658,7 @@ async fn message_over_max_message_size_is_08p01() {
     assert!(!reply.messages.iter().any(|m| m.tag == b'D'), "{reply:?}");
 
     // Through tokio-postgres: the error reaches the client.
-    let victim = proxy.connect("app", Naming::Options, "t1").await.unwrap();
+    let victim = proxy.connect("t1").await.unwrap();
     let err = victim
         .simple_query(&sql_of(100_000))
         .await
@@ -566,13 +667,22 @@ async fn message_over_max_message_size_is_08p01() {
     if let Some(code) = err.code() {
         assert_eq!(code.code(), "08P01");
     }
-    // A large Bind parameter streams through (only inspected messages are capped).
-    let big = "b".repeat(100_000);
+    // Bind is capped the same way (the proxy reads it whole to map statement names).
+    let param = "b".repeat(60_000);
     let rows = other
-        .query_typed("SELECT length($1::text)", &[(&big, Type::TEXT)])
+        .query_typed("SELECT length($1::text)", &[(&param, Type::TEXT)])
         .await
-        .unwrap_or_else(|e| panic!("100 kB parameter: {}", describe(&e)));
-    assert_eq!(rows[0].get::<_, i32>(0), 100_000);
+        .unwrap_or_else(|e| panic!("60 kB parameter: {}", describe(&e)));
+    assert_eq!(rows[0].get::<_, i32>(0), 60_000);
+    let victim = proxy.connect("t1").await.unwrap();
+    let param = "b".repeat(100_000);
+    let err = victim
+        .query_typed("SELECT length($1::text)", &[(&param, Type::TEXT)])
+        .await
+        .expect_err("a 100 kB Bind is over the limit");
+    if let Some(code) = err.code() {
+        assert_eq!(code.code(), "08P01");
+    }
     assert_eq!(
         simple_value(&other, "SELECT tenant FROM whoami")
             .await
@@ -588,7 +698,36 @@ async fn message_over_max_message_size_is_08p01() {
 /// and goes on in 3.0; the proxy should do the same, not refuse the login.
 #[tokio::test]
 async fn newer_minor_protocol_version_is_negotiated_down() {
-    let proxy = TestProxy::start_with(ProxyOptions::default().auth("trust"));
+    // PostgreSQL itself (over its unix socket, trust): 15 negotiates down, 18 speaks 3.2.
+    let pg = crate::support::pg();
+    let socket = pg.socket_dir().join(format!(".s.PGSQL.{}", pg.port()));
+    let mut direct = tokio::net::UnixStream::connect(&socket)
+        .await
+        .expect("PostgreSQL's unix socket");
+    direct
+        .write_all(&packet(
+            (3 << 16) | 2,
+            &params(&[("user", "app"), ("database", "app")]),
+        ))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"Z\0\0\0\x05I") {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(RAW_TIMEOUT, direct.read(&mut chunk))
+            .await
+            .expect("PostgreSQL answers")
+            .unwrap();
+        assert!(n > 0, "PostgreSQL refused a 3.2 startup: {answer:?}");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    eprintln!(
+        "PostgreSQL {} answered a 3.2 startup with {:?} first",
+        pg.version_num(),
+        answer[0] as char
+    );
+
+    let proxy = IsolatedProxy::start(ProxyOptions::default().auth("trust"));
     let mut wire = Wire::connect(proxy.addr()).await;
     wire.send(&packet(
         (3 << 16) | 2,
@@ -619,7 +758,7 @@ async fn newer_minor_protocol_version_is_negotiated_down() {
 /// waiting for the rest of that message: the next client's query would be swallowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_mid_streamed_message_does_not_poison_the_connection() {
-    let proxy = TestProxy::start_with(ProxyOptions::default().auth("trust").pool_size(1));
+    let proxy = IsolatedProxy::start(ProxyOptions::default().auth("trust").pool_size(1));
     let mut wire = Wire::login(proxy.addr(), "t1").await.unwrap();
     let mut partial = vec![b'd'];
     partial.extend_from_slice(&1_000_000i32.to_be_bytes());
@@ -628,7 +767,7 @@ async fn disconnect_mid_streamed_message_does_not_poison_the_connection() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(wire);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let client = proxy.connect("app", Naming::Options, "t2").await.unwrap();
+    let client = proxy.connect("t2").await.unwrap();
     let started = Instant::now();
     let got = tokio::time::timeout(
         Duration::from_secs(10),
@@ -648,43 +787,59 @@ async fn disconnect_mid_streamed_message_does_not_poison_the_connection() {
     eprintln!("next client answered after {:?}", started.elapsed());
 }
 
-/// Clients that send the first bytes of a message and then stall must not hold the server
-/// connections everyone else needs (two of them would starve a pool of 2).
+/// Clients that send the first bytes of a Query and then pause (a slow link, or on
+/// purpose) must neither hold the server connections everyone else needs (two of them would
+/// take a pool of 2) nor keep the proxy busy; when the rest arrives they get their answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_partial_messages_do_not_hold_server_connections() {
-    let proxy = TestProxy::start_with(
+async fn paused_partial_messages_do_not_stall_others() {
+    let proxy = IsolatedProxy::start(
         ProxyOptions::default()
             .auth("trust")
             .pool_size(2)
             .timeout("query_wait_timeout", "5s"),
     );
-    let mut stalled = Vec::new();
+    let client = proxy.connect("t2").await.unwrap();
+    let q = query(&format!("SELECT '{}'", "s".repeat(87)));
+    let mut paused = Vec::new();
     for _ in 0..2 {
         let mut wire = Wire::login(proxy.addr(), "t1").await.unwrap();
-        // A Query header announcing 100 bytes, and only 10 of them.
-        let q = query(&format!("SELECT '{}'", "s".repeat(87)));
+        // The header and 10 of the 97 bytes the Query announces.
         wire.send(&q[..15]).await;
-        stalled.push(wire);
+        paused.push(wire);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let client = proxy.connect("app", Naming::Options, "t2").await.unwrap();
-    let started = Instant::now();
-    let got = tokio::time::timeout(
-        Duration::from_secs(15),
-        simple_value(&client, "SELECT tenant FROM whoami"),
-    )
-    .await
-    .expect("an answer (or an error) within 15s");
-    eprintln!(
-        "honest client answered after {:?}: {got:?}",
-        started.elapsed().as_millis()
-    );
-    match got {
-        Ok(v) => assert_eq!(v.as_deref(), Some("t2")),
-        Err(e) => panic!(
-            "two stalled half-messages starved the pool of 2: {}",
-            describe(&e)
-        ),
+    for round in 0..3 {
+        let started = Instant::now();
+        let got = tokio::time::timeout(
+            Duration::from_secs(15),
+            simple_value(&client, "SELECT tenant FROM whoami"),
+        )
+        .await;
+        eprintln!(
+            "round {round}: honest client answered after {:?}: {got:?}",
+            started.elapsed()
+        );
+        match got {
+            Err(_) => panic!(
+                "round {round}: no answer within 15s while two clients sit on half a \
+                 Query (the proxy is stuck)"
+            ),
+            Ok(Err(e)) => panic!(
+                "round {round}: two half-sent Queries starved the pool of 2: {}",
+                describe(&e)
+            ),
+            Ok(Ok(v)) => assert_eq!(v.as_deref(), Some("t2")),
+        }
     }
-    drop(stalled);
+    for (i, wire) in paused.iter_mut().enumerate() {
+        wire.send(&q[15..]).await;
+        let rows = wire
+            .until_ready()
+            .await
+            .unwrap_or_else(|e| panic!("paused client {i} after sending the rest: {e}"));
+        assert!(
+            rows.iter().any(|m| m.tag == b'D'),
+            "paused client {i}: {rows:?}"
+        );
+    }
 }
