@@ -308,6 +308,44 @@ async fn copy_through_tokio_postgres_matches_direct() {
     );
 }
 
+/// tokio-postgres's `copy_in` sends Bind, Execute, Sync, CopyData..., CopyDone, Sync.
+/// PostgreSQL ignores a Sync that arrives during COPY IN, so one ReadyForQuery answers
+/// both. Afterwards the client's server connection must go back to the pool (a second
+/// client on the pool of 1 gets it), and the client itself goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_copy_in_releases_the_server_connection() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let a = proxy_client(&proxy, "t1").await;
+    let sink = a
+        .copy_in("COPY copy_release FROM STDIN")
+        .await
+        .unwrap_or_else(|e| panic!("copy_in: {}", describe(&e)));
+    futures_util::pin_mut!(sink);
+    sink.send(Bytes::from_static(b"1\ta\n2\tb\n3\tc\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 3);
+
+    let b = proxy_client(&proxy, "t2").await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        simple_value(&b, "SELECT tenant FROM whoami"),
+    )
+    .await
+    .expect("after the COPY, a second client on the pool of 1 got no connection in 10s");
+    assert_eq!(got.unwrap().as_deref(), Some("t2"));
+    let count = tokio::time::timeout(
+        Duration::from_secs(10),
+        simple_value(&a, "SELECT count(*) FROM copy_release"),
+    )
+    .await
+    .expect("the copying client's next query got an answer");
+    match count {
+        Ok(v) => assert_eq!(v.as_deref(), Some("3")),
+        Err(e) => panic!("the copying client's next query: {}", describe(&e)),
+    }
+}
+
 #[tokio::test]
 async fn copy_through_psql_matches_direct() {
     let proxy = TestProxy::start_with(ProxyOptions::default());

@@ -68,6 +68,7 @@ CREATE TABLE public.copy_dst_tp (id int, val text);
 CREATE TABLE public.copy_dst_psql (id int, val text);
 CREATE TABLE public.copy_abort_tp (id int, val text);
 CREATE TABLE public.copy_abort_psql (id int, val text);
+CREATE TABLE public.copy_release (id int, val text);
 -- A 20 MB value each way.
 CREATE TABLE public.big_values (id int PRIMARY KEY, val text);
 -- LATIN1 client bytes.
