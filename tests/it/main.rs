@@ -4,5 +4,8 @@
 mod support;
 
 mod collision;
+mod faults;
+mod hostile;
 mod login;
 mod prepared;
+mod protocol;
