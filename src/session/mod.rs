@@ -335,8 +335,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
     let session_mode = proxy.pool_mode == PoolMode::Session;
     let mut link = Link::new(!session_mode);
     loop {
-        // Idle: wait until the client has sent at least one whole message header.
-        while client.rbuf.len() < 5 {
+        // Idle: wait until the client has sent a message the link can act on (a whole one,
+        // or the start of a streamed CopyData): half a Query must not hold a server
+        // connection, nor spin.
+        let max = proxy.max_message_size;
+        while !crate::protocol::frame::message_ready(
+            &client.rbuf,
+            |t| t == crate::protocol::ftag::COPY_DATA,
+            max,
+        ) {
             tokio::select! {
                 r = client.fill_idle() => match r {
                     Ok(n) if n > 0 => {}
@@ -387,7 +394,7 @@ async fn finish_session(
     link: &Link,
     session_mode: bool,
 ) -> Result<(), SessionError> {
-    if session_mode && link.is_idle() {
+    if session_mode && link.is_idle() && !link.client_mid_message {
         // Session mode: the connection goes back with no state at all.
         if reset(&mut conn, "DISCARD ALL").await {
             conn.state = None;
@@ -406,14 +413,16 @@ async fn finish_session(
 async fn abandon(mut conn: Pooled<ServerConn>, link: &Link) {
     // Whatever happened, the proxy no longer vouches for this connection's state.
     conn.state = None;
-    if conn.broken {
+    if conn.broken || link.client_mid_message {
         conn.discard();
         return;
     }
     if link.is_idle() {
         return;
     }
-    if link.expect.owed() == 0 && !link.unsynced && reset(&mut conn, "ROLLBACK").await {
+    // Only when nothing at all is outstanding (no prelude, no reply of any kind) is the
+    // next ReadyForQuery surely the ROLLBACK's own.
+    if link.expect.is_empty() && !link.unsynced && reset(&mut conn, "ROLLBACK").await {
         return;
     }
     conn.discard();
