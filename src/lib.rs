@@ -14,16 +14,20 @@
 //! - [`localpg`]: starting a throwaway local PostgreSQL (demo, tests, benchmarks).
 //! - [`demo`]: `pgtenant demo`.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod listener;
 pub mod localpg;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod tenant;
 
-pub use listener::run;
+pub use listener::{run, Proxy, ProxyHandle};

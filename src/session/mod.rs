@@ -2,254 +2,121 @@
 //! transaction mode, `Idle <-> Linked(server)` until the client leaves -> cleanup.
 
 pub mod client;
+pub mod counted;
 pub mod expect;
 pub mod handshake;
 pub mod linked;
+mod login;
 pub mod prepared;
 pub mod stream;
 pub mod sync;
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, PoolMode};
+use crate::config::{PoolMode, ProxyConfig};
 use crate::pool::{Lease, Pooled};
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
-use crate::server::{Params, ServerConn, ServerError};
-use crate::tenant::{identify, Registry, TenantRuntime};
-use client::{CancelSlot, ClientCtx, StartupInfo};
-use handshake::Opening;
+use crate::server::{ServerConn, ServerError};
+use crate::shared::{ClientEntry, ClientState, Generation};
+use crate::tenant::{LoginFailure, TenantRuntime, TenantStats};
+use client::ClientCtx;
+use counted::Counted;
 use linked::{Link, LinkEnd, LinkError};
+use login::{login, LoggedIn, LoginError};
 use stream::ClientStream;
+
+pub use crate::shared::Shared;
 
 /// How long a client may take from connecting to being logged in (as PostgreSQL's
 /// `authentication_timeout`).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much a client waiting at a paused tenant may send ahead before the proxy stops reading.
+const PAUSED_READ_LIMIT: usize = 1 << 20;
 /// How long cleanup of an abandoned link may take before the connection is closed instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// State shared by all sessions.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub registry: Registry,
-    /// Client cancel keys -> where a cancel should go while that client is linked.
-    pub cancels: DashMap<(i32, i32), Arc<CancelSlot>>,
-    pub shutdown: CancellationToken,
-}
-
-impl Shared {
-    pub fn new(config: Arc<Config>, shutdown: CancellationToken) -> Self {
-        Shared {
-            registry: Registry::build(&config),
-            config,
-            cancels: DashMap::new(),
-            shutdown,
-        }
-    }
-
-    /// Forwards a client's CancelRequest, with the server's own key, to the server
-    /// connection that client is linked to right now, if any.
-    pub async fn forward_cancel(&self, key: (i32, i32)) {
-        let target = self
-            .cancels
-            .get(&key)
-            .and_then(|slot| slot.linked.lock().ok().and_then(|l| l.clone()));
-        match target {
-            Some((endpoint, server_key)) => {
-                if let Err(e) = crate::server::send_cancel(&endpoint, server_key).await {
-                    tracing::warn!(backend = %endpoint.backend, error = %e, "forwarding cancel failed");
-                }
-            }
-            None => tracing::debug!("cancel request for a client that is not linked (ignored)"),
-        }
-    }
-}
 
 /// Serves one client connection to the end.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
+    peer: Option<SocketAddr>,
     shared: Arc<Shared>,
     permit: Option<OwnedSemaphorePermit>,
 ) {
-    let mut client = ClientStream::new(io, shared.config.proxy.max_message_size);
+    let max_message = shared.current().config.proxy.max_message_size;
+    let mut client = ClientStream::new(Counted::new(io), max_message);
     let login =
         tokio::time::timeout(LOGIN_TIMEOUT, login(&mut client, &shared, permit.is_some())).await;
-    let mut ctx = match login {
-        Ok(Ok(Some(ctx))) => ctx,
+    let logged_in = match login {
+        Ok(Ok(Some(logged_in))) => logged_in,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            let _ = client.send_error(&e).await;
+            e.record(&shared);
+            let _ = client.send_error(&e.info).await;
             return;
         }
         Err(_) => {
-            let _ = client
-                .send_error(&ErrorInfo::fatal("08006", "timeout expired during login"))
-                .await;
+            let e = LoginError::anonymous(
+                LoginFailure::Timeout,
+                ErrorInfo::fatal("08006", "timeout expired during login"),
+            );
+            e.record(&shared);
+            let _ = client.send_error(&e.info).await;
             return;
         }
     };
-    shared.cancels.insert(ctx.key, ctx.cancel.clone());
-    let result = run(&mut client, &mut ctx, &shared).await;
-    shared.cancels.remove(&ctx.key);
-    ctx.tenant.clients.fetch_sub(1, Ordering::Relaxed);
+    match logged_in {
+        LoggedIn::Admin(user) => crate::admin::serve(&mut client, &shared, &user).await,
+        LoggedIn::Tenant(ctx) => serve_tenant(&mut client, ctx, peer, &shared).await,
+    }
+    drop(permit);
+}
+
+/// A logged-in tenant client: registered for the console, then the idle/linked loop.
+async fn serve_tenant<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<Counted<S>>,
+    mut ctx: ClientCtx,
+    peer: Option<SocketAddr>,
+    shared: &Shared,
+) {
+    tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, result = "ok", "login");
+    client.io.count_into(ctx.tenant.stats.clone());
+    let application_name = ctx
+        .params
+        .get("application_name")
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let entry = Arc::new(ClientEntry::new(
+        ctx.user.clone(),
+        ctx.tenant.name.clone(),
+        peer,
+        application_name,
+        ctx.cancel.clone(),
+    ));
+    shared.clients.insert(ctx.key, entry.clone());
+    let result = run(client, &mut ctx, &entry, shared).await;
+    shared.clients.remove(&ctx.key);
+    ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
     if let Err(e) = result {
         tracing::debug!(tenant = %ctx.tenant.name, error = %e, "session ended with an error");
         if let Some(info) = e.to_client() {
             let _ = client.send_error(&info).await;
         }
     }
-    drop(permit);
-}
-
-/// Handshake and authentication. `Ok(None)`: nothing more to do (a cancel request, or the
-/// client left). `Err`: what to tell the client before closing.
-async fn login<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut ClientStream<S>,
-    shared: &Shared,
-    admitted: bool,
-) -> Result<Option<ClientCtx>, ErrorInfo> {
-    let params = match handshake::open(client, shared).await {
-        Ok(Opening::Startup(params)) => params,
-        Ok(Opening::Cancelled) => return Ok(None),
-        Err(e) => return e.to_client().map_or(Ok(None), Err),
-    };
-    if !admitted {
-        return Err(ErrorInfo::fatal("53300", "sorry, too many clients already"));
-    }
-    let info = client::read_startup(params)?;
-    let config = &shared.config;
-    let identity = identify(
-        config,
-        &info.user,
-        &info.database,
-        info.options_tenant.as_deref(),
-    );
-    let user = config.users.get(&identity.user);
-    if let Err(e) = crate::auth::authenticate(
-        client,
-        config.proxy.auth,
-        &identity.user,
-        user.map(|u| &**u),
-    )
-    .await
-    {
-        tracing::info!(user = %identity.user, result = e.kind(), "login failed");
-        return e.to_client().map_or(Ok(None), Err);
-    }
-    let tenant_name = identity.tenant.map_err(|e| {
-        tracing::info!(user = %identity.user, result = "tenant", "login failed: {e}");
-        e.to_client()
-    })?;
-    // Authentication succeeded, so `user` is configured.
-    let allowed = user.is_some_and(|u| u.tenants.allows(&tenant_name));
-    if !allowed {
-        return Err(ErrorInfo::fatal(
-            "28000",
-            format!(
-                "user \"{}\" may not use tenant \"{tenant_name}\"",
-                identity.user
-            ),
-        ));
-    }
-    let tenant = shared.registry.tenants[&tenant_name].clone();
-    admit_to_tenant(&tenant)?;
-    let ctx = match finish_login(client, shared, identity.user, tenant.clone(), &info).await {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            tenant.clients.fetch_sub(1, Ordering::Relaxed);
-            return Err(e);
-        }
-    };
-    tracing::info!(user = %ctx.user, tenant = %tenant_name, "login");
-    Ok(Some(ctx))
-}
-
-fn admit_to_tenant(tenant: &TenantRuntime) -> Result<(), ErrorInfo> {
-    let n = tenant.clients.fetch_add(1, Ordering::Relaxed) + 1;
-    if tenant
-        .config
-        .max_client_connections
-        .is_some_and(|max| n > max)
-    {
-        tenant.clients.fetch_sub(1, Ordering::Relaxed);
-        return Err(ErrorInfo::fatal(
-            "53300",
-            format!(
-                "sorry, too many clients already for tenant \"{}\"",
-                tenant.name
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// AuthenticationOk, the server's parameters (with the client's own values for the ones it
-/// set), a BackendKeyData of the client's own, ReadyForQuery.
-async fn finish_login<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut ClientStream<S>,
-    shared: &Shared,
-    user: String,
-    tenant: Arc<TenantRuntime>,
-    info: &StartupInfo,
-) -> Result<ClientCtx, ErrorInfo> {
-    let server_params = endpoint_params(shared, &tenant).await?;
-    let mut params = Params::default();
-    for (name, value) in server_params.iter() {
-        if name != "search_path" {
-            params.set(name, value);
-        }
-    }
-    for (name, value) in &info.reported {
-        params.set(name, value.as_bytes());
-    }
-    let key = loop {
-        let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
-        if !shared.cancels.contains_key(&key) {
-            break key;
-        }
-    };
-    let out = &mut client.wbuf;
-    encode::authentication_ok(out);
-    for (name, value) in params.iter() {
-        encode::parameter_status(out, name.as_bytes(), value);
-    }
-    encode::backend_key_data(out, key.0, key.1);
-    encode::ready_for_query(out, TxStatus::Idle);
-    client
-        .flush()
-        .await
-        .map_err(|_| ErrorInfo::fatal("08006", "client went away"))?;
-    Ok(ClientCtx::new(user, tenant, info, params, key))
-}
-
-/// The endpoint's reported parameters, from its first server connection (opened now if
-/// there has never been one).
-async fn endpoint_params(shared: &Shared, tenant: &TenantRuntime) -> Result<Params, ErrorInfo> {
-    let endpoint = &tenant.endpoint;
-    let params = endpoint
-        .params
-        .get_or_try_init(|| async {
-            let conn = checkout(shared, tenant, None).await?;
-            Ok::<_, ErrorInfo>(conn.startup_params.clone())
-        })
-        .await?;
-    Ok(params.clone())
 }
 
 /// Checks out a server connection for `tenant`, opening one if the pool allows.
 async fn checkout(
-    shared: &Shared,
+    proxy: &ProxyConfig,
     tenant: &TenantRuntime,
     want: Option<&crate::server::StateKey>,
 ) -> Result<Pooled<ServerConn>, ErrorInfo> {
-    let proxy = &shared.config.proxy;
     let endpoint = &tenant.endpoint;
     let none = crate::server::StateKey {
         tenant: 0,
@@ -264,6 +131,8 @@ async fn checkout(
         )
         .await
         .map_err(|_| {
+            tracing::warn!(tenant = %tenant.name, backend = %endpoint.config.backend,
+                "timed out waiting for a server connection");
             ErrorInfo::fatal(
                 "53300",
                 "timed out waiting for a server connection (query_wait_timeout)",
@@ -302,6 +171,12 @@ enum SessionError {
     Refused(ErrorInfo),
     #[error("shutting down")]
     Shutdown,
+    /// `KILL tenant`. While linked the stream may be mid-message: nothing more is sent.
+    #[error("killed by an administrator")]
+    Killed { linked: bool },
+    /// A reload removed the tenant (noticed between transactions).
+    #[error("tenant \"{0}\" was removed from the configuration")]
+    Removed(String),
 }
 
 impl SessionError {
@@ -309,10 +184,14 @@ impl SessionError {
         match self {
             SessionError::Link(e) => e.to_client(),
             SessionError::Refused(e) => Some(e.clone()),
-            SessionError::Shutdown => Some(ErrorInfo::fatal(
-                "57P01",
-                "terminating connection due to administrator command",
-            )),
+            SessionError::Shutdown | SessionError::Killed { linked: false } => {
+                Some(ErrorInfo::fatal(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                ))
+            }
+            SessionError::Killed { linked: true } => None,
+            SessionError::Removed(_) => Some(ErrorInfo::fatal("57P01", self.to_string())),
         }
     }
 }
@@ -321,50 +200,165 @@ impl SessionError {
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
+    entry: &ClientEntry,
     shared: &Shared,
 ) -> Result<(), SessionError> {
-    let proxy = &shared.config.proxy;
-    let session_mode = proxy.pool_mode == PoolMode::Session;
+    let mut generation = shared.current();
+    let session_mode = generation.config.proxy.pool_mode == PoolMode::Session;
     let mut link = Link::new(!session_mode);
     loop {
         // Idle: wait until the client has sent at least one whole message header.
-        while client.rbuf.len() < 5 {
-            tokio::select! {
-                r = client.fill() => match r {
-                    Ok(n) if n > 0 => {}
-                    _ => return Ok(()),
-                },
-                _ = shared.shutdown.cancelled() => return Err(SessionError::Shutdown),
-            }
+        if !wait_for_message(client, ctx, entry, shared).await? {
+            return Ok(());
         }
         if client.rbuf[0] == crate::protocol::ftag::TERMINATE {
             return Ok(());
         }
+        // A reload since the last checkout: this client's tenant, afresh.
+        if shared.generation_id() != generation.id {
+            generation = shared.current();
+            refresh(ctx, &generation)?;
+        }
+        let Some(_linked) = pass_pause_gate(client, ctx, entry, shared).await? else {
+            return Ok(());
+        };
+        let proxy = &generation.config.proxy;
+        entry.set_state(ClientState::Waiting);
+        let started = Instant::now();
         // Session mode links once, for the client's whole life (the link never releases).
-        let mut conn = checkout(shared, &ctx.tenant, Some(&ctx.wanted_state()))
+        let mut conn = checkout(proxy, &ctx.tenant, Some(&ctx.wanted_state()))
             .await
             .map_err(SessionError::Refused)?;
+        ctx.tenant.stats.checkout_wait.observe(started.elapsed());
+        entry.set_state(ClientState::Active);
         let prelude = sync::prelude(proxy.search_path_sync, ctx, &conn);
+        if prelude.is_some() {
+            ctx.tenant.stats.preludes.fetch_add(1, Ordering::Relaxed);
+        }
         ctx.cancel
             .set(Some((conn.endpoint.clone(), conn.backend_key)));
         link.reset();
-        let end = linked::run(
-            client,
-            ctx,
-            &mut conn,
-            &mut link,
-            prelude,
-            proxy.idle_transaction_timeout,
-        )
-        .await;
+        let idle_tx_timeout = proxy.idle_transaction_timeout;
+        let end = tokio::select! {
+            end = linked::run(client, ctx, &mut conn, &mut link, prelude, idle_tx_timeout) => Some(end),
+            _ = entry.kill.cancelled() => None,
+        };
         ctx.cancel.set(None);
+        entry.set_state(ClientState::Idle);
         match end {
-            Ok(LinkEnd::Released) => drop(conn),
-            Ok(LinkEnd::ClientGone) => return finish_session(conn, &link, session_mode).await,
-            Err(e) => {
+            Some(Ok(LinkEnd::Released)) => drop(conn),
+            Some(Ok(LinkEnd::ClientGone)) => {
+                return finish_session(conn, &link, session_mode).await
+            }
+            Some(Err(e)) => {
                 abandon(conn, &link).await;
                 return Err(e.into());
             }
+            None => {
+                // Mid-link: closing the server connection is the only safe cleanup.
+                conn.discard();
+                return Err(SessionError::Killed { linked: true });
+            }
+        }
+    }
+}
+
+/// Waits while idle until the client has sent a whole message header. `false`: the client
+/// left. Ends early for shutdown, `KILL` and the tenant's removal.
+async fn wait_for_message<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &ClientCtx,
+    entry: &ClientEntry,
+    shared: &Shared,
+) -> Result<bool, SessionError> {
+    let removed = &ctx.tenant.control.removed;
+    if removed.is_cancelled() {
+        return Err(SessionError::Removed(ctx.tenant.name.clone()));
+    }
+    while client.rbuf.len() < 5 {
+        tokio::select! {
+            r = client.fill() => match r {
+                Ok(n) if n > 0 => {}
+                _ => return Ok(false),
+            },
+            _ = shared.shutdown.cancelled() => return Err(SessionError::Shutdown),
+            _ = entry.kill.cancelled() => return Err(SessionError::Killed { linked: false }),
+            _ = removed.cancelled() => return Err(SessionError::Removed(ctx.tenant.name.clone())),
+        }
+    }
+    Ok(true)
+}
+
+/// After a reload: the client's tenant as the new generation has it (a changed
+/// `search_path` then applies from this checkout on), if it still exists and the user may
+/// still use it.
+fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionError> {
+    let name = &ctx.tenant.name;
+    let Some(tenant) = generation.registry.tenants.get(name) else {
+        return Err(SessionError::Removed(name.clone()));
+    };
+    let allowed = generation
+        .config
+        .users
+        .get(&ctx.user)
+        .is_some_and(|u| u.tenants.allows(name));
+    if !allowed {
+        let message = format!("user \"{}\" may no longer use tenant \"{name}\"", ctx.user);
+        return Err(SessionError::Refused(ErrorInfo::fatal("28000", message)));
+    }
+    if !Arc::ptr_eq(tenant, &ctx.tenant) {
+        ctx.tenant = tenant.clone();
+    }
+    Ok(())
+}
+
+/// Counts a client in its tenant's [`TenantStats::linked`] until dropped.
+struct LinkedGuard(Arc<TenantStats>);
+
+impl Drop for LinkedGuard {
+    fn drop(&mut self) {
+        self.0.linked.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Lets a new transaction through unless its tenant is paused; then waits for RESUME.
+/// `None`: the client left while waiting. See [`crate::tenant::TenantControl`] for why the
+/// count goes up before the flag is read.
+async fn pass_pause_gate<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &ClientCtx,
+    entry: &ClientEntry,
+    shared: &Shared,
+) -> Result<Option<LinkedGuard>, SessionError> {
+    let stats = &ctx.tenant.stats;
+    let control = &ctx.tenant.control;
+    loop {
+        stats.linked.fetch_add(1, Ordering::SeqCst);
+        if !control.is_paused() {
+            return Ok(Some(LinkedGuard(stats.clone())));
+        }
+        stats.linked.fetch_sub(1, Ordering::SeqCst);
+        entry.set_state(ClientState::Paused);
+        stats.paused_waiting.fetch_add(1, Ordering::Relaxed);
+        let waited = loop {
+            tokio::select! {
+                _ = control.wait_resumed() => break Ok(true),
+                // Notices a client that leaves; what it sends meanwhile waits in the buffer.
+                r = client.fill(), if client.rbuf.len() < PAUSED_READ_LIMIT => match r {
+                    Ok(n) if n > 0 => continue,
+                    _ => break Ok(false),
+                },
+                _ = shared.shutdown.cancelled() => break Err(SessionError::Shutdown),
+                _ = entry.kill.cancelled() => break Err(SessionError::Killed { linked: false }),
+                _ = control.removed.cancelled() => {
+                    break Err(SessionError::Removed(ctx.tenant.name.clone()))
+                }
+            }
+        };
+        stats.paused_waiting.fetch_sub(1, Ordering::Relaxed);
+        entry.set_state(ClientState::Idle);
+        if !waited? {
+            return Ok(None);
         }
     }
 }
