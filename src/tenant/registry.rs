@@ -201,4 +201,60 @@ mod tests {
             "SET search_path TO \"a_com\",\"we\"\"ird\";SET app.tenant_id TO '17''; drop';"
         );
     }
+
+    fn config(b_search_path: &str, pool_size: usize, extra: &str) -> Config {
+        let text = format!(
+            "[backends.main]\nhost = \"127.0.0.1\"\nport = 5432\ndatabase = \"app\"\n\
+             user = \"app\"\npassword = \"pw\"\npool_size = {pool_size}\n\
+             [users.app]\npassword = \"secret\"\n\
+             [tenants.a]\nbackend = \"main\"\nsearch_path = [\"a\"]\n\
+             [tenants.b]\nbackend = \"main\"\nsearch_path = [\"{b_search_path}\"]\n{extra}"
+        );
+        Config::from_toml_str(&text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn rebuild_keeps_what_did_not_change() {
+        let old = Registry::build(&config("b", 4, ""));
+        let extra = "[tenants.c]\nbackend = \"main\"\nsearch_path = [\"c\"]\n";
+        let new = Registry::rebuild(&config("b2", 4, extra), &old);
+        assert_eq!(new.endpoints.len(), 1);
+        assert!(
+            Arc::ptr_eq(&new.endpoints[0], &old.endpoints[0]),
+            "same pool"
+        );
+        assert!(
+            Arc::ptr_eq(&new.tenants["a"], &old.tenants["a"]),
+            "a unchanged"
+        );
+        let (b_old, b_new) = (&old.tenants["b"], &new.tenants["b"]);
+        assert!(!Arc::ptr_eq(b_old, b_new));
+        assert_ne!(
+            b_old.state_id, b_new.state_id,
+            "a new state: SET again at checkout"
+        );
+        assert_eq!(b_new.state_sql, "SET search_path TO \"b2\";");
+        assert_eq!(b_old.pool_id, b_new.pool_id, "same logical pool");
+        assert!(
+            Arc::ptr_eq(&b_old.stats, &b_new.stats),
+            "counters carry over"
+        );
+        assert!(
+            Arc::ptr_eq(&b_old.control, &b_new.control),
+            "pause carries over"
+        );
+        assert!(new.tenants.contains_key("c"));
+        assert_ne!(new.tenants["c"].pool_id, b_new.pool_id);
+    }
+
+    #[test]
+    fn rebuild_replaces_a_resized_endpoint() {
+        let old = Registry::build(&config("b", 4, ""));
+        let new = Registry::rebuild(&config("b", 8, ""), &old);
+        assert!(!Arc::ptr_eq(&new.endpoints[0], &old.endpoints[0]));
+        assert_eq!(new.endpoints[0].pool.size(), 8);
+        let (a_old, a_new) = (&old.tenants["a"], &new.tenants["a"]);
+        assert!(!Arc::ptr_eq(a_old, a_new), "a moved to the new pool");
+        assert!(Arc::ptr_eq(&a_old.stats, &a_new.stats));
+    }
 }
