@@ -3,6 +3,9 @@
 
 mod support;
 
+mod admin;
 mod collision;
 mod login;
+mod metrics;
 mod prepared;
+mod reload;

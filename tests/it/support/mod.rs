@@ -6,6 +6,8 @@
 //! exits, so `cargo test` leaves no postgres processes behind.
 #![allow(dead_code)] // Not every test module uses every helper.
 
+pub mod ops;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
