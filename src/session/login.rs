@@ -20,7 +20,11 @@ use crate::tenant::{identify, IdentifyError, LoginFailure, TenantRuntime};
 
 /// Who a client turned out to be.
 pub(super) enum LoggedIn {
-    Tenant(ClientCtx),
+    Tenant {
+        ctx: ClientCtx,
+        /// What the client itself set (`""` if nothing), for `SHOW CLIENTS`.
+        application_name: String,
+    },
     /// An `admin_users` user asking for database `pgtenant`.
     Admin(String),
 }
@@ -149,7 +153,18 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await
     {
-        Ok(ctx) => Ok(Some(LoggedIn::Tenant(ctx))),
+        Ok(ctx) => {
+            let application_name = info
+                .reported
+                .iter()
+                .find(|(name, _)| *name == "application_name")
+                .map(|(_, value)| value.clone())
+                .unwrap_or_default();
+            Ok(Some(LoggedIn::Tenant {
+                ctx,
+                application_name,
+            }))
+        }
         Err(i) => {
             tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
             Err(fail(F::Backend, i))

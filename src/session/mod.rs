@@ -73,7 +73,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     match logged_in {
         LoggedIn::Admin(user) => crate::admin::serve(&mut client, &shared, &user).await,
-        LoggedIn::Tenant(ctx) => serve_tenant(&mut client, ctx, peer, &shared).await,
+        LoggedIn::Tenant {
+            ctx,
+            application_name,
+        } => serve_tenant(&mut client, ctx, application_name, peer, &shared).await,
     }
     drop(permit);
 }
@@ -82,16 +85,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 async fn serve_tenant<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<Counted<S>>,
     mut ctx: ClientCtx,
+    application_name: String,
     peer: Option<SocketAddr>,
     shared: &Shared,
 ) {
     tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, result = "ok", "login");
     client.io.count_into(ctx.tenant.stats.clone());
-    let application_name = ctx
-        .params
-        .get("application_name")
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default();
     let entry = Arc::new(ClientEntry::new(
         ctx.user.clone(),
         ctx.tenant.name.clone(),
@@ -104,7 +103,9 @@ async fn serve_tenant<S: AsyncRead + AsyncWrite + Unpin>(
     shared.clients.remove(&ctx.key);
     ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
     if let Err(e) = result {
-        tracing::debug!(tenant = %ctx.tenant.name, error = %e, "session ended with an error");
+        // One line per session that did not end by the client's choice (no query text:
+        // errors name what happened, not what was sent).
+        tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, error = %e, "session closed");
         if let Some(info) = e.to_client() {
             let _ = client.send_error(&info).await;
         }
