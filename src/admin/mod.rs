@@ -1,7 +1,7 @@
 //! The admin console: clients that log in to database [`ADMIN_DATABASE`] as one of
 //! `admin_users` get a console over the simple query protocol instead of a tenant session.
 //! Answers are real result sets (RowDescription/DataRow), so psql prints tables and drivers'
-//! `simple_query` returns rows. One file per command; [`command`] is the grammar, [`table`]
+//! `simple_query` returns rows. One file per command; `command.rs` is the grammar, `table.rs`
 //! the encoding.
 //!
 //! An unknown command or a bad argument is an ERROR and the console carries on. The
