@@ -114,11 +114,11 @@ async fn accept_loop(
             _ = shared.shutdown.cancelled() => return Ok(()),
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((stream, _peer)) => {
                 backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
                 let permit = clients.clone().try_acquire_owned().ok();
-                tracker.spawn(session::serve(stream, Some(peer), shared.clone(), permit));
+                tracker.spawn(session::serve(stream, shared.clone(), permit));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

@@ -173,6 +173,13 @@ pub fn apply(shared: &Shared, mut config: Config) -> ReloadSummary {
             t.control.removed.cancel();
         }
     }
+    if !summary.tenants.removed.is_empty() {
+        for client in shared.clients.iter() {
+            if summary.tenants.removed.contains(&client.tenant) {
+                client.remove();
+            }
+        }
+    }
     for endpoint in &retired {
         // Idle connections of a pool nobody will check out from again. Connections in use
         // close when their pool is dropped, after their clients moved on.

@@ -52,6 +52,17 @@ impl ClientState {
     }
 }
 
+/// Why a session's [`ClientEntry::stop`] token was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The proxy is shutting down (the parent token): linked transactions finish.
+    Shutdown,
+    /// A reload removed the tenant: the transaction in progress finishes.
+    Removed,
+    /// `KILL tenant`: at once, even mid-transaction.
+    Killed,
+}
+
 /// A logged-in client, as the console sees it.
 pub struct ClientEntry {
     pub user: String,
@@ -62,17 +73,22 @@ pub struct ClientEntry {
     /// Where a cancel for this client goes while it is linked (also: which server).
     pub cancel: Arc<CancelSlot>,
     state: AtomicU8,
-    /// `KILL tenant`: the session ends at once, dropping any server connection it holds.
-    pub kill: CancellationToken,
+    /// Cancelled to end the session (see [`StopReason`]). One token per session for all
+    /// three reasons, so an idle session waits on one future only (idle sessions are the
+    /// many: their size matters).
+    pub stop: CancellationToken,
+    stop_reason: AtomicU8,
 }
 
 impl ClientEntry {
+    /// `shutdown`: the proxy's token; this client's `stop` is a child of it.
     pub fn new(
         user: String,
         tenant: String,
         peer: Option<SocketAddr>,
         application_name: String,
         cancel: Arc<CancelSlot>,
+        shutdown: &CancellationToken,
     ) -> Self {
         ClientEntry {
             user,
@@ -82,7 +98,31 @@ impl ClientEntry {
             since: Instant::now(),
             cancel,
             state: AtomicU8::new(ClientState::Idle as u8),
-            kill: CancellationToken::new(),
+            stop: shutdown.child_token(),
+            stop_reason: AtomicU8::new(0),
+        }
+    }
+
+    /// `KILL`: ends the session at once.
+    pub fn kill(&self) {
+        self.stop_reason.store(2, Ordering::SeqCst);
+        self.stop.cancel();
+    }
+
+    /// The tenant was removed: ends the session after its transaction.
+    pub fn remove(&self) {
+        let _ = self
+            .stop_reason
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
+        self.stop.cancel();
+    }
+
+    /// Why `stop` was cancelled (meaningful once it is).
+    pub fn stop_reason(&self) -> StopReason {
+        match self.stop_reason.load(Ordering::SeqCst) {
+            2 => StopReason::Killed,
+            1 => StopReason::Removed,
+            _ => StopReason::Shutdown,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::shared::{Generation, Shared};
 pub fn run(shared: &Shared, generation: &Generation, name: &str) -> Result<Reply, ErrorInfo> {
     let mut killed = 0;
     for client in shared.clients.iter().filter(|c| c.tenant == name) {
-        client.kill.cancel();
+        client.kill();
         killed += 1;
     }
     if killed == 0 && !generation.registry.tenants.contains_key(name) {

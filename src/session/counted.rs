@@ -27,6 +27,35 @@ impl<S> Counted<S> {
     }
 }
 
+/// The client's address, where the socket has one (for `SHOW CLIENTS`).
+pub trait Peer {
+    fn peer(&self) -> Option<std::net::SocketAddr>;
+}
+
+impl Peer for tokio::net::TcpStream {
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.peer_addr().ok()
+    }
+}
+
+impl Peer for tokio::io::DuplexStream {
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+}
+
+impl<S: Peer> Peer for Counted<S> {
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.inner.peer()
+    }
+}
+
+impl<S: super::stream::Readiness> super::stream::Readiness for Counted<S> {
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        self.inner.readable()
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -216,12 +216,8 @@ async fn finish_login<S: AsyncRead + AsyncWrite + Unpin>(
     info: &StartupInfo,
 ) -> Result<ClientCtx, ErrorInfo> {
     let server_params = endpoint_params(proxy, &tenant).await?;
-    let mut params = Params::default();
-    for (name, value) in server_params.iter() {
-        if name != "search_path" {
-            params.set(name, value);
-        }
-    }
+    // Shared with every other client of the endpoint until this one differs.
+    let mut params = server_params;
     for (name, value) in &info.reported {
         params.set(name, value.as_bytes());
     }
@@ -253,7 +249,16 @@ async fn endpoint_params(proxy: &ProxyConfig, tenant: &TenantRuntime) -> Result<
         .params
         .get_or_try_init(|| async {
             let conn = checkout(proxy, tenant, None).await?;
-            Ok::<_, ErrorInfo>(conn.startup_params.clone())
+            // search_path is the proxy's business (PostgreSQL 18 reports it): not shown.
+            let mut params = Params::default();
+            for (name, value) in conn
+                .startup_params
+                .iter()
+                .filter(|(n, _)| *n != "search_path")
+            {
+                params.set(name, value);
+            }
+            Ok::<_, ErrorInfo>(params)
         })
         .await?;
     Ok(params.clone())

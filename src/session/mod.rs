@@ -11,7 +11,6 @@ pub mod prepared;
 pub mod stream;
 pub mod sync;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +23,10 @@ use crate::pool::{Lease, Pooled};
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::server::{ServerConn, ServerError};
-use crate::shared::{ClientEntry, ClientState, Generation};
+use crate::shared::{ClientEntry, ClientState, Generation, StopReason};
 use crate::tenant::{LoginFailure, TenantRuntime, TenantStats};
 use client::ClientCtx;
-use counted::Counted;
+use counted::{Counted, Peer};
 use linked::{Link, LinkEnd, LinkError};
 use login::{login, LoggedIn, LoginError};
 use stream::ClientStream;
@@ -43,16 +42,18 @@ const PAUSED_READ_LIMIT: usize = 1 << 20;
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one client connection to the end.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer>(
     io: S,
-    peer: Option<SocketAddr>,
     shared: Arc<Shared>,
     permit: Option<OwnedSemaphorePermit>,
 ) {
     let max_message = shared.current().config.proxy.max_message_size;
     let mut client = ClientStream::new(Counted::new(io), max_message);
-    let login =
-        tokio::time::timeout(LOGIN_TIMEOUT, login(&mut client, &shared, permit.is_some())).await;
+    let login = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        Box::pin(login(&mut client, &shared, permit.is_some())),
+    )
+    .await;
     let logged_in = match login {
         Ok(Ok(Some(logged_in))) => logged_in,
         Ok(Ok(None)) => return,
@@ -76,17 +77,16 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         LoggedIn::Tenant {
             ctx,
             application_name,
-        } => serve_tenant(&mut client, ctx, application_name, peer, &shared).await,
+        } => serve_tenant(&mut client, ctx, application_name, &shared).await,
     }
     drop(permit);
 }
 
 /// A logged-in tenant client: registered for the console, then the idle/linked loop.
-async fn serve_tenant<S: AsyncRead + AsyncWrite + Unpin>(
+async fn serve_tenant<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer>(
     client: &mut ClientStream<Counted<S>>,
     mut ctx: ClientCtx,
     application_name: String,
-    peer: Option<SocketAddr>,
     shared: &Shared,
 ) {
     tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, result = "ok", "login");
@@ -94,9 +94,10 @@ async fn serve_tenant<S: AsyncRead + AsyncWrite + Unpin>(
     let entry = Arc::new(ClientEntry::new(
         ctx.user.clone(),
         ctx.tenant.name.clone(),
-        peer,
+        client.io.peer(),
         application_name,
         ctx.cancel.clone(),
+        &shared.shutdown,
     ));
     shared.clients.insert(ctx.key, entry.clone());
     let result = run(client, &mut ctx, &entry, shared).await;
@@ -198,7 +199,7 @@ impl SessionError {
 }
 
 /// The idle/linked loop.
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
     entry: &ClientEntry,
@@ -209,7 +210,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut link = Link::new(!session_mode);
     loop {
         // Idle: wait until the client has sent at least one whole message header.
-        if !wait_for_message(client, ctx, entry, shared).await? {
+        if !wait_for_message(client, ctx, entry).await? {
             return Ok(());
         }
         if client.rbuf[0] == crate::protocol::ftag::TERMINATE {
@@ -220,14 +221,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             generation = shared.current();
             refresh(ctx, &generation)?;
         }
-        let Some(_linked) = pass_pause_gate(client, ctx, entry, shared).await? else {
+        let Some(_linked) = pass_pause_gate(client, ctx, entry).await? else {
             return Ok(());
         };
         let proxy = &generation.config.proxy;
         entry.set_state(ClientState::Waiting);
         let started = Instant::now();
         // Session mode links once, for the client's whole life (the link never releases).
-        let mut conn = checkout(proxy, &ctx.tenant, Some(&ctx.wanted_state()))
+        let mut conn = Box::pin(checkout(proxy, &ctx.tenant, Some(&ctx.wanted_state())))
             .await
             .map_err(SessionError::Refused)?;
         ctx.tenant.stats.checkout_wait.observe(started.elapsed());
@@ -240,19 +241,38 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             .set(Some((conn.endpoint.clone(), conn.backend_key)));
         link.reset();
         let idle_tx_timeout = proxy.idle_transaction_timeout;
-        let end = tokio::select! {
-            end = linked::run(client, ctx, &mut conn, &mut link, prelude, idle_tx_timeout) => Some(end),
-            _ = entry.kill.cancelled() => None,
+        // Boxed: the linked state machine is large and only needed while linked, so idle
+        // clients (the vast majority) stay small.
+        let mut linked = Box::pin(linked::run(
+            client,
+            ctx,
+            &mut conn,
+            &mut link,
+            prelude,
+            idle_tx_timeout,
+        ));
+        // KILL cuts the link; shutdown and removal let the transaction finish (the idle
+        // loop ends the session afterwards).
+        let end = loop {
+            tokio::select! {
+                end = &mut linked => break Some(end),
+                _ = entry.stop.cancelled(), if !entry.stop.is_cancelled() => {
+                    if entry.stop_reason() == StopReason::Killed {
+                        break None;
+                    }
+                }
+            }
         };
+        drop(linked);
         ctx.cancel.set(None);
         entry.set_state(ClientState::Idle);
         match end {
             Some(Ok(LinkEnd::Released)) => drop(conn),
             Some(Ok(LinkEnd::ClientGone)) => {
-                return finish_session(conn, &link, session_mode).await
+                return Box::pin(finish_session(conn, &link, session_mode)).await
             }
             Some(Err(e)) => {
-                abandon(conn, &link).await;
+                Box::pin(abandon(conn, &link)).await;
                 return Err(e.into());
             }
             None => {
@@ -265,29 +285,38 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Waits while idle until the client has sent a whole message header. `false`: the client
-/// left. Ends early for shutdown, `KILL` and the tenant's removal.
-async fn wait_for_message<S: AsyncRead + AsyncWrite + Unpin>(
+/// left. Ends early for shutdown, `KILL` and the tenant's removal (one token for all three).
+async fn wait_for_message<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
     client: &mut ClientStream<S>,
     ctx: &ClientCtx,
     entry: &ClientEntry,
-    shared: &Shared,
 ) -> Result<bool, SessionError> {
-    let removed = &ctx.tenant.control.removed;
-    if removed.is_cancelled() {
-        return Err(SessionError::Removed(ctx.tenant.name.clone()));
+    // The tenant's own flag too: a client that logged in just as its tenant was removed.
+    if entry.stop.is_cancelled() || ctx.tenant.control.removed.is_cancelled() {
+        return Err(stopped(ctx, entry));
     }
     while client.rbuf.len() < 5 {
         tokio::select! {
-            r = client.fill() => match r {
+            r = client.fill_idle() => match r {
                 Ok(n) if n > 0 => {}
                 _ => return Ok(false),
             },
-            _ = shared.shutdown.cancelled() => return Err(SessionError::Shutdown),
-            _ = entry.kill.cancelled() => return Err(SessionError::Killed { linked: false }),
-            _ = removed.cancelled() => return Err(SessionError::Removed(ctx.tenant.name.clone())),
+            _ = entry.stop.cancelled() => return Err(stopped(ctx, entry)),
         }
     }
     Ok(true)
+}
+
+/// The error for a session whose stop token (or tenant) says it must end.
+fn stopped(ctx: &ClientCtx, entry: &ClientEntry) -> SessionError {
+    match entry.stop_reason() {
+        StopReason::Killed => SessionError::Killed { linked: false },
+        _ if ctx.tenant.control.removed.is_cancelled() => {
+            SessionError::Removed(ctx.tenant.name.clone())
+        }
+        StopReason::Removed => SessionError::Removed(ctx.tenant.name.clone()),
+        StopReason::Shutdown => SessionError::Shutdown,
+    }
 }
 
 /// After a reload: the client's tenant as the new generation has it (a changed
@@ -322,46 +351,60 @@ impl Drop for LinkedGuard {
     }
 }
 
-/// Lets a new transaction through unless its tenant is paused; then waits for RESUME.
-/// `None`: the client left while waiting. See [`crate::tenant::TenantControl`] for why the
-/// count goes up before the flag is read.
+/// Lets a new transaction through unless its tenant is paused (no await on that path).
+/// See [`crate::tenant::TenantControl`] for why the count goes up before the flag is read.
+fn enter(ctx: &ClientCtx) -> Option<LinkedGuard> {
+    let stats = &ctx.tenant.stats;
+    stats.linked.fetch_add(1, Ordering::SeqCst);
+    if !ctx.tenant.control.is_paused() {
+        return Some(LinkedGuard(stats.clone()));
+    }
+    stats.linked.fetch_sub(1, Ordering::SeqCst);
+    None
+}
+
+/// Passes the pause gate, waiting for RESUME if the tenant is paused. `None`: the client
+/// left while waiting.
 async fn pass_pause_gate<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &ClientCtx,
     entry: &ClientEntry,
-    shared: &Shared,
 ) -> Result<Option<LinkedGuard>, SessionError> {
-    let stats = &ctx.tenant.stats;
-    let control = &ctx.tenant.control;
     loop {
-        stats.linked.fetch_add(1, Ordering::SeqCst);
-        if !control.is_paused() {
-            return Ok(Some(LinkedGuard(stats.clone())));
+        if let Some(guard) = enter(ctx) {
+            return Ok(Some(guard));
         }
-        stats.linked.fetch_sub(1, Ordering::SeqCst);
-        entry.set_state(ClientState::Paused);
-        stats.paused_waiting.fetch_add(1, Ordering::Relaxed);
-        let waited = loop {
-            tokio::select! {
-                _ = control.wait_resumed() => break Ok(true),
-                // Notices a client that leaves; what it sends meanwhile waits in the buffer.
-                r = client.fill(), if client.rbuf.len() < PAUSED_READ_LIMIT => match r {
-                    Ok(n) if n > 0 => continue,
-                    _ => break Ok(false),
-                },
-                _ = shared.shutdown.cancelled() => break Err(SessionError::Shutdown),
-                _ = entry.kill.cancelled() => break Err(SessionError::Killed { linked: false }),
-                _ = control.removed.cancelled() => {
-                    break Err(SessionError::Removed(ctx.tenant.name.clone()))
-                }
-            }
-        };
-        stats.paused_waiting.fetch_sub(1, Ordering::Relaxed);
-        entry.set_state(ClientState::Idle);
-        if !waited? {
+        // Boxed: rarely needed, and it would make every idle session's future bigger.
+        if !Box::pin(wait_while_paused(client, ctx, entry)).await? {
             return Ok(None);
         }
     }
+}
+
+/// Waits until the tenant is resumed. `false`: the client left meanwhile.
+async fn wait_while_paused<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &ClientCtx,
+    entry: &ClientEntry,
+) -> Result<bool, SessionError> {
+    let (stats, control) = (&ctx.tenant.stats, &ctx.tenant.control);
+    entry.set_state(ClientState::Paused);
+    stats.paused_waiting.fetch_add(1, Ordering::Relaxed);
+    let waited = loop {
+        tokio::select! {
+            _ = control.wait_resumed() => break Ok(true),
+            // Notices a client that leaves; what it sends meanwhile waits in the buffer.
+            r = client.fill(), if client.rbuf.len() < PAUSED_READ_LIMIT => match r {
+                Ok(n) if n > 0 => continue,
+                _ => break Ok(false),
+            },
+            _ = entry.stop.cancelled() => break Err(stopped(ctx, entry)),
+            _ = control.removed.cancelled() => break Err(stopped(ctx, entry)),
+        }
+    };
+    stats.paused_waiting.fetch_sub(1, Ordering::Relaxed);
+    entry.set_state(ClientState::Idle);
+    waited
 }
 
 /// The client has left: make sure nothing of its transaction reaches the next client.
@@ -425,4 +468,19 @@ async fn reset(conn: &mut ServerConn, sql: &str) -> bool {
         tokio::time::timeout(CLEANUP_TIMEOUT, work).await,
         Ok(Some(true))
     )
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn an_idle_session_is_small() {
+        let text = "[backends.main]\nhost='h'\ndatabase='d'\nuser='u'\npassword='p'\n[users.app]\npassword='x'\n[tenants.t]\nbackend='main'\n";
+        let config = std::sync::Arc::new(crate::config::Config::from_toml_str(text, "t").unwrap());
+        let shared = std::sync::Arc::new(super::Shared::new(config, None, Default::default()));
+        let (a, _b) = tokio::io::duplex(64);
+        let f = super::serve(a, shared, None);
+        // Every idle client holds one of these: keep it small (rarely used stages are boxed).
+        let size = std::mem::size_of_val(&f);
+        assert!(size < 2048, "serve future is {size} bytes");
+    }
 }

@@ -6,6 +6,7 @@
 //! exits, so `cargo test` leaves no postgres processes behind.
 #![allow(dead_code)] // Not every test module uses every helper.
 
+pub mod clients;
 pub mod ops;
 
 use std::fmt;
