@@ -225,14 +225,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
             return Ok(());
         };
         let proxy = &generation.config.proxy;
-        entry.set_state(ClientState::Waiting);
-        let started = Instant::now();
         // Session mode links once, for the client's whole life (the link never releases).
-        let mut conn = Box::pin(checkout(proxy, &ctx.tenant, Some(&ctx.wanted_state())))
-            .await
-            .map_err(SessionError::Refused)?;
-        ctx.tenant.stats.checkout_wait.observe(started.elapsed());
-        entry.set_state(ClientState::Active);
+        let mut conn = Box::pin(timed_checkout(proxy, ctx, entry)).await?;
         let prelude = sync::prelude(proxy.search_path_sync, ctx, &conn);
         if prelude.is_some() {
             ctx.tenant.stats.preludes.fetch_add(1, Ordering::Relaxed);
@@ -282,6 +276,22 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
             }
         }
     }
+}
+
+/// Checks out a server connection for the client, timing the wait.
+async fn timed_checkout(
+    proxy: &ProxyConfig,
+    ctx: &ClientCtx,
+    entry: &ClientEntry,
+) -> Result<Pooled<ServerConn>, SessionError> {
+    entry.set_state(ClientState::Waiting);
+    let started = Instant::now();
+    let conn = checkout(proxy, &ctx.tenant, Some(&ctx.wanted_state()))
+        .await
+        .map_err(SessionError::Refused)?;
+    ctx.tenant.stats.checkout_wait.observe(started.elapsed());
+    entry.set_state(ClientState::Active);
+    Ok(conn)
 }
 
 /// Waits while idle until the client has sent a whole message header. `false`: the client

@@ -14,7 +14,7 @@ const TENANTS: usize = 11;
 async fn show_commands_report_active_clients() {
     let proxy = OpsProxy::start(ProxyOptions::default().pool_size(4));
     let busy = proxy.connect("app", Naming::Options, "t1").await.unwrap();
-    let idle_t1 = proxy.connect("app", Naming::User, "t1").await.unwrap();
+    let _idle_t1 = proxy.connect("app", Naming::User, "t1").await.unwrap();
     let idle_t2 = proxy.connect("app", Naming::Database, "t2").await.unwrap();
     // An open transaction keeps t1's server connection linked.
     busy.simple_query("BEGIN; SELECT * FROM whoami")
@@ -80,9 +80,19 @@ async fn show_commands_report_active_clients() {
     assert!(servers
         .iter()
         .any(|s| s.get("state") == Some("idle") && s.get("tenant") == Some("t2")));
+}
 
+#[tokio::test]
+async fn show_stats_config_and_version() {
+    let proxy = OpsProxy::start(ProxyOptions::default().pool_size(4));
+    let busy = proxy.connect("app", Naming::Options, "t1").await.unwrap();
+    let idle_t1 = proxy.connect("app", Naming::User, "t1").await.unwrap();
+    busy.simple_query("BEGIN; SELECT * FROM whoami")
+        .await
+        .unwrap();
     busy.simple_query("COMMIT").await.unwrap();
     simple_value(&idle_t1, "select 1").await.unwrap();
+    let admin = proxy.admin().await;
     let stats = rows(&admin, "SHOW STATS").await;
     assert_eq!(stats.len(), TENANTS);
     let s1 = row_where(&stats, "tenant", "t1");
