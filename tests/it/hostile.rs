@@ -338,6 +338,13 @@ fn isolated_proxy_process() {
         let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
         std::process::exit(0);
     });
+    // Proxy logs on stderr when asked for (RUST_LOG=pgtenant=debug cargo test ...).
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let config = pgtenant::config::Config::from_toml_str(&config_text, "isolated.toml")
         .unwrap_or_else(|e| panic!("isolated proxy config: {e}"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -488,6 +495,7 @@ async fn honest(conn: String, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
     };
     let mut done = 0;
     let mut errors = Vec::new();
+    let started = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.load(Ordering::Relaxed) && done < 20_000 && Instant::now() < deadline {
         let got = match done % 3 {
@@ -513,7 +521,11 @@ async fn honest(conn: String, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
             Ok(Some(t)) if t == "t2" => {}
             Ok(other) => errors.push(format!("transaction {done}: read {other:?}")),
             Err(e) => {
-                errors.push(format!("transaction {done}: {}", describe(&e)));
+                errors.push(format!(
+                    "transaction {done} ({:?} in): {}",
+                    started.elapsed(),
+                    describe(&e)
+                ));
                 if client.is_closed() {
                     break;
                 }
@@ -842,4 +854,74 @@ async fn paused_partial_messages_do_not_stall_others() {
             "paused client {i}: {rows:?}"
         );
     }
+}
+
+/// A client whose first message goes out together with the proxy's state prelude (here a
+/// Flush, which the server does not answer) and which disconnects before the prelude's
+/// reply is back. Cleaning up, the proxy must not hand the connection on with replies
+/// still unread: the next clients (other tenants, same single connection) would read them
+/// as answers to their own queries, and then each other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_during_the_prelude_leaves_no_stray_replies() {
+    let proxy = IsolatedProxy::start(ProxyOptions::default().auth("trust").pool_size(1));
+    // t2 speaks raw protocol, so the test sees exactly which rows reach it.
+    let mut t2 = Wire::login(proxy.addr(), "t2").await.unwrap();
+    let t3 = proxy.connect("t3").await.unwrap();
+    let mut problems = Vec::new();
+    for round in 0..30 {
+        // The only server connection now holds t2's state, so t1 needs a prelude.
+        t2.send(&query("SELECT tenant FROM whoami")).await;
+        match t2.until_ready().await {
+            Ok(m) if data_rows(&m) == ["t2"] => {}
+            other => {
+                problems.push(format!("round {round}: t2 before: {other:?}"));
+                break;
+            }
+        }
+        let mut wire = Wire::login(proxy.addr(), "t1").await.unwrap();
+        wire.send(&message(b'H', b"")).await;
+        drop(wire);
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            simple_value(&t3, "SELECT tenant FROM whoami"),
+        )
+        .await;
+        match got {
+            Ok(Ok(Some(t))) if t == "t3" => {}
+            Ok(Ok(other)) => problems.push(format!("round {round}: t3 read {other:?}")),
+            Ok(Err(e)) => problems.push(format!("round {round}: t3: {}", describe(&e))),
+            Err(_) => problems.push(format!("round {round}: t3: no answer in 10s")),
+        }
+        t2.send(&query("SELECT tenant FROM whoami")).await;
+        match t2.until_ready().await {
+            Ok(m) if data_rows(&m) == ["t2"] => {}
+            Ok(m) => problems.push(format!(
+                "round {round}: t2 got rows {:?} ({} messages: {:?})",
+                data_rows(&m),
+                m.len(),
+                m.iter().map(|m| m.tag as char).collect::<String>()
+            )),
+            Err(e) => problems.push(format!("round {round}: t2: {e}")),
+        }
+        if !problems.is_empty() {
+            // Where did the answer that went missing end up? One more read by t3.
+            let next = tokio::time::timeout(
+                Duration::from_secs(5),
+                simple_value(&t3, "SELECT 'this is t3 asking'"),
+            )
+            .await;
+            problems.push(format!("then t3's next query read: {next:?}"));
+            break;
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The first column of each DataRow, as text.
+fn data_rows(messages: &[Msg]) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m.tag == b'D' && m.body.len() >= 6)
+        .map(|m| String::from_utf8_lossy(&m.body[6..]).into_owned())
+        .collect()
 }
