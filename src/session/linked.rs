@@ -304,6 +304,7 @@ fn on_client_message(
     out: &mut BytesMut,
 ) -> Result<(), LinkError> {
     let decoded = frontend::decode(msg).map_err(client_protocol)?;
+    ctx.tenant.stats.on_client_message(&decoded);
     let malformed = || client_protocol(format!("malformed message of type {}", msg[0] as char));
     let client_entry = |kind| Entry::Client { kind, stmt: None };
     match decoded {
@@ -659,7 +660,10 @@ fn on_forwarded(
     link: &mut Link,
 ) -> Result<(), &'static str> {
     match backend::decode(msg)? {
-        Backend::ReadyForQuery(status) => link.status = status,
+        Backend::ReadyForQuery(status) => {
+            ctx.tenant.stats.on_ready_for_query(status);
+            link.status = status
+        }
         Backend::CommandComplete(tag) => {
             if tag_changes_session_state(tag) {
                 forget_state(conn, link);

@@ -3,9 +3,12 @@
 
 mod support;
 
+mod admin;
 mod collision;
 mod faults;
 mod hostile;
 mod login;
+mod metrics;
 mod prepared;
 mod protocol;
+mod reload;

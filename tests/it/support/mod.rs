@@ -7,6 +7,7 @@
 #![allow(dead_code)] // Not every test module uses every helper.
 
 pub mod clients;
+pub mod ops;
 
 use std::fmt;
 use std::net::SocketAddr;
