@@ -60,6 +60,27 @@ pub fn pg_conn_str(user: &str, password: &str, dbname: &str) -> String {
     )
 }
 
+/// A PostgreSQL of the test's own, with the fixture applied: for tests that stop or restart
+/// the server (the shared one must stay up for everyone else). Stopped on drop.
+pub fn own_pg() -> LocalPostgres {
+    let pg = LocalPostgres::start().unwrap_or_else(|e| panic!("starting PostgreSQL: {e}"));
+    pg.psql(FIXTURE_SQL)
+        .unwrap_or_else(|e| panic!("applying the test fixture: {e}"));
+    pg
+}
+
+/// Like [`pg_conn_str`], straight to the PostgreSQL `server` (e.g. from [`own_pg`]).
+pub fn conn_str_to(server: &LocalPostgres, user: &str, password: &str, dbname: &str) -> String {
+    format!(
+        "host={} port={} user={} password={} dbname={} connect_timeout=10",
+        server.host(),
+        server.port(),
+        quote(user),
+        quote(password),
+        quote(dbname)
+    )
+}
+
 extern "C" fn stop_shared_pg() {
     if let Some(pg) = SHARED_PG.get() {
         pg.shutdown();
@@ -235,7 +256,13 @@ impl TestProxy {
     /// Starts a proxy against the shared PostgreSQL. Call inside a tokio runtime.
     pub fn start_with(options: ProxyOptions) -> TestProxy {
         let pg = pg();
-        let config_text = options.toml(pg.host(), pg.port());
+        TestProxy::start_on(options, pg.host(), pg.port())
+    }
+
+    /// Starts a proxy whose backend `main` is the PostgreSQL at `pg_host:pg_port` (e.g. a
+    /// test's own [`own_pg`]). Call inside a tokio runtime.
+    pub fn start_on(options: ProxyOptions, pg_host: &str, pg_port: u16) -> TestProxy {
+        let config_text = options.toml(pg_host, pg_port);
         let config = Config::from_toml_str(&config_text, "test.toml")
             .unwrap_or_else(|e| panic!("test config does not load: {e}\n---\n{config_text}"));
         let std_listener =
