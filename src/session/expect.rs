@@ -145,6 +145,11 @@ impl Expect {
         self.queue.push_back(entry);
     }
 
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.owed = 0;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }

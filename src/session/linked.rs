@@ -98,6 +98,16 @@ impl Link {
         }
     }
 
+    /// Ready for the next transaction (keeps the queue's allocation).
+    pub fn reset(&mut self) {
+        debug_assert!(self.expect.is_empty());
+        self.expect.clear();
+        self.unsynced = false;
+        self.pending_state = None;
+        self.status = TxStatus::Idle;
+        self.server_fatal = false;
+    }
+
     /// Nothing outstanding and no transaction open.
     pub fn is_idle(&self) -> bool {
         self.expect.is_empty() && !self.unsynced && self.status == TxStatus::Idle
@@ -118,17 +128,18 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     prelude: Option<Prelude>,
     idle_tx_timeout: Option<Duration>,
 ) -> Result<LinkEnd, LinkError> {
-    let mut out = BytesMut::new();
     if let Some(p) = prelude {
-        sync::encode_prelude(&mut out, &p);
         if p.unverified {
-            round_trip(client, ctx, conn, p, out.split()).await?;
+            let mut out = BytesMut::new();
+            sync::encode_prelude(&mut out, &p);
+            round_trip(client, ctx, conn, p, out).await?;
         } else {
+            sync::encode_prelude(&mut client.sbuf, &p);
             link.expect.push(Entry::Prelude);
             link.pending_state = p.state;
         }
     }
-    let terminated = client_to_server(client, ctx, conn, link, out).await?;
+    let terminated = client_to_server(client, ctx, conn, link).await?;
     if terminated {
         return Ok(LinkEnd::ClientGone);
     }
@@ -157,7 +168,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 if !matches!(r, Ok(n) if n > 0) {
                     return Ok(LinkEnd::ClientGone);
                 }
-                if client_to_server(client, ctx, conn, link, BytesMut::new()).await? {
+                if client_to_server(client, ctx, conn, link).await? {
                     return Ok(LinkEnd::ClientGone);
                 }
             }
@@ -211,16 +222,17 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| LinkError::ServerLost { told: false })
 }
 
-/// Forwards every whole message the client has buffered (after `out`, which may hold the
-/// prelude), then emits any made-up responses whose turn has come. Returns true on Terminate
-/// (not forwarded: the server connection lives on).
+/// Forwards every whole message the client has buffered (after whatever `client.sbuf`
+/// already holds, e.g. the prelude), then emits any made-up responses whose turn has come.
+/// Returns true on Terminate (not forwarded: the server connection lives on).
 async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
     conn: &mut ServerConn,
     link: &mut Link,
-    mut out: BytesMut,
 ) -> Result<bool, LinkError> {
+    // Reused across calls: no allocation per message once it has grown.
+    let mut out = std::mem::take(&mut client.sbuf);
     let mut off = 0;
     let mut terminated = false;
     loop {
@@ -254,12 +266,17 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
         };
     }
     client.rbuf.advance(off);
-    if !out.is_empty() {
-        conn.stream.write_all(&out).await.map_err(|_| {
-            conn.broken = true;
-            LinkError::ServerLost { told: false }
-        })?;
-    }
+    let written = if out.is_empty() {
+        Ok(())
+    } else {
+        conn.stream.write_all(&out).await
+    };
+    out.clear();
+    client.sbuf = out;
+    written.map_err(|_| {
+        conn.broken = true;
+        LinkError::ServerLost { told: false }
+    })?;
     emit_synths(client, link).await;
     Ok(terminated)
 }

@@ -325,6 +325,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), SessionError> {
     let proxy = &shared.config.proxy;
     let session_mode = proxy.pool_mode == PoolMode::Session;
+    let mut link = Link::new(!session_mode);
     loop {
         // Idle: wait until the client has sent at least one whole message header.
         while client.rbuf.len() < 5 {
@@ -346,7 +347,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let prelude = sync::prelude(proxy.search_path_sync, ctx, &conn);
         ctx.cancel
             .set(Some((conn.endpoint.clone(), conn.backend_key)));
-        let mut link = Link::new(!session_mode);
+        link.reset();
         let end = linked::run(
             client,
             ctx,
