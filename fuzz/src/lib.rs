@@ -54,7 +54,10 @@ fn scan(stream: &[u8], sizes: &[usize], inspect: impl Fn(u8) -> bool, max: usize
                 break;
             }
             Ok(Some(Scanned::Message { tag, len })) => {
-                assert!(len >= 5 && len <= buf.len() && len <= max, "bad message len {len}");
+                assert!(
+                    len >= 5 && len <= buf.len() && len <= max,
+                    "bad message len {len}"
+                );
                 assert!(inspect(tag) && buf[0] == tag);
                 let declared = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
                 assert_eq!(declared as usize + 1, len);
@@ -200,7 +203,10 @@ pub fn frontend_decode(data: &[u8]) {
     if let Some((name, sql, types)) = prepared::split_parse(&msg) {
         assert!(name.len() + sql.len() + types.len() + 2 <= body.len());
         let stmt = prepared::server_stmt(7, sql, types);
-        assert_eq!(prepared::split_parse(&stmt.parse), Some((&stmt.server_name[..], sql, types)));
+        assert_eq!(
+            prepared::split_parse(&stmt.parse),
+            Some((&stmt.server_name[..], sql, types))
+        );
     }
     if let Some((portal, _, _)) = prepared::split_bind(&msg) {
         let mut out = BytesMut::new();
