@@ -6,3 +6,4 @@ mod support;
 mod collision;
 mod login;
 mod prepared;
+mod reliability;

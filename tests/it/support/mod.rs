@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pgtenant::config::Config;
-use pgtenant::localpg::LocalPostgres;
+use pgtenant::localpg::{LocalPgOptions, LocalPostgres};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +63,13 @@ pub fn pg_conn_str(user: &str, password: &str, dbname: &str) -> String {
 /// A PostgreSQL of the test's own, with the fixture applied: for tests that stop or restart
 /// the server (the shared one must stay up for everyone else). Stopped on drop.
 pub fn own_pg() -> LocalPostgres {
-    let pg = LocalPostgres::start().unwrap_or_else(|e| panic!("starting PostgreSQL: {e}"));
+    own_pg_with(LocalPgOptions::default())
+}
+
+/// [`own_pg`] with options (e.g. `.conf("synchronous_commit = on")`).
+pub fn own_pg_with(options: LocalPgOptions) -> LocalPostgres {
+    let pg =
+        LocalPostgres::start_with(options).unwrap_or_else(|e| panic!("starting PostgreSQL: {e}"));
     pg.psql(FIXTURE_SQL)
         .unwrap_or_else(|e| panic!("applying the test fixture: {e}"));
     pg
