@@ -22,7 +22,7 @@ fn inputs(dir: &Path) -> Vec<Vec<u8>> {
     let mut files: Vec<_> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n == ".keep"))
+        .filter(|p| p.is_file() && p.file_name().is_none_or(|n| n != ".keep"))
         .collect();
     files.sort();
     files
