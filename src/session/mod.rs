@@ -143,6 +143,12 @@ async fn checkout(
     match lease {
         Lease::Ready(conn) => Ok(conn),
         Lease::Connect(permit) => {
+            // Marked down by a recent failure: fail now rather than queue behind the
+            // attempts that are already timing out (the permit goes back on drop).
+            if let Err(retry_in) = endpoint.health.check(&endpoint.config) {
+                tracing::debug!(backend = %endpoint.config.backend, ?retry_in, "backend is down");
+                return Err(backend_down(&endpoint.config.backend));
+            }
             let conn = ServerConn::connect(
                 endpoint.config.clone(),
                 proxy.server_connect_timeout,
@@ -150,15 +156,27 @@ async fn checkout(
                 proxy.max_message_size,
                 proxy.max_prepared_statements,
             )
-            .await
-            .map_err(|e| unreachable_backend(&endpoint.config.backend, &e))?;
-            Ok(permit.fulfil(conn))
+            .await;
+            match conn {
+                Ok(conn) => {
+                    endpoint.health.succeeded(&endpoint.config);
+                    Ok(permit.fulfil(conn))
+                }
+                Err(e) => {
+                    endpoint.health.failed(&endpoint.config);
+                    Err(unreachable_backend(&endpoint.config.backend, &e))
+                }
+            }
         }
     }
 }
 
 fn unreachable_backend(backend: &str, e: &ServerError) -> ErrorInfo {
     tracing::warn!(backend, kind = e.kind(), error = %e, "server connection failed");
+    backend_down(backend)
+}
+
+fn backend_down(backend: &str) -> ErrorInfo {
     ErrorInfo::fatal(
         "08006",
         format!("could not connect to backend \"{backend}\""),

@@ -25,6 +25,9 @@ pub struct Endpoint {
     pub pool: Arc<Pool<ServerConn>>,
     /// Parameters reported by the first server connection (shown to clients at login).
     pub params: tokio::sync::OnceCell<Params>,
+    /// Whether the last connection attempt failed (new connections then fail fast, with
+    /// back-off, instead of queueing behind attempts that time out).
+    pub health: crate::server::Health,
 }
 
 /// One tenant as the sessions use it.
@@ -79,6 +82,7 @@ impl Registry {
                             pool: Pool::new(ep.pool_size),
                             config: Arc::new(ep),
                             params: tokio::sync::OnceCell::new(),
+                            health: crate::server::Health::default(),
                         }),
                     };
                     endpoints.push(e.clone());

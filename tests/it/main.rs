@@ -11,4 +11,5 @@ mod login;
 mod metrics;
 mod prepared;
 mod protocol;
+mod reliability;
 mod reload;
