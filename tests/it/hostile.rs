@@ -257,13 +257,13 @@ const PORT_LINE: &str = "ISOLATED_PROXY_PORT=";
 /// [`isolated_proxy_process`]). A proxy task that never yields would freeze a runtime shared
 /// with the test, so the test would hang instead of failing, and keep burning CPU for the
 /// rest of the run; a child process is simply killed when the test ends.
-struct IsolatedProxy {
+pub(crate) struct IsolatedProxy {
     addr: std::net::SocketAddr,
     child: std::process::Child,
 }
 
 impl IsolatedProxy {
-    fn start(options: ProxyOptions) -> IsolatedProxy {
+    pub(crate) fn start(options: ProxyOptions) -> IsolatedProxy {
         use std::io::BufRead;
         let pg = crate::support::pg();
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -299,8 +299,13 @@ impl IsolatedProxy {
         }
     }
 
-    fn addr(&self) -> std::net::SocketAddr {
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
         self.addr
+    }
+
+    /// The proxy's own process (for its RSS).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A tokio-postgres connection string for user `app` as `tenant`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::raw::{query, Raw};
-use super::{eventually, percentile, rss_kib, superuser};
+use super::{eventually, percentile, rss_kib_of, superuser};
 use crate::support::{describe, simple_value, ConnectError, Naming, ProxyOptions, TestProxy};
 
 const ROWS: u64 = 400_000;
@@ -16,7 +16,11 @@ const RSS_GROWTH_LIMIT_KIB: u64 = 64 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_400_mb_result_holds_the_server_back() {
-    let proxy = TestProxy::start_with(ProxyOptions::default().auth("trust"));
+    // In a process of its own, so the RSS measured is the proxy's alone (tests run in
+    // parallel in this one).
+    let proxy = crate::hostile::IsolatedProxy::start(ProxyOptions::default().auth("trust"));
+    let pid = proxy.pid();
+    let rss_kib = move || rss_kib_of(pid);
     let mut raw = Raw::login(proxy.addr(), "t1", "").await;
     let admin = superuser().await;
     let before = rss_kib();

@@ -96,8 +96,9 @@ fn percentile(samples: &mut [Duration], p: usize) -> Duration {
 }
 
 /// This process's resident set size in KiB (`VmRSS` in `/proc/self/status`).
-fn rss_kib() -> u64 {
-    proc_status_kib("self", "VmRSS:")
+/// Resident memory of process `pid`.
+fn rss_kib_of(pid: u32) -> u64 {
+    proc_status_kib(&pid.to_string(), "VmRSS:")
 }
 
 /// A `kB` field of `/proc/PID/status`.
