@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::server::ServerConn;
 use crate::session::{self, Shared};
 
 /// Runs the proxy on `listener` until `shutdown` is cancelled, then lets linked transactions
@@ -57,17 +58,40 @@ pub async fn run(
     Ok(())
 }
 
-/// Closes idle server connections past `server_idle_timeout` or `server_lifetime`.
+/// Closes idle server connections past `server_idle_timeout` or `server_lifetime`, and
+/// opens connections up to each endpoint's `min_pool_size`.
 async fn reap_idle(shared: Arc<Shared>) {
     let proxy = &shared.config.proxy;
     let tick = (proxy.server_idle_timeout.min(proxy.server_lifetime) / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        tokio::time::sleep(tick).await;
         for endpoint in &shared.registry.endpoints {
             endpoint.pool.prune_idle(|conn, idle_for| {
                 idle_for < proxy.server_idle_timeout && conn.age() < proxy.server_lifetime
             });
+            let min = endpoint.config.min_pool_size;
+            while endpoint.pool.counts().0 < min {
+                let conn = ServerConn::connect(
+                    endpoint.config.clone(),
+                    proxy.server_connect_timeout,
+                    proxy.server_lifetime,
+                    proxy.max_message_size,
+                    proxy.max_prepared_statements,
+                )
+                .await;
+                match conn {
+                    Ok(conn) => {
+                        if endpoint.pool.add_idle(conn).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(backend = %endpoint.config.backend, error = %e, "could not open a min_pool_size connection");
+                        break;
+                    }
+                }
+            }
         }
+        tokio::time::sleep(tick).await;
     }
 }

@@ -315,6 +315,23 @@ impl<C: Poolable> Pool<C> {
         n
     }
 
+    /// Adds a freshly opened connection as idle (to keep `min_pool_size` warm), if the pool
+    /// has room; otherwise hands it back.
+    pub fn add_idle(&self, conn: C) -> Result<(), C> {
+        let mut inner = self.lock();
+        if inner.open >= self.size {
+            return Err(conn);
+        }
+        inner.open += 1;
+        if let Some(Grant::Conn(conn)) = self.dispatch(&mut inner, Grant::Conn(conn)) {
+            inner.idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+        Ok(())
+    }
+
     /// Counts: (open, idle).
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.lock();

@@ -163,3 +163,13 @@ async fn prune_drops_idle_connections() {
     assert_eq!(pool.prune_idle(|_, _| false), 1);
     assert_eq!(pool.counts(), (0, 0));
 }
+
+#[tokio::test]
+async fn warm_connections_are_idle_and_capped() {
+    let pool = Pool::<Fake>::new(1);
+    let a = pool.add_tenant(None);
+    assert!(pool.add_idle(fake(1, "x")).is_ok());
+    assert!(pool.add_idle(fake(2, "x")).is_err(), "the pool is full");
+    assert_eq!(pool.counts(), (1, 1));
+    assert_eq!(take(&pool, a, "a", 9).await.id, 1);
+}

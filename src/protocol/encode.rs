@@ -147,6 +147,12 @@ pub fn ready_for_query(buf: &mut BytesMut, status: TxStatus) {
     finish(buf, at);
 }
 
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    let at = begin(buf, btag::COMMAND_COMPLETE);
+    put_cstr(buf, tag.as_bytes());
+    finish(buf, at);
+}
+
 /// A simple-protocol Query (server-bound).
 pub fn query(buf: &mut BytesMut, sql: &str) {
     let at = begin(buf, super::ftag::QUERY);

@@ -80,6 +80,10 @@ pub struct ServerConn {
     pub reported_search_path: Option<Vec<u8>>,
     /// Set when the connection must not be reused.
     pub broken: bool,
+    /// Server-side prepared statements this connection holds (names), least recently used
+    /// first out; kept at most `max_prepared`.
+    pub prepared: lru::LruCache<bytes::Bytes, ()>,
+    pub max_prepared: usize,
     created: Instant,
     lifetime: Duration,
 }
@@ -91,6 +95,7 @@ impl ServerConn {
         timeout: Duration,
         lifetime: Duration,
         max_message: usize,
+        max_prepared: usize,
     ) -> Result<ServerConn, ServerError> {
         let addr = format!("{}:{}", endpoint.host, endpoint.port);
         let work = async {
@@ -114,6 +119,8 @@ impl ServerConn {
                 state: None,
                 reported_search_path: None,
                 broken: false,
+                prepared: lru::LruCache::unbounded(),
+                max_prepared: max_prepared.max(1),
                 created: Instant::now(),
                 lifetime,
             };

@@ -146,6 +146,8 @@ pub struct ClientCtx {
     pub settings_verified: bool,
     pub key: (i32, i32),
     pub cancel: Arc<CancelSlot>,
+    /// Named prepared statements (transaction mode).
+    pub stmts: super::prepared::ClientStatements,
 }
 
 impl ClientCtx {
@@ -168,6 +170,7 @@ impl ClientCtx {
             settings_hash: h.finish(),
             key,
             cancel: Arc::new(CancelSlot::default()),
+            stmts: Default::default(),
         }
     }
 

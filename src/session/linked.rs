@@ -1,38 +1,45 @@
-//! A client linked to a server connection: bytes flow both ways, untouched, while the proxy
-//! peeks at the few messages that decide when the link ends (ReadyForQuery with nothing
-//! owed) and what the connection's state becomes (SET/RESET/DISCARD tags, errors, reported
-//! parameters).
+//! A client linked to a server connection: bytes flow both ways while the proxy peeks at the
+//! messages that decide when the link ends (the [`Expect`] queue empties, nothing is
+//! unsynced, ReadyForQuery said idle) and what the connection's state becomes (SET/RESET/
+//! DISCARD tags, errors, reported parameters). In transaction mode named statements are
+//! mapped to per-tenant server statements ([`super::prepared`]).
 
 use std::time::Duration;
 
-use bytes::Buf;
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::client::ClientCtx;
+use super::expect::{Entry, Expect, Kind, Step, StmtRef, Synth};
+use super::prepared::{self, SqlStatement};
 use super::stream::ClientStream;
 use super::sync::{self, Prelude, Reply};
 use crate::protocol::backend::{self, tag_changes_session_state, Backend, TxStatus};
-use crate::protocol::encode::ErrorInfo;
+use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::frontend::{self, is_known_tag, mentions_set_config, Frontend};
 use crate::protocol::{btag, ftag, Scanned};
 use crate::server::ServerConn;
 
+/// Sent instead of SQL `PREPARE` in transaction mode: the server raises a clear error (with
+/// the transaction semantics of a real error) instead of creating a statement on a shared
+/// connection.
+const PREPARE_REFUSED: &str = "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', \
+MESSAGE = 'SQL PREPARE is not supported by pgtenant in transaction pooling mode', \
+HINT = 'Use protocol-level prepared statements (what drivers do), or pool_mode = \"session\".'; END $pgtenant$";
+
 /// Bookkeeping of one link.
 #[derive(Debug)]
 pub struct Link {
-    /// Query/Sync/FunctionCall sent whose ReadyForQuery has not come back.
-    pub owed: u32,
+    pub expect: Expect,
     /// Extended-protocol messages sent since the last Sync (a transaction may be open).
     pub unsynced: bool,
-    /// Prelude replies still to swallow.
-    internal: u32,
     /// State to record once the pipelined prelude succeeds.
     pending_state: Option<crate::server::StateKey>,
     pub status: TxStatus,
     /// The server already sent a FATAL error (the client has seen it).
     server_fatal: bool,
-    /// Release the connection when the link goes idle (transaction mode).
-    release_on_idle: bool,
+    /// Transaction mode: release when idle, and map statement names.
+    pooled: bool,
 }
 
 /// How a link ended.
@@ -74,22 +81,40 @@ impl LinkError {
     }
 }
 
+fn client_protocol(message: impl Into<String>) -> LinkError {
+    LinkError::ClientProtocol(ErrorInfo::fatal("08P01", message))
+}
+
 impl Link {
-    pub fn new(release_on_idle: bool) -> Self {
+    /// `pooled`: transaction mode.
+    pub fn new(pooled: bool) -> Self {
         Link {
-            owed: 0,
+            expect: Expect::default(),
             unsynced: false,
-            internal: 0,
             pending_state: None,
             status: TxStatus::Idle,
             server_fatal: false,
-            release_on_idle,
+            pooled,
         }
+    }
+
+    /// Ready for the next transaction (keeps the queue's allocation).
+    pub fn reset(&mut self) {
+        debug_assert!(self.expect.is_empty());
+        self.expect.clear();
+        self.unsynced = false;
+        self.pending_state = None;
+        self.status = TxStatus::Idle;
+        self.server_fatal = false;
     }
 
     /// Nothing outstanding and no transaction open.
     pub fn is_idle(&self) -> bool {
-        self.owed == 0 && !self.unsynced && self.internal == 0 && self.status == TxStatus::Idle
+        self.expect.is_empty() && !self.unsynced && self.status == TxStatus::Idle
+    }
+
+    fn released(&self) -> bool {
+        self.pooled && self.is_idle()
     }
 }
 
@@ -103,30 +128,28 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     prelude: Option<Prelude>,
     idle_tx_timeout: Option<Duration>,
 ) -> Result<LinkEnd, LinkError> {
-    let mut out = bytes::BytesMut::new();
     if let Some(p) = prelude {
-        sync::encode_prelude(&mut out, &p);
         if p.unverified {
-            round_trip(client, ctx, conn, p, out.split()).await?;
+            let mut out = BytesMut::new();
+            sync::encode_prelude(&mut out, &p);
+            round_trip(client, ctx, conn, p, out).await?;
         } else {
-            link.internal = 1;
+            sync::encode_prelude(&mut client.sbuf, &p);
+            link.expect.push(Entry::Prelude);
             link.pending_state = p.state;
         }
     }
-    let (n, terminated) = scan_client(client, conn, link)?;
-    out.extend_from_slice(&client.rbuf[..n]);
-    client.rbuf.advance(n);
-    conn.write_all(&out)
-        .await
-        .map_err(|_| LinkError::ServerLost { told: false })?;
-    drop(out);
+    let terminated = client_to_server(client, ctx, conn, link).await?;
     if terminated {
         return Ok(LinkEnd::ClientGone);
+    }
+    if link.released() {
+        return Ok(LinkEnd::Released);
     }
     loop {
         reserve(&mut conn.rbuf);
         reserve(&mut client.rbuf);
-        let idle_in_tx = link.owed == 0 && link.status != TxStatus::Idle;
+        let idle_in_tx = link.expect.owed() == 0 && link.status != TxStatus::Idle;
         let timer = async {
             match idle_tx_timeout {
                 Some(d) if idle_in_tx => tokio::time::sleep(d).await,
@@ -139,32 +162,25 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     conn.broken = true;
                     return Err(LinkError::ServerLost { told: link.server_fatal });
                 }
-                if server_to_client(client, ctx, conn, link).await? {
-                    return Ok(LinkEnd::Released);
-                }
+                server_to_client(client, ctx, conn, link).await?;
             }
             r = client.io.read_buf(&mut client.rbuf) => {
                 if !matches!(r, Ok(n) if n > 0) {
                     return Ok(LinkEnd::ClientGone);
                 }
-                let (n, terminated) = scan_client(client, conn, link)?;
-                if n > 0 {
-                    conn.stream.write_all(&client.rbuf[..n]).await.map_err(|_| {
-                        conn.broken = true;
-                        LinkError::ServerLost { told: false }
-                    })?;
-                    client.rbuf.advance(n);
-                }
-                if terminated {
+                if client_to_server(client, ctx, conn, link).await? {
                     return Ok(LinkEnd::ClientGone);
                 }
             }
             _ = timer => return Err(LinkError::IdleInTransaction),
         }
+        if link.released() {
+            return Ok(LinkEnd::Released);
+        }
     }
 }
 
-fn reserve(buf: &mut bytes::BytesMut) {
+fn reserve(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
     }
@@ -176,7 +192,7 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &mut ClientCtx,
     conn: &mut ServerConn,
     p: Prelude,
-    bytes: bytes::BytesMut,
+    bytes: BytesMut,
 ) -> Result<(), LinkError> {
     let lost = |_| LinkError::ServerLost { told: false };
     conn.write_all(&bytes)
@@ -206,173 +222,462 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| LinkError::ServerLost { told: false })
 }
 
-/// Scans what the client has buffered: returns how many bytes to forward and whether a
-/// Terminate ends the stream (it is not forwarded: the server connection lives on).
-fn scan_client<S>(
-    client: &mut ClientStream<S>,
-    conn: &mut ServerConn,
-    link: &mut Link,
-) -> Result<(usize, bool), LinkError> {
-    let mut off = 0;
-    let inspect = |t: u8| t != ftag::COPY_DATA && t != ftag::BIND;
-    loop {
-        let item = client
-            .scanner
-            .scan(&client.rbuf[off..], inspect)
-            .map_err(|e| LinkError::ClientProtocol(ErrorInfo::fatal("08P01", e.to_string())))?;
-        match item {
-            None => return Ok((off, false)),
-            Some(Scanned::Through { len, start }) => {
-                if let Some(tag) = start {
-                    if tag == ftag::BIND {
-                        link.unsynced = true;
-                    }
-                }
-                off += len;
-            }
-            Some(Scanned::Message { tag, len }) => {
-                let msg = &client.rbuf[off..off + len];
-                if !is_known_tag(tag) {
-                    return Err(LinkError::ClientProtocol(ErrorInfo::fatal(
-                        "08P01",
-                        format!("invalid frontend message type {tag}"),
-                    )));
-                }
-                let decoded = frontend::decode(msg)
-                    .map_err(|e| LinkError::ClientProtocol(ErrorInfo::fatal("08P01", e)))?;
-                match decoded {
-                    Frontend::Terminate => return Ok((off, true)),
-                    Frontend::Query { sql } => {
-                        link.owed += 1;
-                        if mentions_set_config(sql) {
-                            conn.state = None;
-                        }
-                    }
-                    Frontend::Parse { sql, .. } => {
-                        link.unsynced = true;
-                        if mentions_set_config(sql) {
-                            conn.state = None;
-                        }
-                    }
-                    Frontend::Sync => {
-                        link.owed += 1;
-                        link.unsynced = false;
-                    }
-                    Frontend::FunctionCall => link.owed += 1,
-                    Frontend::Describe | Frontend::Execute | Frontend::Close | Frontend::Flush => {
-                        link.unsynced = true
-                    }
-                    Frontend::Password(_) => {
-                        return Err(LinkError::ClientProtocol(ErrorInfo::fatal(
-                            "08P01",
-                            "unexpected password message after authentication",
-                        )))
-                    }
-                    _ => {}
-                }
-                off += len;
-            }
-        }
-    }
-}
-
-/// Relays what the server has sent. Returns true when the link is released.
-async fn server_to_client<S: AsyncRead + AsyncWrite + Unpin>(
+/// Forwards every whole message the client has buffered (after whatever `client.sbuf`
+/// already holds, e.g. the prelude), then emits any made-up responses whose turn has come.
+/// Returns true on Terminate (not forwarded: the server connection lives on).
+async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
     conn: &mut ServerConn,
     link: &mut Link,
 ) -> Result<bool, LinkError> {
+    // Reused across calls: no allocation per message once it has grown.
+    let mut out = std::mem::take(&mut client.sbuf);
     let mut off = 0;
-    let mut release = false;
-    let proto = |e: &dyn std::fmt::Display| LinkError::ServerProtocol(e.to_string());
+    let mut terminated = false;
     loop {
-        let internal = link.internal > 0;
-        let inspect = |t: u8| {
-            internal
-                || matches!(
-                    t,
-                    btag::READY_FOR_QUERY
-                        | btag::COMMAND_COMPLETE
-                        | btag::ERROR_RESPONSE
-                        | btag::PARAMETER_STATUS
-                )
-        };
-        let item = conn
+        let item = client
             .scanner
-            .scan(&conn.rbuf[off..], inspect)
-            .map_err(|e| proto(&e))?;
+            .scan(&client.rbuf[off..], |t| t != ftag::COPY_DATA)
+            .map_err(|e| client_protocol(e.to_string()))?;
         match item {
             None => break,
-            Some(Scanned::Through { len, .. }) => off += len,
-            Some(Scanned::Message { len, .. }) if internal => {
-                // Prelude replies come first on the stream: they are always a prefix.
-                debug_assert_eq!(off, 0);
-                let msg = conn.rbuf.split_to(len);
-                match sync::on_reply(conn, &msg).map_err(|e| proto(&e))? {
-                    Reply::More => {}
-                    Reply::Failed => {
-                        conn.broken = true;
-                        client.wbuf.extend_from_slice(&msg);
-                        let _ = client.flush().await;
-                        return Err(LinkError::StateFailed);
-                    }
-                    Reply::Done => {
-                        link.internal -= 1;
-                        let state = link.pending_state.take();
-                        sync::finish(conn, ctx, state, &mut client.wbuf);
-                    }
-                }
+            Some(Scanned::Through { len, .. }) => {
+                out.extend_from_slice(&client.rbuf[off..off + len])
             }
-            Some(Scanned::Message { len, .. }) => {
-                let msg = &conn.rbuf[off..off + len];
-                match backend::decode(msg).map_err(|e| proto(&e))? {
-                    Backend::ReadyForQuery(status) => {
-                        link.owed = link.owed.saturating_sub(1);
-                        link.status = status;
-                        if link.release_on_idle && link.is_idle() {
-                            release = true;
-                        }
-                    }
-                    Backend::CommandComplete(tag) if tag_changes_session_state(tag) => {
-                        conn.state = None
-                    }
-                    Backend::Error(fields) => {
-                        conn.state = None;
-                        if matches!(fields.severity(), b"FATAL" | b"PANIC") {
-                            conn.broken = true;
-                            link.server_fatal = true;
-                        }
-                    }
-                    Backend::ParameterStatus { name, value } => {
-                        let name = String::from_utf8_lossy(name).into_owned();
-                        if name == "search_path"
-                            && conn.reported_search_path.as_deref() != Some(value)
-                        {
-                            conn.state = None;
-                        }
-                        conn.params.set(&name, value);
-                        if ctx.params.get(&name).is_some() {
-                            ctx.params.set(&name, value);
-                        }
-                    }
-                    _ => {}
+            Some(Scanned::Message { tag, len }) => {
+                let msg = &client.rbuf[off..off + len];
+                if !is_known_tag(tag) {
+                    return Err(client_protocol(format!(
+                        "invalid frontend message type {tag}"
+                    )));
                 }
-                off += len;
+                if tag == ftag::TERMINATE {
+                    terminated = true;
+                    off += len;
+                    break;
+                }
+                on_client_message(msg, ctx, conn, link, &mut out)?;
+            }
+        }
+        off += match item {
+            Some(Scanned::Through { len, .. }) | Some(Scanned::Message { len, .. }) => len,
+            None => 0,
+        };
+    }
+    client.rbuf.advance(off);
+    let written = if out.is_empty() {
+        Ok(())
+    } else {
+        conn.stream.write_all(&out).await
+    };
+    out.clear();
+    client.sbuf = out;
+    written.map_err(|_| {
+        conn.broken = true;
+        LinkError::ServerLost { told: false }
+    })?;
+    emit_synths(client, link).await;
+    Ok(terminated)
+}
+
+/// Appends one client message (possibly rewritten, possibly preceded by injected ones) to
+/// `out` and records the responses it will get.
+fn on_client_message(
+    msg: &[u8],
+    ctx: &mut ClientCtx,
+    conn: &mut ServerConn,
+    link: &mut Link,
+    out: &mut BytesMut,
+) -> Result<(), LinkError> {
+    let decoded = frontend::decode(msg).map_err(client_protocol)?;
+    let malformed = || client_protocol(format!("malformed message of type {}", msg[0] as char));
+    let client_entry = |kind| Entry::Client { kind, stmt: None };
+    match decoded {
+        Frontend::Query { sql } => {
+            if mentions_set_config(sql) {
+                conn.state = None;
+            }
+            match link.pooled.then(|| prepared::classify_sql(sql)) {
+                Some(SqlStatement::Deallocate(name)) => {
+                    let tag = match name {
+                        Some(name) => {
+                            ctx.stmts.remove(&name);
+                            "DEALLOCATE"
+                        }
+                        None => {
+                            ctx.stmts.clear();
+                            "DEALLOCATE ALL"
+                        }
+                    };
+                    link.expect.push(Entry::Synth(Synth::QueryDone { tag }));
+                    return Ok(());
+                }
+                Some(SqlStatement::Prepare) => encode::query(out, PREPARE_REFUSED),
+                _ => out.extend_from_slice(msg),
+            }
+            link.expect.push(client_entry(Kind::Query));
+        }
+        Frontend::Parse { name, sql } => {
+            link.unsynced = true;
+            if mentions_set_config(sql) {
+                conn.state = None;
+            }
+            if !link.pooled || name.is_empty() {
+                out.extend_from_slice(msg);
+                link.expect.push(client_entry(Kind::Parse));
+                return Ok(());
+            }
+            let (_, sql, types) = prepared::split_parse(msg).ok_or_else(malformed)?;
+            let stmt = std::sync::Arc::new(prepared::server_stmt(ctx.tenant.state_id, sql, types));
+            let client_name = bytes::Bytes::copy_from_slice(name);
+            ctx.stmts.insert(client_name.clone(), stmt.clone());
+            if conn.prepared.get(&stmt.server_name).is_some() {
+                link.expect
+                    .push(Entry::Synth(Synth::ParseComplete { client_name }));
+            } else {
+                make_room(conn, link, out);
+                out.extend_from_slice(&stmt.parse);
+                conn.prepared.put(stmt.server_name.clone(), ());
+                let stmt = Some(StmtRef {
+                    server: stmt.server_name.clone(),
+                    client: Some(client_name),
+                });
+                link.expect.push(Entry::Client {
+                    kind: Kind::Parse,
+                    stmt,
+                });
+            }
+        }
+        Frontend::Bind => {
+            link.unsynced = true;
+            let (_, name, _) = prepared::split_bind(msg).ok_or_else(malformed)?;
+            match mapped(ctx, link, name) {
+                Some(stmt) => {
+                    ensure_prepared(conn, link, &stmt, out);
+                    prepared::put_bind_renamed(out, msg, &stmt.server_name)
+                        .ok_or_else(malformed)?;
+                }
+                None => out.extend_from_slice(msg),
+            }
+            link.expect.push(client_entry(Kind::Bind));
+        }
+        Frontend::Describe => {
+            link.unsynced = true;
+            let (which, name) = prepared::split_target(msg).ok_or_else(malformed)?;
+            match mapped(ctx, link, name).filter(|_| which == b'S') {
+                Some(stmt) => {
+                    ensure_prepared(conn, link, &stmt, out);
+                    prepared::put_target(out, ftag::DESCRIBE, b'S', &stmt.server_name);
+                }
+                None => out.extend_from_slice(msg),
+            }
+            link.expect.push(client_entry(Kind::Describe));
+        }
+        Frontend::Close => {
+            link.unsynced = true;
+            let (which, name) = prepared::split_target(msg).ok_or_else(malformed)?;
+            if link.pooled && which == b'S' && !name.is_empty() {
+                // The server copy stays cached for the tenant's other clients.
+                ctx.stmts.remove(name);
+                link.expect.push(Entry::Synth(Synth::CloseComplete));
+            } else {
+                out.extend_from_slice(msg);
+                link.expect.push(client_entry(Kind::Close));
+            }
+        }
+        Frontend::Execute => {
+            link.unsynced = true;
+            out.extend_from_slice(msg);
+            link.expect.push(client_entry(Kind::Execute));
+        }
+        Frontend::Sync => {
+            link.unsynced = false;
+            out.extend_from_slice(msg);
+            link.expect.push(client_entry(Kind::Sync));
+        }
+        Frontend::FunctionCall => {
+            out.extend_from_slice(msg);
+            link.expect.push(client_entry(Kind::FunctionCall));
+        }
+        Frontend::Flush | Frontend::CopyData | Frontend::CopyDone | Frontend::CopyFail => {
+            out.extend_from_slice(msg)
+        }
+        Frontend::Password(_) => {
+            return Err(client_protocol(
+                "unexpected password message after authentication",
+            ))
+        }
+        Frontend::Terminate => {}
+    }
+    Ok(())
+}
+
+/// The server statement a client's statement name maps to (named statements in
+/// transaction mode only; unknown names pass through and get PostgreSQL's own error).
+fn mapped(ctx: &ClientCtx, link: &Link, name: &[u8]) -> Option<std::sync::Arc<prepared::Stmt>> {
+    if !link.pooled || name.is_empty() {
+        return None;
+    }
+    ctx.stmts.get(name).cloned()
+}
+
+/// Injects the Parse of `stmt` if this connection does not have it.
+fn ensure_prepared(
+    conn: &mut ServerConn,
+    link: &mut Link,
+    stmt: &prepared::Stmt,
+    out: &mut BytesMut,
+) {
+    if conn.prepared.get(&stmt.server_name).is_some() {
+        return;
+    }
+    make_room(conn, link, out);
+    out.extend_from_slice(&stmt.parse);
+    conn.prepared.put(stmt.server_name.clone(), ());
+    let stmt = Some(StmtRef {
+        server: stmt.server_name.clone(),
+        client: None,
+    });
+    link.expect.push(Entry::Injected {
+        kind: Kind::Parse,
+        stmt,
+    });
+}
+
+/// Keeps the connection's statement cache under its cap: closes the least recently used.
+fn make_room(conn: &mut ServerConn, link: &mut Link, out: &mut BytesMut) {
+    while conn.prepared.len() >= conn.max_prepared {
+        let Some((victim, ())) = conn.prepared.pop_lru() else {
+            break;
+        };
+        prepared::put_target(out, ftag::CLOSE, b'S', &victim);
+        let stmt = Some(StmtRef {
+            server: victim,
+            client: None,
+        });
+        link.expect.push(Entry::Injected {
+            kind: Kind::Close,
+            stmt,
+        });
+    }
+}
+
+/// Undoes the statement bookkeeping of an entry the server failed or skipped.
+fn forget(entry: &Entry, conn: &mut ServerConn, ctx: &mut ClientCtx) {
+    match entry {
+        Entry::Client {
+            kind: Kind::Parse,
+            stmt: Some(s),
+        }
+        | Entry::Injected {
+            kind: Kind::Parse,
+            stmt: Some(s),
+        } => {
+            conn.prepared.pop(&s.server);
+            if let Some(client) = &s.client {
+                ctx.stmts.forget_if(client, &s.server);
+            }
+        }
+        // A skipped Close: the statement is still there.
+        Entry::Injected {
+            kind: Kind::Close,
+            stmt: Some(s),
+        } => {
+            conn.prepared.put(s.server.clone(), ());
+        }
+        // A skipped Parse the proxy answered itself: PostgreSQL would not have created it.
+        Entry::Synth(Synth::ParseComplete { client_name }) => {
+            ctx.stmts.remove(client_name);
+        }
+        _ => {}
+    }
+}
+
+/// Writes made-up responses that are at the front of the queue.
+async fn emit_synths<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    link: &mut Link,
+) {
+    while let Some(synth) = link.expect.pop_synth() {
+        let out = &mut client.wbuf;
+        match synth {
+            Synth::ParseComplete { .. } => simple_message(out, btag::PARSE_COMPLETE),
+            Synth::CloseComplete => simple_message(out, btag::CLOSE_COMPLETE),
+            Synth::QueryDone { tag } => {
+                encode::command_complete(out, tag);
+                encode::ready_for_query(out, link.status);
             }
         }
     }
-    if !client.wbuf.is_empty() {
-        client
-            .flush()
-            .await
-            .map_err(|_| LinkError::ServerLost { told: false })?;
+    // A client that has gone away surfaces on its next read.
+    let _ = client.flush().await;
+}
+
+fn simple_message(out: &mut BytesMut, tag: u8) {
+    out.put_u8(tag);
+    out.put_i32(4);
+}
+
+/// Relays what the server has sent, message by message against the [`Expect`] queue.
+async fn server_to_client<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &mut ClientCtx,
+    conn: &mut ServerConn,
+    link: &mut Link,
+) -> Result<(), LinkError> {
+    // The buffer is taken out for the duration so messages in it can be read while the
+    // connection's bookkeeping is updated.
+    let mut rbuf = std::mem::take(&mut conn.rbuf);
+    let result = relay(client, ctx, conn, link, &mut rbuf).await;
+    conn.rbuf = rbuf;
+    result
+}
+
+async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &mut ClientCtx,
+    conn: &mut ServerConn,
+    link: &mut Link,
+    rbuf: &mut BytesMut,
+) -> Result<(), LinkError> {
+    let proto = |e: &dyn std::fmt::Display| LinkError::ServerProtocol(e.to_string());
+    // Bytes at the front of `rbuf` that are ready to go to the client.
+    let mut off = 0;
+    loop {
+        let inspect_all = !link.expect.is_empty();
+        let inspect = |t: u8| {
+            t != btag::DATA_ROW
+                && t != btag::COPY_DATA
+                && (inspect_all
+                    || matches!(
+                        t,
+                        btag::READY_FOR_QUERY
+                            | btag::COMMAND_COMPLETE
+                            | btag::ERROR_RESPONSE
+                            | btag::PARAMETER_STATUS
+                    ))
+        };
+        let item = conn
+            .scanner
+            .scan(&rbuf[off..], inspect)
+            .map_err(|e| proto(&e))?;
+        let (tag, len) = match item {
+            None => break,
+            Some(Scanned::Through { len, .. }) => {
+                off += len;
+                continue;
+            }
+            Some(Scanned::Message { tag, len }) => (tag, len),
+        };
+        let step = if link.expect.is_empty() {
+            // Nothing is owed (e.g. an asynchronous notice): forward, keep track of state.
+            Step::Forward
+        } else {
+            link.expect.on_message(tag)
+        };
+        match step {
+            Step::Forward | Step::Completed(_) | Step::Failed { .. } => {
+                on_forwarded(&rbuf[off..off + len], ctx, conn, link).map_err(|e| proto(&e))?;
+                off += len;
+                if let Step::Failed { entry, dropped } = &step {
+                    forget(entry, conn, ctx);
+                    for e in dropped {
+                        forget(e, conn, ctx);
+                    }
+                }
+            }
+            Step::Swallow(_) => {
+                flush_front(client, rbuf, &mut off).await;
+                rbuf.advance(len);
+            }
+            Step::Prelude | Step::PreludeDone => {
+                flush_front(client, rbuf, &mut off).await;
+                let msg = rbuf.split_to(len);
+                if let Backend::ParameterStatus { name, value } =
+                    backend::decode(&msg).map_err(|e| proto(&e))?
+                {
+                    conn.params.set(&String::from_utf8_lossy(name), value);
+                }
+                if tag == btag::READY_FOR_QUERY {
+                    let state = link.pending_state.take();
+                    sync::finish(conn, ctx, state, &mut client.wbuf);
+                }
+            }
+            Step::PreludeFailed => {
+                conn.broken = true;
+                flush_front(client, rbuf, &mut off).await;
+                client.wbuf.extend_from_slice(&rbuf[..len]);
+                let _ = client.flush().await;
+                return Err(LinkError::StateFailed);
+            }
+        }
+        if link.expect.front_is_synth() || !client.wbuf.is_empty() {
+            flush_front(client, rbuf, &mut off).await;
+            emit_synths(client, link).await;
+        }
     }
-    if off > 0 {
+    flush_front(client, rbuf, &mut off).await;
+    Ok(())
+}
+
+/// Writes the first `off` bytes of the server buffer to the client.
+async fn flush_front<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    rbuf: &mut BytesMut,
+    off: &mut usize,
+) {
+    if *off > 0 {
         // A client that has gone away surfaces on its next read; keep the server stream
         // consistent meanwhile.
-        let _ = client.io.write_all(&conn.rbuf[..off]).await;
-        conn.rbuf.advance(off);
+        let _ = client.io.write_all(&rbuf[..*off]).await;
+        rbuf.advance(*off);
+        *off = 0;
     }
-    Ok(release)
+}
+
+/// Bookkeeping for a message that goes to the client.
+fn on_forwarded(
+    msg: &[u8],
+    ctx: &mut ClientCtx,
+    conn: &mut ServerConn,
+    link: &mut Link,
+) -> Result<(), &'static str> {
+    match backend::decode(msg)? {
+        Backend::ReadyForQuery(status) => link.status = status,
+        Backend::CommandComplete(tag) => {
+            if tag_changes_session_state(tag) {
+                conn.state = None;
+            }
+            if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+                conn.prepared.clear();
+                if tag == b"DISCARD ALL" {
+                    ctx.stmts.clear();
+                }
+            } else if tag == b"PREPARE" && link.pooled {
+                // A SQL-level statement slipped through (e.g. inside a multi-statement
+                // query): it must not outlive this client, so the connection goes.
+                conn.broken = true;
+            }
+        }
+        Backend::Error(fields) => {
+            conn.state = None;
+            if matches!(fields.severity(), b"FATAL" | b"PANIC") {
+                conn.broken = true;
+                link.server_fatal = true;
+            }
+        }
+        Backend::ParameterStatus { name, value } => {
+            let name = String::from_utf8_lossy(name).into_owned();
+            if name == "search_path" && conn.reported_search_path.as_deref() != Some(value) {
+                conn.state = None;
+            }
+            conn.params.set(&name, value);
+            if ctx.params.get(&name).is_some() {
+                ctx.params.set(&name, value);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }

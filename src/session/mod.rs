@@ -2,8 +2,10 @@
 //! transaction mode, `Idle <-> Linked(server)` until the client leaves -> cleanup.
 
 pub mod client;
+pub mod expect;
 pub mod handshake;
 pub mod linked;
+pub mod prepared;
 pub mod stream;
 pub mod sync;
 
@@ -275,6 +277,7 @@ async fn checkout(
                 proxy.server_connect_timeout,
                 proxy.server_lifetime,
                 proxy.max_message_size,
+                proxy.max_prepared_statements,
             )
             .await
             .map_err(|e| unreachable_backend(&endpoint.config.backend, &e))?;
@@ -322,6 +325,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), SessionError> {
     let proxy = &shared.config.proxy;
     let session_mode = proxy.pool_mode == PoolMode::Session;
+    let mut link = Link::new(!session_mode);
     loop {
         // Idle: wait until the client has sent at least one whole message header.
         while client.rbuf.len() < 5 {
@@ -343,7 +347,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let prelude = sync::prelude(proxy.search_path_sync, ctx, &conn);
         ctx.cancel
             .set(Some((conn.endpoint.clone(), conn.backend_key)));
-        let mut link = Link::new(!session_mode);
+        link.reset();
         let end = linked::run(
             client,
             ctx,
@@ -397,7 +401,7 @@ async fn abandon(mut conn: Pooled<ServerConn>, link: &Link) {
     if link.is_idle() {
         return;
     }
-    if link.owed == 0 && !link.unsynced && reset(&mut conn, "ROLLBACK").await {
+    if link.expect.owed() == 0 && !link.unsynced && reset(&mut conn, "ROLLBACK").await {
         return;
     }
     conn.discard();

@@ -13,8 +13,10 @@ pub struct ClientStream<S> {
     pub io: S,
     /// Unconsumed bytes read from the client.
     pub rbuf: BytesMut,
-    /// Messages the proxy composed, not yet written.
+    /// Messages the proxy composed for the client, not yet written.
     pub wbuf: BytesMut,
+    /// Scratch for what goes to the linked server (reused; see `session::linked`).
+    pub sbuf: BytesMut,
     pub scanner: FrameScanner,
 }
 
@@ -34,6 +36,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
             io,
             rbuf: BytesMut::with_capacity(4096),
             wbuf: BytesMut::with_capacity(1024),
+            sbuf: BytesMut::new(),
             scanner: FrameScanner::new(max_message),
         }
     }

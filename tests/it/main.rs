@@ -5,3 +5,4 @@ mod support;
 
 mod collision;
 mod login;
+mod prepared;
