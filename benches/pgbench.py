@@ -38,7 +38,7 @@ TENANTS = 64
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 s runs and 500/2000 idle clients (smoke test)")
-    p.add_argument("--seconds", type=float, help="pgbench -T per run (default 10, 3 with --quick)")
+    p.add_argument("--seconds", type=int, help="pgbench -T per run (default 10, 3 with --quick)")
     p.add_argument("--pairs", type=int, default=3, help="rounds per scenario (default 3)")
     p.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="comma-separated, e.g. 1,6")
     p.add_argument("--idle-clients", help="scenario 7 client counts (default 2000,10000)")
@@ -165,7 +165,7 @@ def finish(bench: Bench, which, out_dir: Path, args, command, load_start, starte
         date = time.strftime("%Y-%m-%d %H:%M %Z")
         path = REPO / "docs" / "BENCHMARKS.md"
         path.parent.mkdir(exist_ok=True)
-        path.write_text(report.docs(md, meta, command, date, load))
+        path.write_text(report.docs(md, meta, command, date, load, args.auth))
         print(f"wrote {path}", flush=True)
 
 

@@ -228,7 +228,16 @@ def plot_s6(bench: Bench, path: str) -> str:
     return f"wrote {path}"
 
 
-def docs(summary_md: str, meta: dict[str, str], command: str, date: str, load: str) -> str:
+AUTH_NOTE = {
+    "verifier": "SCRAM-SHA-256 client auth, both poolers storing the same SCRAM verifier of the "
+    "same password (PgBouncer logs in to the server by SCRAM pass-through, so the role's password "
+    "is that verifier too; see benches/README.md, Auth)",
+    "plain": "SCRAM-SHA-256 client auth, both poolers holding the same plain password "
+    "(PgBouncer then derives a SCRAM secret on every login, pgtenant once at load)",
+}
+
+
+def docs(summary_md: str, meta: dict[str, str], command: str, date: str, load: str, auth_mode: str) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -251,8 +260,7 @@ def docs(summary_md: str, meta: dict[str, str], command: str, date: str, load: s
         "`shared_buffers=256MB`, `fsync=off`; `pgbench -i -s 10`; schemas `t1`..`t64`, each holding "
         "views `pgbench_*` over the public tables and a `tenant_marker` view.",
         "- Both poolers: transaction pooling, a pool of 8 server connections to the same database and "
-        "login, SCRAM-SHA-256 client auth with the same stored verifier of the same password, "
-        "up to 12,000 clients, their default logging. PgBouncer: `ignore_startup_parameters = "
+        f"login, {AUTH_NOTE[auth_mode]}, up to 12,000 clients, their default logging. PgBouncer: `ignore_startup_parameters = "
         "options,extra_float_digits`. pgtenant: 64 tenants `tN` with `search_path = [\"tN\", \"public\"]`.",
         "- Clients: pgbench over TCP, `-j 2` (one pgbench process per tenant with `-j 1` where "
         "several run at once), `PGOPTIONS='-c tenant=tN'` for both poolers (PgBouncer ignores it, "

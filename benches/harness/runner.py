@@ -46,6 +46,8 @@ class Run:
     p50_ms: float | None = None
     p99_ms: float | None = None
     transactions: int = 0
+    # pgbench's "initial connection time": -T counts it, the TPS figure leaves it out.
+    connect_ms: float = 0.0
     failed: int = 0
     aborted_clients: int = 0
     rc: int = 0
@@ -60,6 +62,7 @@ _TPS = re.compile(r"^tps = ([\d.]+) \((without initial connection time|including
 _LAT = re.compile(r"^latency average = ([\d.]+) ms", re.M)
 _TXNS = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+_CONNECT = re.compile(r"^initial connection time = ([\d.]+) ms", re.M)
 
 
 def _env(target: Target, tenant: str) -> dict[str, str]:
@@ -106,11 +109,15 @@ def _parse(out: str, err: str, rc: int) -> Run:
     run.transactions = int(m.group(1)) if m else 0
     m = _FAILED.search(out)
     run.failed = int(m.group(1)) if m else 0
+    m = _CONNECT.search(out)
+    run.connect_ms = float(m.group(1)) if m else 0.0
     run.aborted_clients = len(set(re.findall(r"client (\d+) aborted", err)))
     if rc != 0 or run.aborted_clients or run.failed:
         run.errors = _error_lines(err) or [f"pgbench exited with {rc}"]
     if run.aborted_clients:
         run.errors.insert(0, f"{run.aborted_clients} client(s) aborted")
+    if run.tps is None and not run.errors:
+        run.errors = [f"no TPS reported ({run.transactions} transactions; connecting took longer than -T?)"]
     return run
 
 
@@ -130,7 +137,7 @@ def _percentiles(log_dir: str) -> tuple[float | None, float | None]:
 
 
 def pgbench(pgbench_exe: str, target: Target, tenants: list[str], clients_each: int,
-            jobs: int, seconds: float, extra: list[str] | None = None,
+            jobs: int, seconds: int, extra: list[str] | None = None,
             latency_log: bool = False, sampling: float | None = None) -> Run:
     """Runs one pgbench process per tenant, all at once, and sums their TPS."""
     extra = extra or []
@@ -168,6 +175,7 @@ def _combine(runs: list[Run]) -> Run:
         if weighted:
             total.latency_ms = sum(l * w for l, w in weighted) / sum(w for _, w in weighted)
     total.transactions = sum(r.transactions for r in runs)
+    total.connect_ms = max(r.connect_ms for r in runs)
     total.failed = sum(r.failed for r in runs)
     total.aborted_clients = sum(r.aborted_clients for r in runs)
     missing = len(runs) - len(done)

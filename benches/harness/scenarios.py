@@ -5,6 +5,7 @@ scenario affects every system alike; ratios are taken within a round, then the m
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -50,7 +51,7 @@ class Results:
 
 @dataclass
 class Options:
-    seconds: float
+    seconds: int
     pairs: int
     quick: bool
     idle_clients: list[int]
@@ -69,6 +70,7 @@ class Bench:
         self.bouncer: PgBouncer | None = None
         self.tenant: dict[str, PgTenant] = {}
         self.targets: dict[str, Target] = {}
+        self.connect_allowance: dict[str, int] = {}
 
     # ---- the stack -------------------------------------------------------------------
 
@@ -120,13 +122,21 @@ class Bench:
     # ---- helpers ---------------------------------------------------------------------
 
     def _pgbench(self, target: str, tenants: list[str], clients: int, jobs: int, **kw) -> Run:
-        return runner.pgbench(self.pgbench_exe, self.targets[target], tenants, clients, jobs,
-                              self.opts.seconds, **kw)
+        # pgbench's -T clock runs while it connects its clients (one after another per
+        # thread, SCRAM each); its TPS leaves that time out. Extend -T by what the warm-up
+        # measured so every system gets about `seconds` of measured work.
+        secs = self.opts.seconds + self.connect_allowance.get(target, 0)
+        return runner.pgbench(self.pgbench_exe, self.targets[target], tenants, clients, jobs, secs, **kw)
 
     def warm_up(self, systems: list[str], tenants: list[str], clients: int, jobs: int, **kw) -> None:
-        secs = 1 if self.opts.quick else 2
+        """An unrecorded short run per system; measures how long connecting takes."""
+        base = 1 if self.opts.quick else 2
+        secs = base + math.ceil(clients / max(1, jobs) * 0.05)
+        self.connect_allowance = {}
         for s in systems:
-            runner.pgbench(self.pgbench_exe, self.targets[s], tenants, clients, jobs, secs, **kw)
+            run = runner.pgbench(self.pgbench_exe, self.targets[s], tenants, clients, jobs, secs, **kw)
+            if run.connect_ms > 500:
+                self.connect_allowance[s] = math.ceil(run.connect_ms / 1000 * 1.5)
 
     def rounds(self, scenario: int, point: str, systems: list[str], run_one) -> None:
         """`run_one(system) -> Run`, over `pairs` rounds in alternating order."""
