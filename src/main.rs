@@ -1,1 +1,161 @@
-fn main() {}
+//! The `pgtenant` binary: parses the command line, sets up logging and dispatches.
+//! Everything else lives in the library; see `lib.rs` for the layout.
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use pgtenant::cli::{Cli, Command, LogFormat};
+use pgtenant::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        None => proxy(&cli.config),
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::Verifier { password }) => verifier(password),
+        Some(Command::Demo) => demo(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, so that `check` and `verifier` output on stdout stays clean.
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads the config; a bad file is reported as is (it already names file, key and problem).
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// `pgtenant check`
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load_config(path) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    println!("{}: ok", path.display());
+    print!("{}", config.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pgtenant verifier [PASSWORD]`
+fn verifier(password: Option<String>) -> anyhow::Result<ExitCode> {
+    let password = match password {
+        Some(password) => password,
+        None => read_password_line()?,
+    };
+    if password.is_empty() {
+        anyhow::bail!("the password is empty");
+    }
+    println!(
+        "{}",
+        postgres_protocol::password::scram_sha_256(password.as_bytes())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line from stdin without its line ending (other whitespace is part of the password).
+fn read_password_line() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password: ");
+        std::io::stderr().flush().context("writing the prompt")?;
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string())
+}
+
+/// `pgtenant demo`
+fn demo() -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(pgtenant::demo::run()).context("demo")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pgtenant [--config FILE]`: runs the proxy until SIGTERM/SIGINT.
+fn proxy(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load_config(path) {
+        Ok(config) => Arc::new(config),
+        Err(code) => return Ok(code),
+    };
+    runtime()?.block_on(async move {
+        let addr = config.proxy.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        info!(%addr, config = %path.display(), "listening");
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone()).context("installing signal handlers")?;
+        pgtenant::run(listener, config, shutdown)
+            .await
+            .context("proxy stopped")?;
+        info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// SIGTERM/SIGINT cancel `shutdown` (a second one exits at once); SIGHUP is logged.
+fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+                _ = hangup.recv() => {
+                    warn!("SIGHUP: reload is not supported yet; keeping the current config");
+                    continue;
+                }
+            };
+            if shutdown.is_cancelled() {
+                warn!(signal = name, "second signal: exiting now");
+                std::process::exit(1);
+            }
+            info!(
+                signal = name,
+                "shutting down: no new clients, letting transactions finish"
+            );
+            shutdown.cancel();
+        }
+    });
+    Ok(())
+}

@@ -5,6 +5,8 @@
 //! file, the key and the problem.
 
 mod raw;
+mod secret;
+mod summary;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use secret::VerifierError;
 pub use validate::ConfigError;
 
 /// The whole validated configuration. Cheap to share: wrap in an `Arc` (and swap on reload).
@@ -95,11 +98,42 @@ pub enum PoolMode {
     Session,
 }
 
+impl PoolMode {
+    /// Every value, in the order the docs list them.
+    pub const ALL: [PoolMode; 2] = [PoolMode::Transaction, PoolMode::Session];
+
+    /// The spelling used in `proxy.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TenantSource {
     Options,
     User,
     Database,
+}
+
+impl TenantSource {
+    /// Every value, in the order the docs list them.
+    pub const ALL: [TenantSource; 3] = [
+        TenantSource::Options,
+        TenantSource::User,
+        TenantSource::Database,
+    ];
+
+    /// The spelling used in `proxy.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantSource::Options => "options",
+            TenantSource::User => "user",
+            TenantSource::Database => "database",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,10 +143,37 @@ pub enum AuthMethod {
     Trust,
 }
 
+impl AuthMethod {
+    /// Every value, in the order the docs list them.
+    pub const ALL: [AuthMethod; 3] = [AuthMethod::ScramSha256, AuthMethod::Md5, AuthMethod::Trust];
+
+    /// The spelling used in `proxy.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::Trust => "trust",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SearchPathSync {
     Tracked,
     Always,
+}
+
+impl SearchPathSync {
+    /// Every value, in the order the docs list them.
+    pub const ALL: [SearchPathSync; 2] = [SearchPathSync::Tracked, SearchPathSync::Always];
+
+    /// The spelling used in `proxy.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchPathSync::Tracked => "tracked",
+            SearchPathSync::Always => "always",
+        }
+    }
 }
 
 /// `[backends.NAME]`

@@ -1,1 +1,212 @@
 //! Raw serde structs mirroring `proxy.toml` one to one (`deny_unknown_fields`).
+//!
+//! These hold what the file says, with the defaults of SPEC.md filled in, and nothing more:
+//! no cross-references are checked and no strings are interpreted here. Enumerated choices
+//! (`pool_mode`, `auth`, ...) stay strings so that [`super::validate`] can report a bad value
+//! with its key path. Durations and setting values have small wrapper types whose only job is
+//! a readable type error (toml adds the line and column).
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub backends: BTreeMap<String, RawBackend>,
+    #[serde(default)]
+    pub users: BTreeMap<String, RawUser>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, RawTenant>,
+}
+
+/// `[proxy]`; every key is optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawProxy {
+    pub listen: String,
+    pub pool_mode: String,
+    pub tenant_from: Vec<String>,
+    pub user_separator: String,
+    /// `""` means none.
+    pub default_tenant: String,
+    pub auth: String,
+    pub search_path_sync: String,
+    pub admin_users: Vec<String>,
+    pub max_client_connections: usize,
+    pub query_wait_timeout: DurationText,
+    pub server_connect_timeout: DurationText,
+    pub server_idle_timeout: DurationText,
+    pub server_lifetime: DurationText,
+    pub idle_transaction_timeout: DurationText,
+    pub shutdown_timeout: DurationText,
+    pub metrics_listen: Option<String>,
+    pub max_message_size: usize,
+    pub max_prepared_statements: usize,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        let duration = |text: &str| DurationText(text.to_string());
+        RawProxy {
+            listen: "0.0.0.0:6432".into(),
+            pool_mode: "transaction".into(),
+            tenant_from: vec!["options".into(), "user".into(), "database".into()],
+            user_separator: ".".into(),
+            default_tenant: String::new(),
+            auth: "scram-sha-256".into(),
+            search_path_sync: "tracked".into(),
+            admin_users: Vec::new(),
+            max_client_connections: 10_000,
+            query_wait_timeout: duration("30s"),
+            server_connect_timeout: duration("5s"),
+            server_idle_timeout: duration("10m"),
+            server_lifetime: duration("1h"),
+            idle_transaction_timeout: duration("0s"),
+            shutdown_timeout: duration("30s"),
+            metrics_listen: None,
+            max_message_size: 1 << 30,
+            max_prepared_statements: 200,
+        }
+    }
+}
+
+/// `[backends.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    #[serde(default)]
+    pub min_pool_size: usize,
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+fn default_pool_size() -> usize {
+    20
+}
+
+/// `[users.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUser {
+    /// Plain, `SCRAM-SHA-256$...` verifier, or `md5...` hash.
+    pub password: String,
+    #[serde(default = "all_tenants")]
+    pub tenants: Vec<String>,
+}
+
+fn all_tenants() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// `[tenants."NAME"]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTenant {
+    pub backend: String,
+    #[serde(default = "default_search_path")]
+    pub search_path: Vec<String>,
+    #[serde(default)]
+    pub settings: RawSettings,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub max_server_connections: Option<usize>,
+    pub max_client_connections: Option<usize>,
+}
+
+fn default_search_path() -> Vec<String> {
+    vec!["public".into()]
+}
+
+/// A duration as written (`"30s"`); parsed by `humantime` during validation. Exists so that a
+/// bare number fails with a message saying what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DurationText(pub String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a duration string with a unit, like "30s", "250ms" or "10m""#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_string()))
+            }
+        }
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// A tenant's `settings` table, in file order (the order they are applied at checkout).
+#[derive(Debug, Default)]
+pub(super) struct RawSettings(pub Vec<(String, SettingValue)>);
+
+impl<'de> Deserialize<'de> for RawSettings {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SettingsVisitor;
+        impl<'de> Visitor<'de> for SettingsVisitor {
+            type Value = RawSettings;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a table of settings, like { "app.tenant_id" = "17" }"#)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSettings, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, SettingValue>()? {
+                    entries.push((name, value));
+                }
+                Ok(RawSettings(entries))
+            }
+        }
+        deserializer.deserialize_map(SettingsVisitor)
+    }
+}
+
+/// A setting value: a TOML string, or an integer or boolean written as its decimal/`true`
+/// /`false` text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SettingValue(pub String);
+
+impl<'de> Deserialize<'de> for SettingValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl Visitor<'_> for ValueVisitor {
+            type Value = SettingValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a setting value: a string (like "0.5"), an integer or a boolean"#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor)
+    }
+}
