@@ -70,6 +70,14 @@ def _med(bench: Bench, s: int, point: str, system: str, metric: str = "tps"):
     return median(list(bench.results.values(s, point, system, metric).values()))
 
 
+def _tps(bench: Bench, s: int, point: str, system: str) -> str:
+    """Median TPS, marked when a round had aborted clients or failed transactions."""
+    text = _fmt(_med(bench, s, point, system))
+    if bench.results.values(s, point, system, "aborted_clients") or bench.results.values(s, point, system, "failed_tx"):
+        text += " †"
+    return text
+
+
 def _ratio(bench: Bench, s: int, point: str, a: str, b: str, metric: str = "tps"):
     return median(bench.ratio(s, point, a, b, metric))
 
@@ -96,11 +104,12 @@ def summary(bench: Bench, which: list[int], meta: dict[str, str]) -> str:
         for s, point in main_rows:
             if s not in which:
                 continue
-            md.append(f"| {s}. {SCENARIOS[s]} | {_fmt(_med(bench, s, point, 'direct'))} | "
-                      f"{_fmt(_med(bench, s, point, 'pgbouncer'))} | {_fmt(_med(bench, s, point, 'pgtenant'))} | "
+            md.append(f"| {s}. {SCENARIOS[s]} | {_tps(bench, s, point, 'direct')} | "
+                      f"{_tps(bench, s, point, 'pgbouncer')} | {_tps(bench, s, point, 'pgtenant')} | "
                       f"{_fmt(_ratio(bench, s, point, 'pgtenant', 'pgbouncer'), 3)} | "
                       f"{_fmt(_ratio(bench, s, point, 'pgtenant', 'direct'), 3)} |")
-        md.append("")
+        md += ["", "† some clients aborted on errors (pgbench stops a client at its first error): the "
+               "TPS is that of the clients that survived; see Errors below.", ""]
     if 1 in which:
         md += [f"Scenario 1, view overhead: direct PostgreSQL through a tenant schema's views ran at "
                f"{_fmt(_ratio(bench, 1, '64', 'direct', 'direct-public'), 3)} x direct on the public tables "
@@ -126,8 +135,8 @@ def summary(bench: Bench, which: list[int], meta: dict[str, str]) -> str:
         for c in S6_CLIENTS:
             p = str(c)
             lat = lambda s: f"{_fmt(_med(bench, 6, p, s, 'latency_p50'), 2)} / {_fmt(_med(bench, 6, p, s, 'latency_p99'), 2)}"  # noqa: E731
-            md.append(f"| {c} | {_fmt(_med(bench, 6, p, 'direct'))} | {_fmt(_med(bench, 6, p, 'pgbouncer'))} | "
-                      f"{_fmt(_med(bench, 6, p, 'pgtenant'))} | {lat('direct')} | {lat('pgbouncer')} | {lat('pgtenant')} | "
+            md.append(f"| {c} | {_tps(bench, 6, p, 'direct')} | {_tps(bench, 6, p, 'pgbouncer')} | "
+                      f"{_tps(bench, 6, p, 'pgtenant')} | {lat('direct')} | {lat('pgbouncer')} | {lat('pgtenant')} | "
                       f"{_fmt(_ratio(bench, 6, p, 'pgtenant', 'pgbouncer'), 3)} |")
         md += ["", f"For 1000 clients PostgreSQL is restarted with max_connections = 1100 for all three systems.", ""]
     if 7 in which:

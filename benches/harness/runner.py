@@ -86,15 +86,20 @@ def _args(pgbench: str, target: Target, clients: int, jobs: int, seconds: float,
 
 
 def _error_lines(stderr: str) -> list[str]:
+    """The distinct errors in pgbench's stderr. Threads interleave their lines, and 64
+    clients repeat one error 64 times: keep the server's message (or pgbench's own) once."""
     seen: list[str] = []
     for line in stderr.splitlines():
         line = line.strip()
-        if not line or line.startswith("pgbench (") or "ignoring this error" in line:
+        if not line or "ignoring this error" in line:
             continue
-        # Collapse the per-client prefix so one error repeated by 64 clients reads once.
-        key = re.sub(r"client \d+", "client N", line)
-        key = re.sub(r"P0_\d+", "P0_N", key)
-        if key not in seen:
+        if "ERROR:" in line or "FATAL:" in line:
+            key = line[min(i for i in (line.find("ERROR:"), line.find("FATAL:")) if i >= 0):]
+        else:
+            key = re.sub(r"^((pgbench|error):\s*)+", "", line)
+        key = re.sub(r"client \d+", "client N", key)
+        key = re.sub(r"\s+", " ", key)
+        if key and key not in seen:
             seen.append(key)
     return seen[:5]
 
