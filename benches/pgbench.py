@@ -44,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--idle-clients", help="scenario 7 client counts (default 2000,10000)")
     p.add_argument("--auth", choices=["verifier", "plain"], default="verifier",
                    help="how the poolers store the password (see harness/stack.py Auth; default verifier)")
+    p.add_argument("--perf", action="store_true",
+                   help="perf-record the poolers in the first round of each point (results dir, perf/)")
     p.add_argument("--write-docs", action="store_true", help="rewrite docs/BENCHMARKS.md with the summary")
     p.add_argument("--no-build", action="store_true", help="use the existing target/release/pgtenant")
     p.add_argument("--pgtenant", help="path of a pgtenant binary to use instead of building one")
@@ -137,7 +139,10 @@ def main() -> int:
         auth = Auth.make(args.auth, scram_verifier(PROXY_PASSWORD))
         setup_database(pg, bin_dir, auth)
         opts = Options(seconds=seconds, pairs=args.pairs, quick=args.quick, idle_clients=idle,
-                       isolation_queries=100 if args.quick else 300)
+                       isolation_queries=100 if args.quick else 300,
+                       perf_dir=str(out_dir / "perf") if args.perf else None)
+        if args.perf:
+            (out_dir / "perf").mkdir(exist_ok=True)
         bench = Bench(reaper, pg, f"{bin_dir}/pgbench", bouncer_exe, pgtenant_exe, auth, opts)
         if not pgtenant_exe:
             bench.results.error(0, "pgtenant", "no binary (build failed): skipped everywhere")

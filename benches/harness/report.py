@@ -110,6 +110,23 @@ def summary(bench: Bench, which: list[int], meta: dict[str, str]) -> str:
                       f"{_fmt(_ratio(bench, s, point, 'pgtenant', 'direct'), 3)} |")
         md += ["", "† some clients aborted on errors (pgbench stops a client at its first error): the "
                "TPS is that of the clients that survived; see Errors below.", ""]
+    cpu_points = [(s, p) for s, p in main_rows if s in which] + ([(6, str(c)) for c in S6_CLIENTS] if 6 in which else [])
+    if cpu_points:
+        md += ["Pooler CPU time per transaction (user + system, all threads, from /proc/PID/stat; "
+               "less sensitive to other load on the machine than TPS) and context switches per transaction:", "",
+               "| scenario | point | PgBouncer CPU µs/tx | pgtenant CPU µs/tx | pgtenant / PgBouncer | PgBouncer switches/tx | pgtenant switches/tx |",
+               "|---|---|---:|---:|---:|---:|---:|"]
+        for s, p in cpu_points:
+            a = _med(bench, s, p, "pgbouncer", "pooler_cpu_us_per_tx")
+            b = _med(bench, s, p, "pgtenant", "pooler_cpu_us_per_tx")
+            md.append(f"| {s} | {p} | {_fmt(a, 1)} | {_fmt(b, 1)} | "
+                      f"{_fmt(_ratio(bench, s, p, 'pgtenant', 'pgbouncer', 'pooler_cpu_us_per_tx'), 2)} | "
+                      f"{_fmt(_med(bench, s, p, 'pgbouncer', 'pooler_ctx_switches_per_tx'), 2)} | "
+                      f"{_fmt(_med(bench, s, p, 'pgtenant', 'pooler_ctx_switches_per_tx'), 2)} |")
+        if 3 in which:
+            md.append(f"| 3 | 64x1, always | | {_fmt(_med(bench, 3, '64x1', 'pgtenant-always', 'pooler_cpu_us_per_tx'), 1)} | | | "
+                      f"{_fmt(_med(bench, 3, '64x1', 'pgtenant-always', 'pooler_ctx_switches_per_tx'), 2)} |")
+        md.append("")
     if 1 in which:
         md += [f"Scenario 1, view overhead: direct PostgreSQL through a tenant schema's views ran at "
                f"{_fmt(_ratio(bench, 1, '64', 'direct', 'direct-public'), 3)} x direct on the public tables "

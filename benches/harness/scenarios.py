@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from . import runner
 from .runner import Run, Target
-from .stack import PROXY_PASSWORD, Auth, PgBouncer, PgTenant, Postgres, Reaper
+from .stack import PROXY_PASSWORD, Auth, PgBouncer, PgTenant, Postgres, Reaper, cpu_and_switches
 
 SCENARIOS = {
     1: "pgbench -S, 1 tenant, 64 clients, pool 8",
@@ -56,6 +56,8 @@ class Options:
     quick: bool
     idle_clients: list[int]
     isolation_queries: int
+    # Directory for `perf` profiles of the poolers (first round of each point), or None.
+    perf_dir: str | None = None
 
 
 class Bench:
@@ -138,14 +140,54 @@ class Bench:
             if run.connect_ms > 500:
                 self.connect_allowance[s] = math.ceil(run.connect_ms / 1000 * 1.5)
 
+    def pooler_pid(self, system: str) -> int | None:
+        if system == "pgbouncer" and self.bouncer and self.bouncer.proc:
+            return self.bouncer.proc.pid
+        inst = self.tenant.get(system)
+        return inst.proc.pid if inst and inst.proc else None
+
+    def profiled(self, scenario: int, point: str, system: str, run_one) -> Run:
+        """Runs `run_one(system)` under `perf record` of the pooler process; writes the
+        flat profile (self time by symbol, and by shared object) next to the results."""
+        import subprocess
+
+        pid = self.pooler_pid(system)
+        if not self.opts.perf_dir or pid is None:
+            return run_one(system)
+        base = f"{self.opts.perf_dir}/s{scenario}-{point}-{system}"
+        rec = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", f"{base}.data"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            return run_one(system)
+        finally:
+            rec.send_signal(2)
+            try:
+                rec.wait(60)
+            except subprocess.TimeoutExpired:
+                rec.kill()
+            with open(f"{base}.txt", "w") as f:
+                for sort in ("dso", "symbol"):
+                    r = subprocess.run(["perf", "report", "-i", f"{base}.data", "--stdio", "--no-children",
+                                        "-g", "none", "--percent-limit", "0.5", "--sort", sort],
+                                       capture_output=True, text=True, timeout=300)
+                    f.write(r.stdout)
+
     def rounds(self, scenario: int, point: str, systems: list[str], run_one) -> None:
         """`run_one(system) -> Run`, over `pairs` rounds in alternating order."""
         for rnd in range(self.opts.pairs):
             order = systems if rnd % 2 == 0 else systems[::-1]
             line = []
             for s in order:
-                run = run_one(s)
+                pid = self.pooler_pid(s)
+                before = cpu_and_switches(pid) if pid else None
+                run = self.profiled(scenario, point, s, run_one) if rnd == 0 else run_one(s)
                 self.record(scenario, point, s, rnd, run)
+                if before and run.transactions and self.pooler_pid(s) == pid:
+                    cpu, sw = cpu_and_switches(pid)
+                    self.results.add(scenario, point, s, rnd, "pooler_cpu_us_per_tx",
+                                     round((cpu - before[0]) / run.transactions * 1e6, 2), "us")
+                    self.results.add(scenario, point, s, rnd, "pooler_ctx_switches_per_tx",
+                                     round((sw - before[1]) / run.transactions, 3), "switches")
                 line.append(f"{s} {run.tps:,.0f}" if run.tps is not None else f"{s} n/a")
             print(f"    round {rnd + 1}: " + ", ".join(line), flush=True)
         self.print_ratios(scenario, point, systems)

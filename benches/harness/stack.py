@@ -154,6 +154,21 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_and_switches(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system, all threads) and context switches so far of `pid`."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    switches = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    switches += int(line.split()[1])
+        except OSError:
+            pass  # a thread that just exited
+    return cpu, switches
+
+
 def find_pg_bin() -> str:
     env = os.environ.get("PG_BIN")
     if env:
