@@ -170,7 +170,9 @@ def finish(bench: Bench, which, out_dir: Path, args, command, load_start, starte
         date = time.strftime("%Y-%m-%d %H:%M %Z")
         path = REPO / "docs" / "BENCHMARKS.md"
         path.parent.mkdir(exist_ok=True)
-        path.write_text(report.docs(md, meta, command, date, load, args.auth))
+        old = path.read_text() if path.exists() else ""
+        perf = report.perf_digest(str(out_dir / "perf")) if args.perf else []
+        path.write_text(report.docs(md, meta, command, date, load, args.auth, report.kept_analysis(old), perf))
         print(f"wrote {path}", flush=True)
 
 

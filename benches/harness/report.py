@@ -108,8 +108,7 @@ def summary(bench: Bench, which: list[int], meta: dict[str, str]) -> str:
                       f"{_tps(bench, s, point, 'pgbouncer')} | {_tps(bench, s, point, 'pgtenant')} | "
                       f"{_fmt(_ratio(bench, s, point, 'pgtenant', 'pgbouncer'), 3)} | "
                       f"{_fmt(_ratio(bench, s, point, 'pgtenant', 'direct'), 3)} |")
-        md += ["", "† some clients aborted on errors (pgbench stops a client at its first error): the "
-               "TPS is that of the clients that survived; see Errors below.", ""]
+        md.append("")
     cpu_points = [(s, p) for s, p in main_rows if s in which] + ([(6, str(c)) for c in S6_CLIENTS] if 6 in which else [])
     if cpu_points:
         md += ["Pooler CPU time per transaction (user + system, all threads, from /proc/PID/stat; "
@@ -168,6 +167,9 @@ def summary(bench: Bench, which: list[int], meta: dict[str, str]) -> str:
                       f"{_fmt(_med(bench, 7, p, 'pgbouncer', 'bytes_per_client_after_query'))} | "
                       f"{_fmt(_med(bench, 7, p, 'pgtenant', 'bytes_per_client_after_query'))} |")
         md.append("")
+    if any("†" in line for line in md):
+        md += ["† some clients aborted on errors (pgbench stops a client at its first error): that "
+               "TPS is the surviving clients'; see Errors below.", ""]
     md += goals(bench, which)
     md += ["Errors seen:", ""]
     md += [f"- `{e.splitlines()[0]}`" + ("".join(f"\n  `{x}`" for x in e.splitlines()[1:4] if x.strip())) for e in bench.results.errors] or ["- none"]
@@ -263,7 +265,34 @@ AUTH_NOTE = {
 }
 
 
-def docs(summary_md: str, meta: dict[str, str], command: str, date: str, load: str, auth_mode: str) -> str:
+ANALYSIS_START, ANALYSIS_END = "<!-- analysis: kept when the harness rewrites this file -->", "<!-- /analysis -->"
+
+
+def kept_analysis(old_text: str) -> str:
+    """The hand-written analysis section of an existing docs/BENCHMARKS.md, if any."""
+    if ANALYSIS_START in old_text and ANALYSIS_END in old_text:
+        start = old_text.index(ANALYSIS_START)
+        return old_text[start:old_text.index(ANALYSIS_END) + len(ANALYSIS_END)]
+    return (f"{ANALYSIS_START}\n## Analysis\n\n(Not written yet: where the time goes, from the "
+            f"profiles, belongs here.)\n{ANALYSIS_END}")
+
+
+def perf_digest(perf_dir: str, top: int = 12) -> list[str]:
+    """A few lines per profile written by --perf: self time by shared object and top symbols."""
+    import glob
+
+    out = []
+    for path in sorted(glob.glob(f"{perf_dir}/*.txt")):
+        rows = [ln.rstrip() for ln in open(path) if ln.strip() and not ln.startswith("#")]
+        dso = [r.strip() for r in rows if "[.]" not in r and "[k]" not in r][:5]
+        sym = [" ".join(r.split()[:3]) for r in rows if "[.]" in r or "[k]" in r][:top]
+        name = path.rsplit("/", 1)[1][:-4]
+        out += [f"`{name}`: " + ", ".join(" ".join(d.split()) for d in dso), "", "```", *sym, "```", ""]
+    return out
+
+
+def docs(summary_md: str, meta: dict[str, str], command: str, date: str, load: str, auth_mode: str,
+         analysis: str, perf: list[str]) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -297,5 +326,9 @@ def docs(summary_md: str, meta: dict[str, str], command: str, date: str, load: s
         "## Results",
         "",
         summary_md,
+        analysis,
+        "",
     ]
+    if perf:
+        lines += ["## Profiles (perf, self time, first round of each point)", "", *perf]
     return "\n".join(lines)
