@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use secret::VerifierError;
-pub use validate::ConfigError;
+pub use validate::{is_setting_name, ConfigError};
 
 /// The whole validated configuration. Cheap to share: wrap in an `Arc` (and swap on reload).
 #[derive(Debug, Clone)]

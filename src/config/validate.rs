@@ -293,8 +293,9 @@ fn settings(
     Ok(settings)
 }
 
-/// `^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$`
-fn is_setting_name(name: &str) -> bool {
+/// `^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$`: the setting names accepted in
+/// `settings` and in clients' `-c name=value` options (they are written into SQL unquoted).
+pub fn is_setting_name(name: &str) -> bool {
     fn is_identifier(part: &str) -> bool {
         let mut bytes = part.bytes();
         bytes

@@ -11,9 +11,11 @@ pub const TRACKED_PARAMS: [&str; 6] = [
     "application_name",
 ];
 
-/// A small ordered map of parameter name -> value (a few dozen entries at most).
+/// A small ordered map of parameter name -> value (a few dozen entries at most). Clones
+/// share one copy until one of them changes a value (most clients never do), so thousands
+/// of idle clients do not each carry their own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(Vec<(String, Vec<u8>)>);
+pub struct Params(std::sync::Arc<Vec<(String, Vec<u8>)>>);
 
 impl Params {
     pub fn get(&self, name: &str) -> Option<&[u8]> {
@@ -25,14 +27,14 @@ impl Params {
 
     /// Sets `name`; returns true when the value changed.
     pub fn set(&mut self, name: &str, value: &[u8]) -> bool {
-        match self.0.iter_mut().find(|(n, _)| n == name) {
-            Some((_, v)) if v.as_slice() == value => false,
-            Some((_, v)) => {
-                *v = value.to_vec();
+        match self.0.iter().position(|(n, _)| n == name) {
+            Some(i) if self.0[i].1.as_slice() == value => false,
+            Some(i) => {
+                std::sync::Arc::make_mut(&mut self.0)[i].1 = value.to_vec();
                 true
             }
             None => {
-                self.0.push((name.to_string(), value.to_vec()));
+                std::sync::Arc::make_mut(&mut self.0).push((name.to_string(), value.to_vec()));
                 true
             }
         }

@@ -67,7 +67,7 @@ fn add_setting(info: &mut StartupInfo, name: String, value: String) -> Result<()
         info.options_tenant = Some(value);
         return Ok(());
     }
-    if !valid_setting_name(&name) {
+    if !crate::config::is_setting_name(&name) {
         return Err(ErrorInfo::fatal(
             "42602",
             format!("invalid setting name \"{name}\""),
@@ -86,19 +86,6 @@ fn add_setting(info: &mut StartupInfo, name: String, value: String) -> Result<()
         None => info.settings.push((name, value)),
     }
     Ok(())
-}
-
-/// `name` or `prefix.name`, identifier characters only.
-pub fn valid_setting_name(name: &str) -> bool {
-    let part = |p: &str| {
-        let mut chars = p.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    match name.split_once('.') {
-        Some((a, b)) => part(a) && part(b),
-        None => part(name),
-    }
 }
 
 /// PostgreSQL's spelling of common encoding names (the server corrects the rest at the
@@ -248,15 +235,5 @@ mod tests {
                 .code,
             "08P01"
         );
-    }
-
-    #[test]
-    fn setting_names() {
-        assert!(valid_setting_name("app.tenant_id"));
-        assert!(valid_setting_name("statement_timeout"));
-        assert!(!valid_setting_name("a.b.c"));
-        assert!(!valid_setting_name("1abc"));
-        assert!(!valid_setting_name("a;b"));
-        assert!(!valid_setting_name(""));
     }
 }

@@ -73,14 +73,17 @@ impl Shared {
 }
 
 /// Serves one client connection to the end.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
     io: S,
     shared: Arc<Shared>,
     permit: Option<OwnedSemaphorePermit>,
 ) {
     let mut client = ClientStream::new(io, shared.config.proxy.max_message_size);
-    let login =
-        tokio::time::timeout(LOGIN_TIMEOUT, login(&mut client, &shared, permit.is_some())).await;
+    let login = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        Box::pin(login(&mut client, &shared, permit.is_some())),
+    )
+    .await;
     let mut ctx = match login {
         Ok(Ok(Some(ctx))) => ctx,
         Ok(Ok(None)) => return,
@@ -200,12 +203,8 @@ async fn finish_login<S: AsyncRead + AsyncWrite + Unpin>(
     info: &StartupInfo,
 ) -> Result<ClientCtx, ErrorInfo> {
     let server_params = endpoint_params(shared, &tenant).await?;
-    let mut params = Params::default();
-    for (name, value) in server_params.iter() {
-        if name != "search_path" {
-            params.set(name, value);
-        }
-    }
+    // Shared with every other client of the endpoint until this one differs.
+    let mut params = server_params;
     for (name, value) in &info.reported {
         params.set(name, value.as_bytes());
     }
@@ -237,7 +236,16 @@ async fn endpoint_params(shared: &Shared, tenant: &TenantRuntime) -> Result<Para
         .params
         .get_or_try_init(|| async {
             let conn = checkout(shared, tenant, None).await?;
-            Ok::<_, ErrorInfo>(conn.startup_params.clone())
+            // search_path is the proxy's business (PostgreSQL 18 reports it): not shown.
+            let mut params = Params::default();
+            for (name, value) in conn
+                .startup_params
+                .iter()
+                .filter(|(n, _)| *n != "search_path")
+            {
+                params.set(name, value);
+            }
+            Ok::<_, ErrorInfo>(params)
         })
         .await?;
     Ok(params.clone())
@@ -318,7 +326,7 @@ impl SessionError {
 }
 
 /// The idle/linked loop.
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
     shared: &Shared,
@@ -330,7 +338,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         // Idle: wait until the client has sent at least one whole message header.
         while client.rbuf.len() < 5 {
             tokio::select! {
-                r = client.fill() => match r {
+                r = client.fill_idle() => match r {
                     Ok(n) if n > 0 => {}
                     _ => return Ok(()),
                 },
@@ -341,28 +349,32 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
         // Session mode links once, for the client's whole life (the link never releases).
-        let mut conn = checkout(shared, &ctx.tenant, Some(&ctx.wanted_state()))
+        let mut conn = Box::pin(checkout(shared, &ctx.tenant, Some(&ctx.wanted_state())))
             .await
             .map_err(SessionError::Refused)?;
         let prelude = sync::prelude(proxy.search_path_sync, ctx, &conn);
         ctx.cancel
             .set(Some((conn.endpoint.clone(), conn.backend_key)));
         link.reset();
-        let end = linked::run(
+        // Boxed: the linked state machine is large and only needed while linked, so idle
+        // clients (the vast majority) stay small.
+        let end = Box::pin(linked::run(
             client,
             ctx,
             &mut conn,
             &mut link,
             prelude,
             proxy.idle_transaction_timeout,
-        )
+        ))
         .await;
         ctx.cancel.set(None);
         match end {
             Ok(LinkEnd::Released) => drop(conn),
-            Ok(LinkEnd::ClientGone) => return finish_session(conn, &link, session_mode).await,
+            Ok(LinkEnd::ClientGone) => {
+                return Box::pin(finish_session(conn, &link, session_mode)).await
+            }
             Err(e) => {
-                abandon(conn, &link).await;
+                Box::pin(abandon(conn, &link)).await;
                 return Err(e.into());
             }
         }
@@ -430,4 +442,19 @@ async fn reset(conn: &mut ServerConn, sql: &str) -> bool {
         tokio::time::timeout(CLEANUP_TIMEOUT, work).await,
         Ok(Some(true))
     )
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn an_idle_session_is_small() {
+        let text = "[backends.main]\nhost='h'\ndatabase='d'\nuser='u'\npassword='p'\n[users.app]\npassword='x'\n[tenants.t]\nbackend='main'\n";
+        let config = std::sync::Arc::new(crate::config::Config::from_toml_str(text, "t").unwrap());
+        let shared = std::sync::Arc::new(super::Shared::new(config, Default::default()));
+        let (a, _b) = tokio::io::duplex(64);
+        let f = super::serve(a, shared, None);
+        // Every idle client holds one of these: keep it small (rarely used stages are boxed).
+        let size = std::mem::size_of_val(&f);
+        assert!(size < 2048, "serve future is {size} bytes");
+    }
 }

@@ -9,6 +9,27 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::{FrameError, FrameScanner, Scanned};
 
+/// Waiting for a socket to become readable without holding a buffer (so idle clients cost
+/// little memory). Streams without such a notion just return at once.
+pub trait Readiness {
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+}
+
+impl Readiness for tokio::net::TcpStream {
+    async fn readable(&self) -> io::Result<()> {
+        tokio::net::TcpStream::readable(self).await
+    }
+}
+
+impl Readiness for tokio::io::DuplexStream {
+    async fn readable(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How long a client may sit idle before its buffers are given back.
+const KEEP_BUFFERS_WHILE_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub struct ClientStream<S> {
     pub io: S,
     /// Unconsumed bytes read from the client.
@@ -35,10 +56,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
         ClientStream {
             io,
             rbuf: BytesMut::with_capacity(4096),
-            wbuf: BytesMut::with_capacity(1024),
+            wbuf: BytesMut::new(),
             sbuf: BytesMut::new(),
             scanner: FrameScanner::new(max_message),
         }
+    }
+
+    /// Waits for the next bytes while idle. A client idle for longer than a moment gives its
+    /// buffers back first (a busy client keeps them: no allocation per transaction).
+    pub async fn fill_idle(&mut self) -> io::Result<usize>
+    where
+        S: Readiness,
+    {
+        if self.rbuf.is_empty() {
+            if let Ok(ready) =
+                tokio::time::timeout(KEEP_BUFFERS_WHILE_IDLE, self.io.readable()).await
+            {
+                ready?;
+            } else {
+                self.rbuf = BytesMut::new();
+                self.wbuf = BytesMut::new();
+                self.sbuf = BytesMut::new();
+                self.io.readable().await?;
+            }
+        }
+        self.fill().await
     }
 
     /// Reads more bytes into `rbuf`; `Ok(0)` is EOF.

@@ -87,3 +87,103 @@ fn split_user(config: &Config, user: &str) -> (String, Option<String>) {
         _ => (user.to_string(), None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(proxy: &str) -> Config {
+        let text = format!(
+            r#"
+[proxy]
+{proxy}
+[backends.main]
+host = "127.0.0.1"
+database = "app"
+user = "app"
+password = "pw"
+[users.app]
+password = "secret"
+[users."app.admin"]
+password = "secret"
+[tenants."a.com"]
+backend = "main"
+[tenants.b]
+backend = "main"
+"#
+        );
+        Config::from_toml_str(&text, "test.toml").unwrap()
+    }
+
+    fn tenant(
+        c: &Config,
+        user: &str,
+        db: &str,
+        opt: Option<&str>,
+    ) -> (String, Result<String, IdentifyError>) {
+        let id = identify(c, user, db, opt);
+        (id.user, id.tenant)
+    }
+
+    #[test]
+    fn options_then_user_then_database() {
+        let c = config("");
+        assert_eq!(
+            tenant(&c, "app", "app", Some("b")),
+            ("app".into(), Ok("b".into()))
+        );
+        assert_eq!(
+            tenant(&c, "app.a.com", "b", None),
+            ("app".into(), Ok("a.com".into())),
+            "split at the first separator"
+        );
+        assert_eq!(tenant(&c, "app", "b", None), ("app".into(), Ok("b".into())));
+        assert_eq!(
+            tenant(&c, "app.b", "a.com", Some("a.com")),
+            ("app".into(), Ok("a.com".into())),
+            "options win"
+        );
+    }
+
+    #[test]
+    fn explicit_names_must_exist_database_names_need_not() {
+        let c = config("");
+        assert_eq!(
+            tenant(&c, "app", "app", Some("nope")).1,
+            Err(IdentifyError::Unknown("nope".into()))
+        );
+        assert_eq!(
+            tenant(&c, "app.nope", "app", None).1,
+            Err(IdentifyError::Unknown("nope".into()))
+        );
+        assert_eq!(
+            tenant(&c, "app", "app", None).1,
+            Err(IdentifyError::NoneNamed)
+        );
+        assert_eq!(IdentifyError::NoneNamed.to_client().code, "28000");
+        assert_eq!(IdentifyError::Unknown("x".into()).to_client().code, "3D000");
+    }
+
+    #[test]
+    fn a_configured_user_name_is_not_split() {
+        let c = config("");
+        assert_eq!(
+            tenant(&c, "app.admin", "b", None),
+            ("app.admin".into(), Ok("b".into()))
+        );
+    }
+
+    #[test]
+    fn order_and_default_are_configurable() {
+        let c = config(
+            r#"tenant_from = ["database", "options"]
+default_tenant = "b""#,
+        );
+        assert_eq!(tenant(&c, "app", "a.com", Some("b")).1, Ok("a.com".into()));
+        assert_eq!(
+            tenant(&c, "app.a.com", "app", None),
+            ("app.a.com".into(), Ok("b".into())),
+            "user naming is off"
+        );
+    }
+}
