@@ -35,6 +35,22 @@ REPO = Path(__file__).resolve().parent.parent
 TENANTS = 64
 
 
+class Tee:
+    """Everything printed also goes to <results>/run.log."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 s runs and 500/2000 idle clients (smoke test)")
@@ -122,6 +138,7 @@ def main() -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.out or REPO / "bench-results" / stamp)
     out_dir.mkdir(parents=True, exist_ok=True)
+    sys.stdout = Tee(sys.stdout, open(out_dir / "run.log", "a"))
     command = "python3 benches/pgbench.py" + "".join(f" {a}" for a in sys.argv[1:])
     load_start = open("/proc/loadavg").read().split()[0]
     started = time.monotonic()

@@ -122,15 +122,20 @@ def summary(bench: Bench, which: list[int], meta: dict[str, str]) -> str:
                       f"{_fmt(_ratio(bench, s, p, 'pgtenant', 'pgbouncer', 'pooler_cpu_us_per_tx'), 2)} | "
                       f"{_fmt(_med(bench, s, p, 'pgbouncer', 'pooler_ctx_switches_per_tx'), 2)} | "
                       f"{_fmt(_med(bench, s, p, 'pgtenant', 'pooler_ctx_switches_per_tx'), 2)} |")
-        if 3 in which:
-            md.append(f"| 3 | 64x1, always | | {_fmt(_med(bench, 3, '64x1', 'pgtenant-always', 'pooler_cpu_us_per_tx'), 1)} | | | "
-                      f"{_fmt(_med(bench, 3, '64x1', 'pgtenant-always', 'pooler_ctx_switches_per_tx'), 2)} |")
+            if s == 3:
+                md.append(f"| 3 | 64x1, pgtenant always | | {_fmt(_med(bench, 3, p, 'pgtenant-always', 'pooler_cpu_us_per_tx'), 1)} | | | "
+                          f"{_fmt(_med(bench, 3, p, 'pgtenant-always', 'pooler_ctx_switches_per_tx'), 2)} |")
         md.append("")
     if 1 in which:
         md += [f"Scenario 1, view overhead: direct PostgreSQL through a tenant schema's views ran at "
                f"{_fmt(_ratio(bench, 1, '64', 'direct', 'direct-public'), 3)} x direct on the public tables "
                f"({_fmt(_med(bench, 1, '64', 'direct-public'))} TPS). PgBouncer ignores the tenant, so its "
                "clients read the public tables directly.", ""]
+    if 4 in which:
+        md += ["Scenario 4: with `-C` the rate is bounded by pgbench's own side of each SCRAM login "
+               "(libpq derives the salted password, 4096 rounds of HMAC, on every connection) on the same "
+               "cores, so the poolers' CPU per connection (in the CPU table, where the 'transaction' is one "
+               "connection plus one query) says more about the poolers than the rate does.", ""]
     if 3 in which:
         md += [f"Scenario 3, `search_path_sync`: tracked {_fmt(_med(bench, 3, '64x1', 'pgtenant'))} TPS, "
                f"always {_fmt(_med(bench, 3, '64x1', 'pgtenant-always'))} TPS; tracked / always = "

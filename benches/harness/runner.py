@@ -119,6 +119,10 @@ def _parse(out: str, err: str, rc: int) -> Run:
     run.aborted_clients = len(set(re.findall(r"client (\d+) aborted", err)))
     if rc != 0 or run.aborted_clients or run.failed:
         run.errors = _error_lines(err) or [f"pgbench exited with {rc}"]
+    elif "ERROR:" in err or "FATAL:" in err:
+        # pgbench logs some errors and carries on (a failed PREPARE with -M prepared, for
+        # one): the run counts, but the errors are reported.
+        run.errors = [f"(pgbench carried on) {e}" for e in _error_lines(err)]
     if run.aborted_clients:
         run.errors.insert(0, f"{run.aborted_clients} client(s) aborted")
     if run.tps is None and not run.errors:
