@@ -185,14 +185,7 @@ async fn reap_idle(shared: Arc<Shared>) {
 async fn keep_warm(endpoint: &Endpoint, proxy: &crate::config::ProxyConfig) {
     let min = endpoint.config.min_pool_size;
     while endpoint.pool.counts().0 < min {
-        let conn = ServerConn::connect(
-            endpoint.config.clone(),
-            proxy.server_connect_timeout,
-            proxy.server_lifetime,
-            proxy.max_message_size,
-            proxy.max_prepared_statements,
-        )
-        .await;
+        let conn = ServerConn::open(endpoint.config.clone(), proxy).await;
         match conn {
             Ok(conn) => {
                 if endpoint.pool.add_idle(conn).is_err() {

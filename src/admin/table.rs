@@ -173,22 +173,7 @@ pub fn notice(buf: &mut BytesMut, severity: &str, message: &str) {
     finish(buf, at);
 }
 
-fn begin(buf: &mut BytesMut, tag: u8) -> usize {
-    buf.put_u8(tag);
-    let at = buf.len();
-    buf.put_i32(0);
-    at
-}
-
-fn finish(buf: &mut BytesMut, at: usize) {
-    let len = (buf.len() - at) as i32;
-    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-}
-
-fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
-    buf.put_slice(s);
-    buf.put_u8(0);
-}
+use crate::protocol::encode::{begin, finish, put_cstr};
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use super::backend::TxStatus;
 use super::btag;
 
 /// Starts a message: writes the tag and a length placeholder; returns the length's offset.
-fn begin(buf: &mut BytesMut, tag: u8) -> usize {
+pub(crate) fn begin(buf: &mut BytesMut, tag: u8) -> usize {
     buf.put_u8(tag);
     let at = buf.len();
     buf.put_i32(0);
@@ -16,12 +16,12 @@ fn begin(buf: &mut BytesMut, tag: u8) -> usize {
 }
 
 /// Back-patches the length written by [`begin`].
-fn finish(buf: &mut BytesMut, at: usize) {
+pub(crate) fn finish(buf: &mut BytesMut, at: usize) {
     let len = (buf.len() - at) as i32;
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
+pub(crate) fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
     buf.put_slice(s);
     buf.put_u8(0);
 }

@@ -136,6 +136,21 @@ impl ServerConn {
         }
     }
 
+    /// Connects and logs in with the `[proxy]` limits.
+    pub async fn open(
+        endpoint: Arc<EndpointConfig>,
+        proxy: &crate::config::ProxyConfig,
+    ) -> Result<ServerConn, ServerError> {
+        ServerConn::connect(
+            endpoint,
+            proxy.server_connect_timeout,
+            proxy.server_lifetime,
+            proxy.max_message_size,
+            proxy.max_prepared_statements,
+        )
+        .await
+    }
+
     pub fn age(&self) -> Duration {
         self.created.elapsed()
     }

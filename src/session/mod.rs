@@ -149,14 +149,7 @@ async fn checkout(
                 tracing::debug!(backend = %endpoint.config.backend, ?retry_in, "backend is down");
                 return Err(backend_down(&endpoint.config.backend));
             }
-            let conn = ServerConn::connect(
-                endpoint.config.clone(),
-                proxy.server_connect_timeout,
-                proxy.server_lifetime,
-                proxy.max_message_size,
-                proxy.max_prepared_statements,
-            )
-            .await;
+            let conn = ServerConn::open(endpoint.config.clone(), proxy).await;
             match conn {
                 Ok(conn) => {
                     endpoint.health.succeeded(&endpoint.config);
