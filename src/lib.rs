@@ -6,24 +6,35 @@
 //! - [`protocol`]: the wire protocol as bytes: framing, typed views of the messages the proxy
 //!   inspects, encoders. No I/O.
 //! - [`auth`]: verifying clients (SCRAM-SHA-256, md5, trust) and logging in to servers.
-//! - [`tenant`]: working out which tenant a client names.
+//! - [`tenant`]: working out which tenant a client names; the registry of tenants and their
+//!   pools; per-tenant counters, pause and removal.
 //! - [`pool`]: endpoints, per-tenant logical pools, fair waiting. Knows nothing of the protocol.
 //! - [`server`]: one server connection: connect, log in, the state it carries.
 //! - [`session`]: one client's life: handshake, auth, idle/linked state machine.
-//! - [`listener`]: accepting clients, the client cap, graceful shutdown.
+//! - [`listener`]: accepting clients, the client cap, graceful shutdown; [`Proxy`] and the
+//!   [`ProxyHandle`] that reloads or stops it.
+//! - [`shared`]: state every session sees: the config generation (swapped on reload), the
+//!   client list, login failure counters.
+//! - [`reload`]: hot reload (SIGHUP, `RELOAD`): validate, rebuild the registry, swap.
+//! - [`admin`]: the admin console (database `pgtenant`), one file per command.
+//! - [`metrics`]: Prometheus text at `/metrics`.
 //! - [`localpg`]: starting a throwaway local PostgreSQL (demo, tests, benchmarks).
 //! - [`demo`]: `pgtenant demo`.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod listener;
 pub mod localpg;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod tenant;
 
-pub use listener::run;
+pub use listener::{run, Proxy, ProxyHandle};

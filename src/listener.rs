@@ -1,5 +1,8 @@
-//! Accepting clients: the listener loop, the client cap, graceful shutdown.
+//! Accepting clients: the listener loop, the client cap, the idle-connection reaper, the
+//! metrics listener and graceful shutdown. [`Proxy`] is the running proxy; a
+//! [`ProxyHandle`] reloads it (SIGHUP in `main.rs`, tests in-process) or stops it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,26 +12,106 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::reload::{ReloadError, ReloadSummary};
 use crate::server::ServerConn;
-use crate::session::{self, Shared};
+use crate::session;
+use crate::shared::Shared;
+use crate::tenant::Endpoint;
 
 /// Runs the proxy on `listener` until `shutdown` is cancelled, then lets linked transactions
-/// finish for up to `shutdown_timeout` and returns.
+/// finish for up to `shutdown_timeout` and returns. There is no config file, so `RELOAD`
+/// is refused; use [`Proxy`] for a reloadable proxy.
 pub async fn run(
     listener: TcpListener,
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let shared = Arc::new(Shared::new(config.clone(), shutdown.clone()));
-    let clients = Arc::new(Semaphore::new(config.proxy.max_client_connections));
-    let tracker = TaskTracker::new();
-    let reaper = tokio::spawn(reap_idle(shared.clone()));
+    Proxy::new(config, None, shutdown).serve(listener).await
+}
+
+/// A proxy ready to serve.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    metrics: Option<TcpListener>,
+}
+
+/// Controls a running [`Proxy`] from outside (signals, tests).
+#[derive(Clone)]
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// `config_path`: the file `RELOAD` and SIGHUP read again (`None`: reload is refused).
+    pub fn new(
+        config: Arc<Config>,
+        config_path: Option<PathBuf>,
+        shutdown: CancellationToken,
+    ) -> Proxy {
+        Proxy {
+            shared: Arc::new(Shared::new(config, config_path, shutdown)),
+            metrics: None,
+        }
+    }
+
+    /// Serves `/metrics` on `listener` instead of binding `metrics_listen` (e.g. a listener
+    /// on port 0 in tests).
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Proxy {
+        self.metrics = Some(listener);
+        self
+    }
+
+    pub fn handle(&self) -> ProxyHandle {
+        ProxyHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Accepts clients on `listener` until shutdown, then drains (see [`run`]).
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let shared = self.shared;
+        let config = shared.current().config.clone();
+        let metrics = match (self.metrics, config.proxy.metrics_listen) {
+            (Some(l), _) => Some(l),
+            (None, Some(addr)) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("metrics_listen {addr}: {e}"))
+            })?),
+            (None, None) => None,
+        };
+        let metrics = metrics.map(|l| tokio::spawn(crate::metrics::serve(l, shared.clone())));
+        let reaper = tokio::spawn(reap_idle(shared.clone()));
+        let tracker = TaskTracker::new();
+        accept_loop(&listener, &shared, &tracker).await?;
+        drop(listener);
+        tracker.close();
+        tracing::info!("shutting down: waiting for linked transactions to finish");
+        let timeout = shared.current().config.proxy.shutdown_timeout;
+        if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+            tracing::warn!("shutdown_timeout reached; closing remaining connections");
+        }
+        reaper.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+) -> std::io::Result<()> {
+    // `max_client_connections` needs a restart to change (see `reload`).
+    let clients = Arc::new(Semaphore::new(
+        shared.current().config.proxy.max_client_connections,
+    ));
     tracing::info!(listen = %listener.local_addr()?, "pgtenant is accepting connections");
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = shutdown.cancelled() => break,
+            _ = shared.shutdown.cancelled() => return Ok(()),
         };
         match accepted {
             Ok((stream, _peer)) => {
@@ -45,53 +128,81 @@ pub async fn run(
             }
         }
     }
-    drop(listener);
-    tracker.close();
-    tracing::info!("shutting down: waiting for linked transactions to finish");
-    if tokio::time::timeout(config.proxy.shutdown_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown_timeout reached; closing remaining connections");
+}
+
+impl ProxyHandle {
+    /// Reads the config file again and applies it; a bad file keeps the current config
+    /// (and the error says why). Also what `RELOAD` and SIGHUP do.
+    pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
+        crate::reload::reload(&self.shared).await
     }
-    reaper.abort();
-    Ok(())
+
+    /// Applies an already validated config, as a reload would.
+    pub fn apply(&self, config: Config) -> ReloadSummary {
+        crate::reload::apply(&self.shared, config)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.current().config.clone()
+    }
+
+    /// What `/metrics` would answer now.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(&self.shared)
+    }
+
+    /// Stops accepting clients and drains (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
 }
 
 /// Closes idle server connections past `server_idle_timeout` or `server_lifetime`, and
-/// opens connections up to each endpoint's `min_pool_size`.
+/// opens connections up to each endpoint's `min_pool_size` (of the generation in force).
 async fn reap_idle(shared: Arc<Shared>) {
-    let proxy = &shared.config.proxy;
-    let tick = (proxy.server_idle_timeout.min(proxy.server_lifetime) / 4)
-        .clamp(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        for endpoint in &shared.registry.endpoints {
-            endpoint.pool.prune_idle(|conn, idle_for| {
-                idle_for < proxy.server_idle_timeout && conn.age() < proxy.server_lifetime
-            });
-            let min = endpoint.config.min_pool_size;
-            while endpoint.pool.counts().0 < min {
-                let conn = ServerConn::connect(
-                    endpoint.config.clone(),
-                    proxy.server_connect_timeout,
-                    proxy.server_lifetime,
-                    proxy.max_message_size,
-                    proxy.max_prepared_statements,
-                )
-                .await;
-                match conn {
-                    Ok(conn) => {
-                        if endpoint.pool.add_idle(conn).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(backend = %endpoint.config.backend, error = %e, "could not open a min_pool_size connection");
-                        break;
-                    }
+        let tick = {
+            let generation = shared.current();
+            let proxy = &generation.config.proxy;
+            for endpoint in &generation.registry.endpoints {
+                let closed = endpoint.pool.prune_idle(|conn, idle_for| {
+                    idle_for < proxy.server_idle_timeout && conn.age() < proxy.server_lifetime
+                });
+                if closed > 0 {
+                    tracing::debug!(backend = %endpoint.config.backend, closed, "closed idle server connections");
+                }
+                keep_warm(endpoint, proxy).await;
+            }
+            (proxy.server_idle_timeout.min(proxy.server_lifetime) / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(5))
+        };
+        tokio::time::sleep(tick).await;
+    }
+}
+
+/// Opens connections until the endpoint has `min_pool_size`.
+async fn keep_warm(endpoint: &Endpoint, proxy: &crate::config::ProxyConfig) {
+    let min = endpoint.config.min_pool_size;
+    while endpoint.pool.counts().0 < min {
+        let conn = ServerConn::connect(
+            endpoint.config.clone(),
+            proxy.server_connect_timeout,
+            proxy.server_lifetime,
+            proxy.max_message_size,
+            proxy.max_prepared_statements,
+        )
+        .await;
+        match conn {
+            Ok(conn) => {
+                if endpoint.pool.add_idle(conn).is_err() {
+                    break;
                 }
             }
+            Err(e) => {
+                tracing::warn!(backend = %endpoint.config.backend, error = %e, "could not open a min_pool_size connection");
+                break;
+            }
         }
-        tokio::time::sleep(tick).await;
     }
 }

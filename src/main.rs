@@ -115,10 +115,9 @@ fn proxy(path: &Path) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         info!(%addr, config = %path.display(), "listening");
         let shutdown = CancellationToken::new();
-        spawn_signal_handler(shutdown.clone()).context("installing signal handlers")?;
-        pgtenant::run(listener, config, shutdown)
-            .await
-            .context("proxy stopped")?;
+        let proxy = pgtenant::Proxy::new(config, Some(path.to_path_buf()), shutdown.clone());
+        spawn_signal_handler(shutdown, proxy.handle()).context("installing signal handlers")?;
+        proxy.serve(listener).await.context("proxy stopped")?;
         info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
@@ -131,8 +130,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-/// SIGTERM/SIGINT cancel `shutdown` (a second one exits at once); SIGHUP is logged.
-fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
+/// SIGTERM/SIGINT cancel `shutdown` (a second one exits at once); SIGHUP reloads the config
+/// file (a bad file keeps the running config; `reload` logs why).
+fn spawn_signal_handler(
+    shutdown: CancellationToken,
+    handle: pgtenant::ProxyHandle,
+) -> std::io::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
@@ -142,7 +145,11 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
                 _ = terminate.recv() => "SIGTERM",
                 _ = interrupt.recv() => "SIGINT",
                 _ = hangup.recv() => {
-                    warn!("SIGHUP: reload is not supported yet; keeping the current config");
+                    info!(signal = "SIGHUP", "reloading the config file");
+                    let handle = handle.clone();
+                    tokio::spawn(async move {
+                        let _ = handle.reload().await;
+                    });
                     continue;
                 }
             };

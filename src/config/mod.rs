@@ -85,6 +85,8 @@ pub struct ProxyConfig {
     pub idle_transaction_timeout: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
+    /// Whether `/metrics` labels per-tenant series with `tenant` (off: sums over tenants).
+    pub metrics_tenant_labels: bool,
     /// Largest message (other than the startup packet) the proxy will buffer to inspect.
     /// Messages it only forwards (DataRow, CopyData) stream through and are not capped.
     pub max_message_size: usize,

@@ -46,6 +46,7 @@ pub(super) struct RawProxy {
     pub idle_transaction_timeout: DurationText,
     pub shutdown_timeout: DurationText,
     pub metrics_listen: Option<String>,
+    pub metrics_tenant_labels: bool,
     pub max_message_size: usize,
     pub max_prepared_statements: usize,
 }
@@ -70,6 +71,7 @@ impl Default for RawProxy {
             idle_transaction_timeout: duration("0s"),
             shutdown_timeout: duration("30s"),
             metrics_listen: None,
+            metrics_tenant_labels: true,
             max_message_size: 1 << 30,
             max_prepared_statements: 200,
         }

@@ -132,6 +132,7 @@ fn proxy_config<T, U>(
             None | Some("") => None,
             Some(addr) => Some(socket_addr("proxy.metrics_listen", addr)?),
         },
+        metrics_tenant_labels: raw.metrics_tenant_labels,
         max_message_size: count("max_message_size", raw.max_message_size)?,
         max_prepared_statements: count("max_prepared_statements", raw.max_prepared_statements)?,
     })

@@ -332,6 +332,16 @@ impl<C: Poolable> Pool<C> {
         Ok(())
     }
 
+    /// Calls `f` for every idle connection with how long it has been idle. Runs under the
+    /// pool's lock: `f` must be quick (it is for `SHOW SERVERS` and metrics).
+    pub fn for_each_idle(&self, mut f: impl FnMut(&C, Duration)) {
+        let inner = self.lock();
+        let now = Instant::now();
+        for i in &inner.idle {
+            f(&i.conn, now - i.since);
+        }
+    }
+
     /// Counts: (open, idle).
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.lock();

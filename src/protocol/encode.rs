@@ -147,6 +147,18 @@ pub fn ready_for_query(buf: &mut BytesMut, status: TxStatus) {
     finish(buf, at);
 }
 
+/// NegotiateProtocolVersion: the protocol version offered instead (PostgreSQL sends the
+/// whole number, e.g. 3.0 = 196608) and the `_pq_.` options not recognized.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, version: i32, unrecognized: &[&str]) {
+    let at = begin(buf, btag::NEGOTIATE_PROTOCOL_VERSION);
+    buf.put_i32(version);
+    buf.put_i32(unrecognized.len() as i32);
+    for o in unrecognized {
+        put_cstr(buf, o.as_bytes());
+    }
+    finish(buf, at);
+}
+
 pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     let at = begin(buf, btag::COMMAND_COMPLETE);
     put_cstr(buf, tag.as_bytes());
@@ -211,7 +223,8 @@ mod tests {
         assert_eq!(
             req,
             crate::protocol::startup::StartupRequest::Startup {
-                params: vec![("user".into(), "u".into())]
+                params: vec![("user".into(), "u".into())],
+                minor: 0
             }
         );
     }

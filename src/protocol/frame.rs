@@ -128,6 +128,21 @@ impl FrameScanner {
     }
 }
 
+/// Whether `buf` (at a message boundary) holds enough to act on: a whole message, the
+/// header of one that `streams`, or a header that is already an error (bad or oversized
+/// length, which the scanner then reports).
+pub fn message_ready(buf: &[u8], streams: impl Fn(u8) -> bool, max_message: usize) -> bool {
+    if buf.len() < HEADER_LEN {
+        return false;
+    }
+    let raw = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if raw < 4 || streams(buf[0]) {
+        return true;
+    }
+    let total = raw as usize + 1;
+    total > max_message || buf.len() >= total
+}
+
 /// The body of a whole message (after the 5-byte header).
 pub fn body(message: &[u8]) -> &[u8] {
     &message[HEADER_LEN..]
@@ -191,6 +206,29 @@ mod tests {
             assert_eq!(inspected[2], msg(b'Z', b"I"));
             assert_eq!(through, vec![(b'D', 1005)], "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn ready_means_whole_streaming_or_broken() {
+        let q = msg(b'Q', b"select 1\0");
+        assert!(message_ready(&q, |_| false, 100));
+        assert!(
+            !message_ready(&q[..q.len() - 1], |_| false, 100),
+            "half a Query is not ready"
+        );
+        assert!(!message_ready(&q[..4], |_| true, 100));
+        assert!(
+            message_ready(&q[..6], |t| t == b'Q', 100),
+            "a streaming type is ready at its header"
+        );
+        assert!(
+            message_ready(&q[..6], |_| false, 5),
+            "an oversized message is ready to be refused"
+        );
+        assert!(
+            message_ready(&[b'Q', 0, 0, 0, 1], |_| false, 100),
+            "a bad length is ready to be refused"
+        );
     }
 
     #[test]

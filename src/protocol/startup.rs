@@ -16,8 +16,16 @@ pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 pub enum StartupRequest {
     Ssl,
     GssEnc,
-    Cancel { pid: i32, secret: i32 },
-    Startup { params: Vec<(String, String)> },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    /// `minor`: the protocol 3 minor version the client asked for; the proxy speaks 3.0 and
+    /// answers a higher one with NegotiateProtocolVersion, as PostgreSQL does.
+    Startup {
+        params: Vec<(String, String)>,
+        minor: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +79,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<(StartupRequest, usize)>, StartupErro
                 "wrong length for a special request",
             ))
         }
-        PROTOCOL_3_0 => StartupRequest::Startup {
+        v if v >> 16 == 3 => StartupRequest::Startup {
             params: decode_params(rest)?,
+            minor: (v & 0xffff) as u16,
         },
         other => {
             return Err(StartupError::UnsupportedVersion {
@@ -191,10 +200,16 @@ mod tests {
                 params: vec![
                     ("user".into(), "app".into()),
                     ("database".into(), "app".into())
-                ]
+                ],
+                minor: 0
             }
         );
         assert_eq!(decode(&p[..p.len() - 1]).unwrap(), None);
+        let p32 = packet(PROTOCOL_3_0 + 2, b"user\0app\0\0");
+        assert!(matches!(
+            decode(&p32).unwrap().unwrap().0,
+            StartupRequest::Startup { minor: 2, .. }
+        ));
         assert_eq!(
             decode(&packet(SSL_REQUEST_CODE, b"")).unwrap().unwrap().0,
             StartupRequest::Ssl

@@ -37,7 +37,6 @@ pub(super) async fn login(conn: &mut ServerConn) -> Result<(), ServerError> {
             ("user", ep.user.as_str()),
             ("database", ep.database.as_str()),
             ("client_encoding", "UTF8"),
-            ("application_name", "pgtenant"),
             ("search_path", ""),
         ],
     );

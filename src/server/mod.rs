@@ -2,6 +2,7 @@
 //! the server asks), and the session state it carries, which decides whether a checkout must
 //! re-apply tenant state.
 
+mod health;
 mod login;
 mod params;
 
@@ -18,6 +19,7 @@ use crate::config::EndpointConfig;
 use crate::pool::Poolable;
 use crate::protocol::FrameScanner;
 
+pub use health::Health;
 pub use params::{tracked_name, Params, TRACKED_PARAMS};
 
 /// Which tenant state a connection holds, as far as the proxy knows.

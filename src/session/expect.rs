@@ -91,6 +91,9 @@ pub enum Entry {
     /// The state prelude (a simple Query): everything up to its ReadyForQuery is swallowed.
     Prelude,
     Synth(Synth),
+    /// Where the client ended a COPY (CopyDone/CopyFail): no response of its own, it only
+    /// marks which Syncs the server will ignore (see [`Expect::on_message`]).
+    CopyEnd,
 }
 
 impl Entry {
@@ -98,7 +101,7 @@ impl Entry {
         match self {
             Entry::Client { kind, .. } | Entry::Injected { kind, .. } => Some(*kind),
             Entry::Prelude => Some(Kind::Query),
-            Entry::Synth(_) => None,
+            Entry::Synth(_) | Entry::CopyEnd => None,
         }
     }
 
@@ -137,6 +140,8 @@ pub struct Expect {
     queue: VecDeque<Entry>,
     /// Entries that end with a ReadyForQuery for the client.
     owed: u32,
+    /// The server is in COPY IN and the client has not ended it yet: it ignores Syncs.
+    copy_in: bool,
 }
 
 impl Expect {
@@ -148,10 +153,59 @@ impl Expect {
     pub fn clear(&mut self) {
         self.queue.clear();
         self.owed = 0;
+        self.copy_in = false;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.iter().all(|e| *e == Entry::CopyEnd)
+    }
+
+    /// A client Sync: the server answers it, unless it arrives during COPY IN, where
+    /// PostgreSQL ignores Sync (and Flush).
+    pub fn push_sync(&mut self) {
+        if !self.copy_in {
+            self.push(Entry::Client {
+                kind: Kind::Sync,
+                stmt: None,
+            });
+        }
+    }
+
+    /// The client sent CopyDone or CopyFail.
+    pub fn copy_end(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else {
+            self.queue.push_back(Entry::CopyEnd);
+        }
+    }
+
+    /// CopyInResponse: the Syncs the client sent after the COPY and before ending it were
+    /// (or will be) ignored by the server, so they are owed nothing.
+    fn enter_copy_in(&mut self) {
+        let mut i = 1;
+        while i < self.queue.len() {
+            match &self.queue[i] {
+                Entry::CopyEnd => {
+                    self.queue.remove(i);
+                    return;
+                }
+                Entry::Client {
+                    kind: Kind::Sync, ..
+                } => {
+                    self.queue.remove(i);
+                    self.owed -= 1;
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = true;
+    }
+
+    fn skip_markers(&mut self) {
+        while self.queue.front() == Some(&Entry::CopyEnd) {
+            self.queue.pop_front();
+        }
     }
 
     /// ReadyForQuery messages the client is still owed.
@@ -160,15 +214,18 @@ impl Expect {
     }
 
     pub fn prelude_pending(&self) -> bool {
+        // (markers never precede the prelude: it is always pushed first)
         self.queue.front() == Some(&Entry::Prelude)
     }
 
-    pub fn front_is_synth(&self) -> bool {
+    pub fn front_is_synth(&mut self) -> bool {
+        self.skip_markers();
         matches!(self.queue.front(), Some(Entry::Synth(_)))
     }
 
     /// Takes the made-up response at the front, if its turn has come.
     pub fn pop_synth(&mut self) -> Option<Synth> {
+        self.skip_markers();
         match self.queue.front() {
             Some(Entry::Synth(_)) => match self.pop() {
                 Some(Entry::Synth(s)) => Some(s),
@@ -186,6 +243,7 @@ impl Expect {
 
     /// Matches one server message (by type) against the front of the queue.
     pub fn on_message(&mut self, tag: u8) -> Step {
+        self.skip_markers();
         if self.prelude_pending() {
             return match tag {
                 btag::READY_FOR_QUERY => {
@@ -215,6 +273,14 @@ impl Expect {
                 dropped.push(self.pop().expect("front exists"));
             }
             return Step::Failed { entry, dropped };
+        }
+        if matches!(tag, btag::ERROR_RESPONSE | btag::COMMAND_COMPLETE) {
+            // The server has left COPY IN (if it was in it): Syncs count again.
+            self.copy_in = false;
+        }
+        if tag == btag::COPY_IN_RESPONSE && matches!(kind, Kind::Execute | Kind::Query) {
+            self.enter_copy_in();
+            return Step::Forward;
         }
         if kind.completed_by(tag) {
             return match self.pop().expect("front exists") {
@@ -313,6 +379,37 @@ mod tests {
             Step::Forward,
             "an error inside a simple query"
         );
+        assert!(matches!(x.on_message(b'Z'), Step::Completed(_)));
+        assert!(x.is_empty());
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_are_owed_nothing() {
+        // tokio-postgres: Bind, Execute, Sync, CopyData..., CopyDone, Sync.
+        let mut x = Expect::default();
+        x.push(client(Kind::Bind));
+        x.push(client(Kind::Execute));
+        x.push_sync();
+        x.copy_end();
+        x.push_sync();
+        assert_eq!(x.owed(), 2);
+        assert!(matches!(x.on_message(b'2'), Step::Completed(_)));
+        assert_eq!(x.on_message(b'G'), Step::Forward);
+        assert_eq!(
+            x.owed(),
+            1,
+            "the Sync inside the COPY is ignored by the server"
+        );
+        assert!(matches!(x.on_message(b'C'), Step::Completed(_)));
+        assert!(matches!(x.on_message(b'Z'), Step::Completed(_)));
+        assert!(x.is_empty());
+        // The CopyInResponse arrives before the client ends the COPY.
+        x.push(client(Kind::Query));
+        assert_eq!(x.on_message(b'G'), Step::Forward);
+        x.push_sync();
+        x.copy_end();
+        assert_eq!(x.owed(), 1);
+        assert!(matches!(x.on_message(b'C'), Step::Forward));
         assert!(matches!(x.on_message(b'Z'), Step::Completed(_)));
         assert!(x.is_empty());
     }

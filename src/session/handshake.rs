@@ -59,7 +59,23 @@ pub async fn open<S: AsyncRead + AsyncWrite + Unpin>(
                 shared.forward_cancel((pid, secret)).await;
                 return Ok(Opening::Cancelled);
             }
-            StartupRequest::Startup { params } => return Ok(Opening::Startup(params)),
+            StartupRequest::Startup { params, minor } => {
+                // Like PostgreSQL: a newer minor version or protocol options are answered
+                // with what this side speaks (3.0, no options), and the login goes on.
+                let options: Vec<&str> = params
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .filter(|n| n.starts_with("_pq_."))
+                    .collect();
+                if minor > 0 || !options.is_empty() {
+                    crate::protocol::encode::negotiate_protocol_version(
+                        &mut client.wbuf,
+                        startup::PROTOCOL_3_0,
+                        &options,
+                    );
+                }
+                return Ok(Opening::Startup(params));
+            }
         }
     }
 }

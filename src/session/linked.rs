@@ -40,6 +40,9 @@ pub struct Link {
     server_fatal: bool,
     /// Transaction mode: release when idle, and map statement names.
     pooled: bool,
+    /// Part of a streamed client message (CopyData) has been forwarded: the server stream is
+    /// mid-message, so the connection can be neither released nor reused.
+    pub client_mid_message: bool,
 }
 
 /// How a link ended.
@@ -95,6 +98,7 @@ impl Link {
             status: TxStatus::Idle,
             server_fatal: false,
             pooled,
+            client_mid_message: false,
         }
     }
 
@@ -106,6 +110,7 @@ impl Link {
         self.pending_state = None;
         self.status = TxStatus::Idle;
         self.server_fatal = false;
+        self.client_mid_message = false;
     }
 
     /// Nothing outstanding and no transaction open.
@@ -114,8 +119,15 @@ impl Link {
     }
 
     fn released(&self) -> bool {
-        self.pooled && self.is_idle()
+        self.pooled && self.is_idle() && !self.client_mid_message
     }
+}
+
+/// The proxy no longer knows the connection's state, including the state a prelude still in
+/// flight was going to record.
+fn forget_state(conn: &mut ServerConn, link: &mut Link) {
+    conn.state = None;
+    link.pending_state = None;
 }
 
 /// Runs one link: applies `prelude`, forwards what the client has buffered, then relays until
@@ -266,6 +278,7 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
         };
     }
     client.rbuf.advance(off);
+    link.client_mid_message = client.scanner.mid_message();
     let written = if out.is_empty() {
         Ok(())
     } else {
@@ -291,12 +304,13 @@ fn on_client_message(
     out: &mut BytesMut,
 ) -> Result<(), LinkError> {
     let decoded = frontend::decode(msg).map_err(client_protocol)?;
+    ctx.tenant.stats.on_client_message(&decoded);
     let malformed = || client_protocol(format!("malformed message of type {}", msg[0] as char));
     let client_entry = |kind| Entry::Client { kind, stmt: None };
     match decoded {
         Frontend::Query { sql } => {
             if mentions_set_config(sql) {
-                conn.state = None;
+                forget_state(conn, link);
             }
             match link.pooled.then(|| prepared::classify_sql(sql)) {
                 Some(SqlStatement::Deallocate(name)) => {
@@ -321,7 +335,7 @@ fn on_client_message(
         Frontend::Parse { name, sql } => {
             link.unsynced = true;
             if mentions_set_config(sql) {
-                conn.state = None;
+                forget_state(conn, link);
             }
             if !link.pooled || name.is_empty() {
                 out.extend_from_slice(msg);
@@ -394,15 +408,17 @@ fn on_client_message(
         Frontend::Sync => {
             link.unsynced = false;
             out.extend_from_slice(msg);
-            link.expect.push(client_entry(Kind::Sync));
+            link.expect.push_sync();
         }
         Frontend::FunctionCall => {
             out.extend_from_slice(msg);
             link.expect.push(client_entry(Kind::FunctionCall));
         }
-        Frontend::Flush | Frontend::CopyData | Frontend::CopyDone | Frontend::CopyFail => {
-            out.extend_from_slice(msg)
+        Frontend::CopyDone | Frontend::CopyFail => {
+            out.extend_from_slice(msg);
+            link.expect.copy_end();
         }
+        Frontend::Flush | Frontend::CopyData => out.extend_from_slice(msg),
         Frontend::Password(_) => {
             return Err(client_protocol(
                 "unexpected password message after authentication",
@@ -644,10 +660,13 @@ fn on_forwarded(
     link: &mut Link,
 ) -> Result<(), &'static str> {
     match backend::decode(msg)? {
-        Backend::ReadyForQuery(status) => link.status = status,
+        Backend::ReadyForQuery(status) => {
+            ctx.tenant.stats.on_ready_for_query(status);
+            link.status = status
+        }
         Backend::CommandComplete(tag) => {
             if tag_changes_session_state(tag) {
-                conn.state = None;
+                forget_state(conn, link);
             }
             if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                 conn.prepared.clear();
@@ -661,7 +680,7 @@ fn on_forwarded(
             }
         }
         Backend::Error(fields) => {
-            conn.state = None;
+            forget_state(conn, link);
             if matches!(fields.severity(), b"FATAL" | b"PANIC") {
                 conn.broken = true;
                 link.server_fatal = true;
@@ -670,7 +689,7 @@ fn on_forwarded(
         Backend::ParameterStatus { name, value } => {
             let name = String::from_utf8_lossy(name).into_owned();
             if name == "search_path" && conn.reported_search_path.as_deref() != Some(value) {
-                conn.state = None;
+                forget_state(conn, link);
             }
             conn.params.set(&name, value);
             if ctx.params.get(&name).is_some() {

@@ -2,262 +2,123 @@
 //! transaction mode, `Idle <-> Linked(server)` until the client leaves -> cleanup.
 
 pub mod client;
+pub mod counted;
 pub mod expect;
 pub mod handshake;
 pub mod linked;
+mod login;
 pub mod prepared;
 pub mod stream;
 pub mod sync;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, PoolMode};
+use crate::config::{PoolMode, ProxyConfig};
 use crate::pool::{Lease, Pooled};
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
-use crate::server::{Params, ServerConn, ServerError};
-use crate::tenant::{identify, Registry, TenantRuntime};
-use client::{CancelSlot, ClientCtx, StartupInfo};
-use handshake::Opening;
+use crate::server::{ServerConn, ServerError};
+use crate::shared::{ClientEntry, ClientState, Generation, StopReason};
+use crate::tenant::{LoginFailure, TenantRuntime, TenantStats};
+use client::ClientCtx;
+use counted::{Counted, Peer};
 use linked::{Link, LinkEnd, LinkError};
+use login::{login, LoggedIn, LoginError};
 use stream::ClientStream;
+
+pub use crate::shared::Shared;
 
 /// How long a client may take from connecting to being logged in (as PostgreSQL's
 /// `authentication_timeout`).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much a client waiting at a paused tenant may send ahead before the proxy stops reading.
+const PAUSED_READ_LIMIT: usize = 1 << 20;
 /// How long cleanup of an abandoned link may take before the connection is closed instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// State shared by all sessions.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub registry: Registry,
-    /// Client cancel keys -> where a cancel should go while that client is linked.
-    pub cancels: DashMap<(i32, i32), Arc<CancelSlot>>,
-    pub shutdown: CancellationToken,
-}
-
-impl Shared {
-    pub fn new(config: Arc<Config>, shutdown: CancellationToken) -> Self {
-        Shared {
-            registry: Registry::build(&config),
-            config,
-            cancels: DashMap::new(),
-            shutdown,
-        }
-    }
-
-    /// Forwards a client's CancelRequest, with the server's own key, to the server
-    /// connection that client is linked to right now, if any.
-    pub async fn forward_cancel(&self, key: (i32, i32)) {
-        let target = self
-            .cancels
-            .get(&key)
-            .and_then(|slot| slot.linked.lock().ok().and_then(|l| l.clone()));
-        match target {
-            Some((endpoint, server_key)) => {
-                if let Err(e) = crate::server::send_cancel(&endpoint, server_key).await {
-                    tracing::warn!(backend = %endpoint.backend, error = %e, "forwarding cancel failed");
-                }
-            }
-            None => tracing::debug!("cancel request for a client that is not linked (ignored)"),
-        }
-    }
-}
-
 /// Serves one client connection to the end.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer>(
     io: S,
     shared: Arc<Shared>,
     permit: Option<OwnedSemaphorePermit>,
 ) {
-    let mut client = ClientStream::new(io, shared.config.proxy.max_message_size);
+    let max_message = shared.current().config.proxy.max_message_size;
+    let mut client = ClientStream::new(Counted::new(io), max_message);
     let login = tokio::time::timeout(
         LOGIN_TIMEOUT,
         Box::pin(login(&mut client, &shared, permit.is_some())),
     )
     .await;
-    let mut ctx = match login {
-        Ok(Ok(Some(ctx))) => ctx,
+    let logged_in = match login {
+        Ok(Ok(Some(logged_in))) => logged_in,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            let _ = client.send_error(&e).await;
+            e.record(&shared);
+            let _ = client.send_error(&e.info).await;
             return;
         }
         Err(_) => {
-            let _ = client
-                .send_error(&ErrorInfo::fatal("08006", "timeout expired during login"))
-                .await;
+            let e = LoginError::anonymous(
+                LoginFailure::Timeout,
+                ErrorInfo::fatal("08006", "timeout expired during login"),
+            );
+            e.record(&shared);
+            let _ = client.send_error(&e.info).await;
             return;
         }
     };
-    shared.cancels.insert(ctx.key, ctx.cancel.clone());
-    let result = run(&mut client, &mut ctx, &shared).await;
-    shared.cancels.remove(&ctx.key);
-    ctx.tenant.clients.fetch_sub(1, Ordering::Relaxed);
-    if let Err(e) = result {
-        tracing::debug!(tenant = %ctx.tenant.name, error = %e, "session ended with an error");
-        if let Some(info) = e.to_client() {
-            let _ = client.send_error(&info).await;
-        }
+    match logged_in {
+        LoggedIn::Admin(user) => crate::admin::serve(&mut client, &shared, &user).await,
+        LoggedIn::Tenant {
+            ctx,
+            application_name,
+        } => serve_tenant(&mut client, ctx, application_name, &shared).await,
     }
     drop(permit);
 }
 
-/// Handshake and authentication. `Ok(None)`: nothing more to do (a cancel request, or the
-/// client left). `Err`: what to tell the client before closing.
-async fn login<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut ClientStream<S>,
+/// A logged-in tenant client: registered for the console, then the idle/linked loop.
+async fn serve_tenant<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer>(
+    client: &mut ClientStream<Counted<S>>,
+    mut ctx: ClientCtx,
+    application_name: String,
     shared: &Shared,
-    admitted: bool,
-) -> Result<Option<ClientCtx>, ErrorInfo> {
-    let params = match handshake::open(client, shared).await {
-        Ok(Opening::Startup(params)) => params,
-        Ok(Opening::Cancelled) => return Ok(None),
-        Err(e) => return e.to_client().map_or(Ok(None), Err),
-    };
-    if !admitted {
-        return Err(ErrorInfo::fatal("53300", "sorry, too many clients already"));
-    }
-    let info = client::read_startup(params)?;
-    let config = &shared.config;
-    let identity = identify(
-        config,
-        &info.user,
-        &info.database,
-        info.options_tenant.as_deref(),
-    );
-    let user = config.users.get(&identity.user);
-    if let Err(e) = crate::auth::authenticate(
-        client,
-        config.proxy.auth,
-        &identity.user,
-        user.map(|u| &**u),
-    )
-    .await
-    {
-        tracing::info!(user = %identity.user, result = e.kind(), "login failed");
-        return e.to_client().map_or(Ok(None), Err);
-    }
-    let tenant_name = identity.tenant.map_err(|e| {
-        tracing::info!(user = %identity.user, result = "tenant", "login failed: {e}");
-        e.to_client()
-    })?;
-    // Authentication succeeded, so `user` is configured.
-    let allowed = user.is_some_and(|u| u.tenants.allows(&tenant_name));
-    if !allowed {
-        return Err(ErrorInfo::fatal(
-            "28000",
-            format!(
-                "user \"{}\" may not use tenant \"{tenant_name}\"",
-                identity.user
-            ),
-        ));
-    }
-    let tenant = shared.registry.tenants[&tenant_name].clone();
-    admit_to_tenant(&tenant)?;
-    let ctx = match finish_login(client, shared, identity.user, tenant.clone(), &info).await {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            tenant.clients.fetch_sub(1, Ordering::Relaxed);
-            return Err(e);
+) {
+    tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, result = "ok", "login");
+    client.io.count_into(ctx.tenant.stats.clone());
+    let entry = Arc::new(ClientEntry::new(
+        ctx.user.clone(),
+        ctx.tenant.name.clone(),
+        client.io.peer(),
+        application_name,
+        ctx.cancel.clone(),
+        &shared.shutdown,
+    ));
+    shared.clients.insert(ctx.key, entry.clone());
+    let result = run(client, &mut ctx, &entry, shared).await;
+    shared.clients.remove(&ctx.key);
+    ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    if let Err(e) = result {
+        // One line per session that did not end by the client's choice (no query text:
+        // errors name what happened, not what was sent).
+        tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, error = %e, "session closed");
+        if let Some(info) = e.to_client() {
+            let _ = client.send_error(&info).await;
         }
-    };
-    tracing::info!(user = %ctx.user, tenant = %tenant_name, "login");
-    Ok(Some(ctx))
-}
-
-fn admit_to_tenant(tenant: &TenantRuntime) -> Result<(), ErrorInfo> {
-    let n = tenant.clients.fetch_add(1, Ordering::Relaxed) + 1;
-    if tenant
-        .config
-        .max_client_connections
-        .is_some_and(|max| n > max)
-    {
-        tenant.clients.fetch_sub(1, Ordering::Relaxed);
-        return Err(ErrorInfo::fatal(
-            "53300",
-            format!(
-                "sorry, too many clients already for tenant \"{}\"",
-                tenant.name
-            ),
-        ));
     }
-    Ok(())
-}
-
-/// AuthenticationOk, the server's parameters (with the client's own values for the ones it
-/// set), a BackendKeyData of the client's own, ReadyForQuery.
-async fn finish_login<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut ClientStream<S>,
-    shared: &Shared,
-    user: String,
-    tenant: Arc<TenantRuntime>,
-    info: &StartupInfo,
-) -> Result<ClientCtx, ErrorInfo> {
-    let server_params = endpoint_params(shared, &tenant).await?;
-    // Shared with every other client of the endpoint until this one differs.
-    let mut params = server_params;
-    for (name, value) in &info.reported {
-        params.set(name, value.as_bytes());
-    }
-    let key = loop {
-        let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
-        if !shared.cancels.contains_key(&key) {
-            break key;
-        }
-    };
-    let out = &mut client.wbuf;
-    encode::authentication_ok(out);
-    for (name, value) in params.iter() {
-        encode::parameter_status(out, name.as_bytes(), value);
-    }
-    encode::backend_key_data(out, key.0, key.1);
-    encode::ready_for_query(out, TxStatus::Idle);
-    client
-        .flush()
-        .await
-        .map_err(|_| ErrorInfo::fatal("08006", "client went away"))?;
-    Ok(ClientCtx::new(user, tenant, info, params, key))
-}
-
-/// The endpoint's reported parameters, from its first server connection (opened now if
-/// there has never been one).
-async fn endpoint_params(shared: &Shared, tenant: &TenantRuntime) -> Result<Params, ErrorInfo> {
-    let endpoint = &tenant.endpoint;
-    let params = endpoint
-        .params
-        .get_or_try_init(|| async {
-            let conn = checkout(shared, tenant, None).await?;
-            // search_path is the proxy's business (PostgreSQL 18 reports it): not shown.
-            let mut params = Params::default();
-            for (name, value) in conn
-                .startup_params
-                .iter()
-                .filter(|(n, _)| *n != "search_path")
-            {
-                params.set(name, value);
-            }
-            Ok::<_, ErrorInfo>(params)
-        })
-        .await?;
-    Ok(params.clone())
 }
 
 /// Checks out a server connection for `tenant`, opening one if the pool allows.
 async fn checkout(
-    shared: &Shared,
+    proxy: &ProxyConfig,
     tenant: &TenantRuntime,
     want: Option<&crate::server::StateKey>,
 ) -> Result<Pooled<ServerConn>, ErrorInfo> {
-    let proxy = &shared.config.proxy;
     let endpoint = &tenant.endpoint;
     let none = crate::server::StateKey {
         tenant: 0,
@@ -272,6 +133,8 @@ async fn checkout(
         )
         .await
         .map_err(|_| {
+            tracing::warn!(tenant = %tenant.name, backend = %endpoint.config.backend,
+                "timed out waiting for a server connection");
             ErrorInfo::fatal(
                 "53300",
                 "timed out waiting for a server connection (query_wait_timeout)",
@@ -280,6 +143,12 @@ async fn checkout(
     match lease {
         Lease::Ready(conn) => Ok(conn),
         Lease::Connect(permit) => {
+            // Marked down by a recent failure: fail now rather than queue behind the
+            // attempts that are already timing out (the permit goes back on drop).
+            if let Err(retry_in) = endpoint.health.check(&endpoint.config) {
+                tracing::debug!(backend = %endpoint.config.backend, ?retry_in, "backend is down");
+                return Err(backend_down(&endpoint.config.backend));
+            }
             let conn = ServerConn::connect(
                 endpoint.config.clone(),
                 proxy.server_connect_timeout,
@@ -287,15 +156,27 @@ async fn checkout(
                 proxy.max_message_size,
                 proxy.max_prepared_statements,
             )
-            .await
-            .map_err(|e| unreachable_backend(&endpoint.config.backend, &e))?;
-            Ok(permit.fulfil(conn))
+            .await;
+            match conn {
+                Ok(conn) => {
+                    endpoint.health.succeeded(&endpoint.config);
+                    Ok(permit.fulfil(conn))
+                }
+                Err(e) => {
+                    endpoint.health.failed(&endpoint.config);
+                    Err(unreachable_backend(&endpoint.config.backend, &e))
+                }
+            }
         }
     }
 }
 
 fn unreachable_backend(backend: &str, e: &ServerError) -> ErrorInfo {
     tracing::warn!(backend, kind = e.kind(), error = %e, "server connection failed");
+    backend_down(backend)
+}
+
+fn backend_down(backend: &str) -> ErrorInfo {
     ErrorInfo::fatal(
         "08006",
         format!("could not connect to backend \"{backend}\""),
@@ -310,6 +191,12 @@ enum SessionError {
     Refused(ErrorInfo),
     #[error("shutting down")]
     Shutdown,
+    /// `KILL tenant`. While linked the stream may be mid-message: nothing more is sent.
+    #[error("killed by an administrator")]
+    Killed { linked: bool },
+    /// A reload removed the tenant (noticed between transactions).
+    #[error("tenant \"{0}\" was removed from the configuration")]
+    Removed(String),
 }
 
 impl SessionError {
@@ -317,10 +204,14 @@ impl SessionError {
         match self {
             SessionError::Link(e) => e.to_client(),
             SessionError::Refused(e) => Some(e.clone()),
-            SessionError::Shutdown => Some(ErrorInfo::fatal(
-                "57P01",
-                "terminating connection due to administrator command",
-            )),
+            SessionError::Shutdown | SessionError::Killed { linked: false } => {
+                Some(ErrorInfo::fatal(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                ))
+            }
+            SessionError::Killed { linked: true } => None,
+            SessionError::Removed(_) => Some(ErrorInfo::fatal("57P01", self.to_string())),
         }
     }
 }
@@ -329,56 +220,224 @@ impl SessionError {
 async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
+    entry: &ClientEntry,
     shared: &Shared,
 ) -> Result<(), SessionError> {
-    let proxy = &shared.config.proxy;
-    let session_mode = proxy.pool_mode == PoolMode::Session;
+    let mut generation = shared.current();
+    let session_mode = generation.config.proxy.pool_mode == PoolMode::Session;
     let mut link = Link::new(!session_mode);
     loop {
-        // Idle: wait until the client has sent at least one whole message header.
-        while client.rbuf.len() < 5 {
-            tokio::select! {
-                r = client.fill_idle() => match r {
-                    Ok(n) if n > 0 => {}
-                    _ => return Ok(()),
-                },
-                _ = shared.shutdown.cancelled() => return Err(SessionError::Shutdown),
-            }
+        // Idle: wait until the client has sent a message the link can act on (a whole one,
+        // or the start of a streamed CopyData): half a Query must not hold a server
+        // connection, nor spin.
+        let max = generation.config.proxy.max_message_size;
+        if !wait_for_message(client, ctx, entry, max).await? {
+            return Ok(());
         }
         if client.rbuf[0] == crate::protocol::ftag::TERMINATE {
             return Ok(());
         }
+        // A reload since the last checkout: this client's tenant, afresh.
+        if shared.generation_id() != generation.id {
+            generation = shared.current();
+            refresh(ctx, &generation)?;
+        }
+        let Some(_linked) = pass_pause_gate(client, ctx, entry).await? else {
+            return Ok(());
+        };
+        let proxy = &generation.config.proxy;
         // Session mode links once, for the client's whole life (the link never releases).
-        let mut conn = Box::pin(checkout(shared, &ctx.tenant, Some(&ctx.wanted_state())))
-            .await
-            .map_err(SessionError::Refused)?;
+        let mut conn = Box::pin(timed_checkout(proxy, ctx, entry)).await?;
         let prelude = sync::prelude(proxy.search_path_sync, ctx, &conn);
+        if prelude.is_some() {
+            ctx.tenant.stats.preludes.fetch_add(1, Ordering::Relaxed);
+        }
         ctx.cancel
             .set(Some((conn.endpoint.clone(), conn.backend_key)));
         link.reset();
+        let idle_tx_timeout = proxy.idle_transaction_timeout;
         // Boxed: the linked state machine is large and only needed while linked, so idle
         // clients (the vast majority) stay small.
-        let end = Box::pin(linked::run(
+        let mut linked = Box::pin(linked::run(
             client,
             ctx,
             &mut conn,
             &mut link,
             prelude,
-            proxy.idle_transaction_timeout,
-        ))
-        .await;
+            idle_tx_timeout,
+        ));
+        // KILL cuts the link; shutdown and removal let the transaction finish (the idle
+        // loop ends the session afterwards).
+        let end = loop {
+            tokio::select! {
+                end = &mut linked => break Some(end),
+                _ = entry.stop.cancelled(), if !entry.stop.is_cancelled() => {
+                    if entry.stop_reason() == StopReason::Killed {
+                        break None;
+                    }
+                }
+            }
+        };
+        drop(linked);
         ctx.cancel.set(None);
+        entry.set_state(ClientState::Idle);
         match end {
-            Ok(LinkEnd::Released) => drop(conn),
-            Ok(LinkEnd::ClientGone) => {
+            Some(Ok(LinkEnd::Released)) => drop(conn),
+            Some(Ok(LinkEnd::ClientGone)) => {
                 return Box::pin(finish_session(conn, &link, session_mode)).await
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 Box::pin(abandon(conn, &link)).await;
                 return Err(e.into());
             }
+            None => {
+                // Mid-link: closing the server connection is the only safe cleanup.
+                conn.discard();
+                return Err(SessionError::Killed { linked: true });
+            }
         }
     }
+}
+
+/// Checks out a server connection for the client, timing the wait.
+async fn timed_checkout(
+    proxy: &ProxyConfig,
+    ctx: &ClientCtx,
+    entry: &ClientEntry,
+) -> Result<Pooled<ServerConn>, SessionError> {
+    entry.set_state(ClientState::Waiting);
+    let started = Instant::now();
+    let conn = checkout(proxy, &ctx.tenant, Some(&ctx.wanted_state()))
+        .await
+        .map_err(SessionError::Refused)?;
+    ctx.tenant.stats.checkout_wait.observe(started.elapsed());
+    entry.set_state(ClientState::Active);
+    Ok(conn)
+}
+
+/// Waits while idle until the client has sent a message to act on (see `message_ready`). `false`: the client
+/// left. Ends early for shutdown, `KILL` and the tenant's removal (one token for all three).
+async fn wait_for_message<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
+    client: &mut ClientStream<S>,
+    ctx: &ClientCtx,
+    entry: &ClientEntry,
+    max_message: usize,
+) -> Result<bool, SessionError> {
+    // The tenant's own flag too: a client that logged in just as its tenant was removed.
+    if entry.stop.is_cancelled() || ctx.tenant.control.removed.is_cancelled() {
+        return Err(stopped(ctx, entry));
+    }
+    let streams = |t| t == crate::protocol::ftag::COPY_DATA;
+    while !crate::protocol::frame::message_ready(&client.rbuf, streams, max_message) {
+        tokio::select! {
+            r = client.fill_idle() => match r {
+                Ok(n) if n > 0 => {}
+                _ => return Ok(false),
+            },
+            _ = entry.stop.cancelled() => return Err(stopped(ctx, entry)),
+        }
+    }
+    Ok(true)
+}
+
+/// The error for a session whose stop token (or tenant) says it must end.
+fn stopped(ctx: &ClientCtx, entry: &ClientEntry) -> SessionError {
+    match entry.stop_reason() {
+        StopReason::Killed => SessionError::Killed { linked: false },
+        _ if ctx.tenant.control.removed.is_cancelled() => {
+            SessionError::Removed(ctx.tenant.name.clone())
+        }
+        StopReason::Removed => SessionError::Removed(ctx.tenant.name.clone()),
+        StopReason::Shutdown => SessionError::Shutdown,
+    }
+}
+
+/// After a reload: the client's tenant as the new generation has it (a changed
+/// `search_path` then applies from this checkout on), if it still exists and the user may
+/// still use it.
+fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionError> {
+    let name = &ctx.tenant.name;
+    let Some(tenant) = generation.registry.tenants.get(name) else {
+        return Err(SessionError::Removed(name.clone()));
+    };
+    let allowed = generation
+        .config
+        .users
+        .get(&ctx.user)
+        .is_some_and(|u| u.tenants.allows(name));
+    if !allowed {
+        let message = format!("user \"{}\" may no longer use tenant \"{name}\"", ctx.user);
+        return Err(SessionError::Refused(ErrorInfo::fatal("28000", message)));
+    }
+    if !Arc::ptr_eq(tenant, &ctx.tenant) {
+        ctx.tenant = tenant.clone();
+    }
+    Ok(())
+}
+
+/// Counts a client in its tenant's [`TenantStats::linked`] until dropped.
+struct LinkedGuard(Arc<TenantStats>);
+
+impl Drop for LinkedGuard {
+    fn drop(&mut self) {
+        self.0.linked.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Lets a new transaction through unless its tenant is paused (no await on that path).
+/// See [`crate::tenant::TenantControl`] for why the count goes up before the flag is read.
+fn enter(ctx: &ClientCtx) -> Option<LinkedGuard> {
+    let stats = &ctx.tenant.stats;
+    stats.linked.fetch_add(1, Ordering::SeqCst);
+    if !ctx.tenant.control.is_paused() {
+        return Some(LinkedGuard(stats.clone()));
+    }
+    stats.linked.fetch_sub(1, Ordering::SeqCst);
+    None
+}
+
+/// Passes the pause gate, waiting for RESUME if the tenant is paused. `None`: the client
+/// left while waiting.
+async fn pass_pause_gate<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &ClientCtx,
+    entry: &ClientEntry,
+) -> Result<Option<LinkedGuard>, SessionError> {
+    loop {
+        if let Some(guard) = enter(ctx) {
+            return Ok(Some(guard));
+        }
+        // Boxed: rarely needed, and it would make every idle session's future bigger.
+        if !Box::pin(wait_while_paused(client, ctx, entry)).await? {
+            return Ok(None);
+        }
+    }
+}
+
+/// Waits until the tenant is resumed. `false`: the client left meanwhile.
+async fn wait_while_paused<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &ClientCtx,
+    entry: &ClientEntry,
+) -> Result<bool, SessionError> {
+    let (stats, control) = (&ctx.tenant.stats, &ctx.tenant.control);
+    entry.set_state(ClientState::Paused);
+    stats.paused_waiting.fetch_add(1, Ordering::Relaxed);
+    let waited = loop {
+        tokio::select! {
+            _ = control.wait_resumed() => break Ok(true),
+            // Notices a client that leaves; what it sends meanwhile waits in the buffer.
+            r = client.fill(), if client.rbuf.len() < PAUSED_READ_LIMIT => match r {
+                Ok(n) if n > 0 => continue,
+                _ => break Ok(false),
+            },
+            _ = entry.stop.cancelled() => break Err(stopped(ctx, entry)),
+            _ = control.removed.cancelled() => break Err(stopped(ctx, entry)),
+        }
+    };
+    stats.paused_waiting.fetch_sub(1, Ordering::Relaxed);
+    entry.set_state(ClientState::Idle);
+    waited
 }
 
 /// The client has left: make sure nothing of its transaction reaches the next client.
@@ -387,7 +446,7 @@ async fn finish_session(
     link: &Link,
     session_mode: bool,
 ) -> Result<(), SessionError> {
-    if session_mode && link.is_idle() {
+    if session_mode && link.is_idle() && !link.client_mid_message {
         // Session mode: the connection goes back with no state at all.
         if reset(&mut conn, "DISCARD ALL").await {
             conn.state = None;
@@ -406,14 +465,16 @@ async fn finish_session(
 async fn abandon(mut conn: Pooled<ServerConn>, link: &Link) {
     // Whatever happened, the proxy no longer vouches for this connection's state.
     conn.state = None;
-    if conn.broken {
+    if conn.broken || link.client_mid_message {
         conn.discard();
         return;
     }
     if link.is_idle() {
         return;
     }
-    if link.expect.owed() == 0 && !link.unsynced && reset(&mut conn, "ROLLBACK").await {
+    // Only when nothing at all is outstanding (no prelude, no reply of any kind) is the
+    // next ReadyForQuery surely the ROLLBACK's own.
+    if link.expect.is_empty() && !link.unsynced && reset(&mut conn, "ROLLBACK").await {
         return;
     }
     conn.discard();
@@ -450,7 +511,7 @@ mod size_tests {
     fn an_idle_session_is_small() {
         let text = "[backends.main]\nhost='h'\ndatabase='d'\nuser='u'\npassword='p'\n[users.app]\npassword='x'\n[tenants.t]\nbackend='main'\n";
         let config = std::sync::Arc::new(crate::config::Config::from_toml_str(text, "t").unwrap());
-        let shared = std::sync::Arc::new(super::Shared::new(config, Default::default()));
+        let shared = std::sync::Arc::new(super::Shared::new(config, None, Default::default()));
         let (a, _b) = tokio::io::duplex(64);
         let f = super::serve(a, shared, None);
         // Every idle client holds one of these: keep it small (rarely used stages are boxed).

@@ -1,12 +1,20 @@
 //! The loaded tenants: for each, its endpoint pool, its logical pool inside it, and the SQL
 //! that puts a server connection into its state.
+//!
+//! A reload builds a new [`Registry`] from the old one ([`Registry::rebuild`]): an endpoint
+//! whose configuration is unchanged keeps its pool (and its idle connections); a tenant
+//! whose configuration and endpoint are unchanged keeps its [`TenantRuntime`] (and so its
+//! `state_id`: connections holding its state stay valid); a changed tenant gets a new
+//! runtime and `state_id`, so its next checkout re-applies its state. Counters and controls
+//! ([`TenantStats`], [`TenantControl`]) follow the tenant's name across reloads.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 
+use super::stats::{TenantControl, TenantStats};
 use crate::config::{Config, EndpointConfig, TenantConfig};
 use crate::pool::{Pool, TenantId};
 use crate::server::{Params, ServerConn};
@@ -17,6 +25,9 @@ pub struct Endpoint {
     pub pool: Arc<Pool<ServerConn>>,
     /// Parameters reported by the first server connection (shown to clients at login).
     pub params: tokio::sync::OnceCell<Params>,
+    /// Whether the last connection attempt failed (new connections then fail fast, with
+    /// back-off, instead of queueing behind attempts that time out).
+    pub health: crate::server::Health,
 }
 
 /// One tenant as the sessions use it.
@@ -32,8 +43,10 @@ pub struct TenantRuntime {
     /// Whether the tenant's settings have been applied once without error (until then a
     /// checkout applies them in a round trip of its own, before any client message).
     pub settings_verified: AtomicBool,
-    /// Connected clients (for `max_client_connections`).
-    pub clients: AtomicUsize,
+    /// Counters (kept across reloads).
+    pub stats: Arc<TenantStats>,
+    /// Pause and removal (kept across reloads).
+    pub control: Arc<TenantControl>,
 }
 
 pub struct Registry {
@@ -45,6 +58,16 @@ static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Registry {
     pub fn build(config: &Config) -> Registry {
+        Registry::build_from(config, None)
+    }
+
+    /// The registry for a reloaded `config`, reusing what it can of `old` (see the module
+    /// docs).
+    pub fn rebuild(config: &Config, old: &Registry) -> Registry {
+        Registry::build_from(config, Some(old))
+    }
+
+    fn build_from(config: &Config, old: Option<&Registry>) -> Registry {
         let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
         let mut tenants = HashMap::new();
         for (name, tenant) in &config.tenants {
@@ -52,35 +75,80 @@ impl Registry {
             let endpoint = match endpoints.iter().find(|e| same_endpoint(&e.config, &ep)) {
                 Some(e) => e.clone(),
                 None => {
-                    let e = Arc::new(Endpoint {
-                        pool: Pool::new(ep.pool_size),
-                        config: Arc::new(ep),
-                        params: tokio::sync::OnceCell::new(),
-                    });
+                    let reused = old.and_then(|o| o.endpoints.iter().find(|e| *e.config == ep));
+                    let e = match reused {
+                        Some(e) => e.clone(),
+                        None => Arc::new(Endpoint {
+                            pool: Pool::new(ep.pool_size),
+                            config: Arc::new(ep),
+                            params: tokio::sync::OnceCell::new(),
+                            health: crate::server::Health::default(),
+                        }),
+                    };
                     endpoints.push(e.clone());
                     e
                 }
             };
-            let pool_id = endpoint.pool.add_tenant(tenant.max_server_connections);
-            let runtime = TenantRuntime {
-                name: name.clone(),
-                config: tenant.clone(),
-                pool_id,
-                state_id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed),
-                state_sql: state_sql(tenant),
-                settings_verified: AtomicBool::new(tenant.settings.is_empty()),
-                clients: AtomicUsize::new(0),
-                endpoint,
+            let previous = old.and_then(|o| o.tenants.get(name));
+            let runtime = match previous {
+                Some(p)
+                    if Arc::ptr_eq(&p.endpoint, &endpoint) && same_tenant(&p.config, tenant) =>
+                {
+                    p.clone()
+                }
+                _ => Arc::new(new_runtime(name, tenant, endpoint, previous.map(|p| &**p))),
             };
-            tenants.insert(name.clone(), Arc::new(runtime));
+            tenants.insert(name.clone(), runtime);
         }
         Registry { tenants, endpoints }
+    }
+}
+
+/// A runtime for a new or changed tenant. A changed one keeps its counters and controls,
+/// and its logical pool when that is still right (same endpoint, same cap).
+fn new_runtime(
+    name: &str,
+    tenant: &Arc<TenantConfig>,
+    endpoint: Arc<Endpoint>,
+    previous: Option<&TenantRuntime>,
+) -> TenantRuntime {
+    let same_slot = previous.filter(|p| {
+        Arc::ptr_eq(&p.endpoint, &endpoint)
+            && p.config.max_server_connections == tenant.max_server_connections
+    });
+    let pool_id = match same_slot {
+        Some(p) => p.pool_id,
+        None => endpoint.pool.add_tenant(tenant.max_server_connections),
+    };
+    TenantRuntime {
+        name: name.to_string(),
+        config: tenant.clone(),
+        pool_id,
+        state_id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed),
+        state_sql: state_sql(tenant),
+        settings_verified: AtomicBool::new(tenant.settings.is_empty()),
+        stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
+        control: previous.map(|p| p.control.clone()).unwrap_or_default(),
+        endpoint,
     }
 }
 
 /// Endpoints are equal on (host, port, database, server user).
 fn same_endpoint(a: &EndpointConfig, b: &EndpointConfig) -> bool {
     a.host == b.host && a.port == b.port && a.database == b.database && a.user == b.user
+}
+
+/// Whether two tenant configurations would behave the same.
+pub fn same_tenant(a: &TenantConfig, b: &TenantConfig) -> bool {
+    a.name == b.name
+        && a.backend == b.backend
+        && a.search_path == b.search_path
+        && a.settings == b.settings
+        && a.database == b.database
+        && a.user == b.user
+        && a.password == b.password
+        && a.max_server_connections == b.max_server_connections
+        && a.max_client_connections == b.max_client_connections
 }
 
 /// The statements that give a connection this tenant's state. Schema names are always
@@ -136,5 +204,61 @@ mod tests {
             state_sql(&t),
             "SET search_path TO \"a_com\",\"we\"\"ird\";SET app.tenant_id TO '17''; drop';"
         );
+    }
+
+    fn config(b_search_path: &str, pool_size: usize, extra: &str) -> Config {
+        let text = format!(
+            "[backends.main]\nhost = \"127.0.0.1\"\nport = 5432\ndatabase = \"app\"\n\
+             user = \"app\"\npassword = \"pw\"\npool_size = {pool_size}\n\
+             [users.app]\npassword = \"secret\"\n\
+             [tenants.a]\nbackend = \"main\"\nsearch_path = [\"a\"]\n\
+             [tenants.b]\nbackend = \"main\"\nsearch_path = [\"{b_search_path}\"]\n{extra}"
+        );
+        Config::from_toml_str(&text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn rebuild_keeps_what_did_not_change() {
+        let old = Registry::build(&config("b", 4, ""));
+        let extra = "[tenants.c]\nbackend = \"main\"\nsearch_path = [\"c\"]\n";
+        let new = Registry::rebuild(&config("b2", 4, extra), &old);
+        assert_eq!(new.endpoints.len(), 1);
+        assert!(
+            Arc::ptr_eq(&new.endpoints[0], &old.endpoints[0]),
+            "same pool"
+        );
+        assert!(
+            Arc::ptr_eq(&new.tenants["a"], &old.tenants["a"]),
+            "a unchanged"
+        );
+        let (b_old, b_new) = (&old.tenants["b"], &new.tenants["b"]);
+        assert!(!Arc::ptr_eq(b_old, b_new));
+        assert_ne!(
+            b_old.state_id, b_new.state_id,
+            "a new state: SET again at checkout"
+        );
+        assert_eq!(b_new.state_sql, "SET search_path TO \"b2\";");
+        assert_eq!(b_old.pool_id, b_new.pool_id, "same logical pool");
+        assert!(
+            Arc::ptr_eq(&b_old.stats, &b_new.stats),
+            "counters carry over"
+        );
+        assert!(
+            Arc::ptr_eq(&b_old.control, &b_new.control),
+            "pause carries over"
+        );
+        assert!(new.tenants.contains_key("c"));
+        assert_ne!(new.tenants["c"].pool_id, b_new.pool_id);
+    }
+
+    #[test]
+    fn rebuild_replaces_a_resized_endpoint() {
+        let old = Registry::build(&config("b", 4, ""));
+        let new = Registry::rebuild(&config("b", 8, ""), &old);
+        assert!(!Arc::ptr_eq(&new.endpoints[0], &old.endpoints[0]));
+        assert_eq!(new.endpoints[0].pool.size(), 8);
+        let (a_old, a_new) = (&old.tenants["a"], &new.tenants["a"]);
+        assert!(!Arc::ptr_eq(a_old, a_new), "a moved to the new pool");
+        assert!(Arc::ptr_eq(&a_old.stats, &a_new.stats));
     }
 }

@@ -3,6 +3,13 @@
 
 mod support;
 
+mod admin;
 mod collision;
+mod faults;
+mod hostile;
 mod login;
+mod metrics;
 mod prepared;
+mod protocol;
+mod reliability;
+mod reload;

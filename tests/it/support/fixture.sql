@@ -53,3 +53,31 @@ SET ROLE app;
 CREATE TABLE public.whoami (tenant text, n int);
 INSERT INTO public.whoami VALUES ('t6', 6);
 RESET ROLE;
+
+-- Protocol and fault tests (tests/it/protocol.rs, faults.rs): each test has its own tables.
+\connect app
+SET ROLE app;
+-- COPY: 10k rows with tabs, backslashes, non-ASCII and NULLs; copied out and back in.
+CREATE TABLE public.copy_src (id int PRIMARY KEY, val text);
+INSERT INTO public.copy_src
+    SELECT i, CASE WHEN i % 97 = 0 THEN NULL
+                   ELSE 'row ' || i || E'\ttab\\back ' || chr(233) || ' ' || chr(9731) || ' '
+                        || repeat('x', i % 37) END
+    FROM generate_series(1, 10000) i;
+CREATE TABLE public.copy_dst_tp (id int, val text);
+CREATE TABLE public.copy_dst_psql (id int, val text);
+CREATE TABLE public.copy_abort_tp (id int, val text);
+CREATE TABLE public.copy_abort_psql (id int, val text);
+CREATE TABLE public.copy_release (id int, val text);
+-- A 20 MB value each way.
+CREATE TABLE public.big_values (id int PRIMARY KEY, val text);
+-- LATIN1 client bytes.
+CREATE TABLE public.latin1_items (id int PRIMARY KEY, val text);
+-- Row locks left by clients that die inside a transaction.
+CREATE TABLE public.lock_terminate (id int PRIMARY KEY, v text);
+INSERT INTO public.lock_terminate VALUES (1, 'a'), (2, 'b');
+CREATE TABLE public.lock_eof (id int PRIMARY KEY, v text);
+INSERT INTO public.lock_eof VALUES (1, 'a'), (2, 'b');
+CREATE TABLE public.lock_psql (id int PRIMARY KEY, v text);
+INSERT INTO public.lock_psql VALUES (1, 'a'), (2, 'b');
+RESET ROLE;

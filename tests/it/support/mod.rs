@@ -6,13 +6,16 @@
 //! exits, so `cargo test` leaves no postgres processes behind.
 #![allow(dead_code)] // Not every test module uses every helper.
 
+pub mod clients;
+pub mod ops;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pgtenant::config::Config;
-use pgtenant::localpg::LocalPostgres;
+use pgtenant::localpg::{LocalPgOptions, LocalPostgres};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +57,33 @@ pub fn pg_conn_str(user: &str, password: &str, dbname: &str) -> String {
         "host={} port={} user={} password={} dbname={} connect_timeout=10",
         pg.host(),
         pg.port(),
+        quote(user),
+        quote(password),
+        quote(dbname)
+    )
+}
+
+/// A PostgreSQL of the test's own, with the fixture applied: for tests that stop or restart
+/// the server (the shared one must stay up for everyone else). Stopped on drop.
+pub fn own_pg() -> LocalPostgres {
+    own_pg_with(LocalPgOptions::default())
+}
+
+/// [`own_pg`] with options (e.g. `.conf("synchronous_commit = on")`).
+pub fn own_pg_with(options: LocalPgOptions) -> LocalPostgres {
+    let pg =
+        LocalPostgres::start_with(options).unwrap_or_else(|e| panic!("starting PostgreSQL: {e}"));
+    pg.psql(FIXTURE_SQL)
+        .unwrap_or_else(|e| panic!("applying the test fixture: {e}"));
+    pg
+}
+
+/// Like [`pg_conn_str`], straight to the PostgreSQL `server` (e.g. from [`own_pg`]).
+pub fn conn_str_to(server: &LocalPostgres, user: &str, password: &str, dbname: &str) -> String {
+    format!(
+        "host={} port={} user={} password={} dbname={} connect_timeout=10",
+        server.host(),
+        server.port(),
         quote(user),
         quote(password),
         quote(dbname)
@@ -235,7 +265,13 @@ impl TestProxy {
     /// Starts a proxy against the shared PostgreSQL. Call inside a tokio runtime.
     pub fn start_with(options: ProxyOptions) -> TestProxy {
         let pg = pg();
-        let config_text = options.toml(pg.host(), pg.port());
+        TestProxy::start_on(options, pg.host(), pg.port())
+    }
+
+    /// Starts a proxy whose backend `main` is the PostgreSQL at `pg_host:pg_port` (e.g. a
+    /// test's own [`own_pg`]). Call inside a tokio runtime.
+    pub fn start_on(options: ProxyOptions, pg_host: &str, pg_port: u16) -> TestProxy {
+        let config_text = options.toml(pg_host, pg_port);
         let config = Config::from_toml_str(&config_text, "test.toml")
             .unwrap_or_else(|e| panic!("test config does not load: {e}\n---\n{config_text}"));
         let std_listener =

@@ -1,0 +1,29 @@
+//! `KILL tenant`: disconnects every client of the tenant at once (57P01); a client in the
+//! middle of a transaction loses it and its server connection is closed. New clients may
+//! connect again right away: `PAUSE` first to keep them waiting.
+
+use super::Reply;
+use crate::protocol::encode::ErrorInfo;
+use crate::shared::{Generation, Shared};
+
+pub fn run(shared: &Shared, generation: &Generation, name: &str) -> Result<Reply, ErrorInfo> {
+    let mut killed = 0;
+    for client in shared.clients.iter().filter(|c| c.tenant == name) {
+        client.kill();
+        killed += 1;
+    }
+    if killed == 0 && !generation.registry.tenants.contains_key(name) {
+        return Err(ErrorInfo::error(
+            "3D000",
+            format!("tenant \"{name}\" does not exist"),
+        ));
+    }
+    tracing::info!(tenant = name, clients = killed, "killed clients");
+    Ok(Reply::Done {
+        tag: "KILL",
+        notices: vec![(
+            "NOTICE",
+            format!("{killed} client connection(s) of tenant \"{name}\" closed"),
+        )],
+    })
+}

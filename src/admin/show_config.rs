@@ -1,0 +1,67 @@
+//! `SHOW CONFIG`: the `[proxy]` settings in force (durations as in `proxy.toml`), how many
+//! backends, tenants and users are loaded, and which generation. No passwords.
+
+use std::time::Duration;
+
+use super::table::{Table, Type};
+use crate::shared::{Generation, Shared};
+
+pub fn run(shared: &Shared, generation: &Generation) -> Table {
+    let config = &generation.config;
+    let p = &config.proxy;
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    let sources: Vec<&str> = p.tenant_from.iter().map(|s| s.as_str()).collect();
+    let rows: Vec<(&str, String)> = vec![
+        ("listen", p.listen.to_string()),
+        ("pool_mode", p.pool_mode.as_str().into()),
+        ("tenant_from", sources.join(",")),
+        ("user_separator", p.user_separator.clone()),
+        (
+            "default_tenant",
+            p.default_tenant.clone().unwrap_or_default(),
+        ),
+        ("auth", p.auth.as_str().into()),
+        ("search_path_sync", p.search_path_sync.as_str().into()),
+        ("admin_users", p.admin_users.join(",")),
+        (
+            "max_client_connections",
+            p.max_client_connections.to_string(),
+        ),
+        ("query_wait_timeout", d(p.query_wait_timeout)),
+        ("server_connect_timeout", d(p.server_connect_timeout)),
+        ("server_idle_timeout", d(p.server_idle_timeout)),
+        ("server_lifetime", d(p.server_lifetime)),
+        (
+            "idle_transaction_timeout",
+            p.idle_transaction_timeout.map_or("0s".into(), d),
+        ),
+        ("shutdown_timeout", d(p.shutdown_timeout)),
+        (
+            "metrics_listen",
+            p.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+        ),
+        ("metrics_tenant_labels", p.metrics_tenant_labels.to_string()),
+        ("max_message_size", p.max_message_size.to_string()),
+        (
+            "max_prepared_statements",
+            p.max_prepared_statements.to_string(),
+        ),
+        ("backends", config.backends.len().to_string()),
+        ("tenants", config.tenants.len().to_string()),
+        ("users", config.users.len().to_string()),
+        (
+            "config_file",
+            shared
+                .config_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ),
+        ("generation", generation.id.to_string()),
+    ];
+    let mut table = Table::new(&[("key", Type::Text), ("value", Type::Text)]);
+    for (key, value) in rows {
+        table.push(vec![key.into(), value.into()]);
+    }
+    table
+}

@@ -1,0 +1,214 @@
+//! Results as PostgreSQL sends them: RowDescription, DataRow (text format) and
+//! CommandComplete, so psql prints tables and drivers' `simple_query` returns rows; plus
+//! NoticeResponse and EmptyQueryResponse.
+//!
+//! Reference: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
+
+use bytes::{BufMut, BytesMut};
+
+use crate::protocol::btag;
+
+/// Column types (OIDs from `pg_type`), so clients align and parse values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    Text,
+    Int8,
+    Bool,
+}
+
+impl Type {
+    fn oid(self) -> i32 {
+        match self {
+            Type::Bool => 16,
+            Type::Int8 => 20,
+            Type::Text => 25,
+        }
+    }
+
+    fn len(self) -> i16 {
+        match self {
+            Type::Bool => 1,
+            Type::Int8 => 8,
+            Type::Text => -1,
+        }
+    }
+}
+
+/// One value, in text format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+    Null,
+}
+
+impl From<&str> for Cell {
+    fn from(s: &str) -> Cell {
+        Cell::Text(s.to_string())
+    }
+}
+
+impl From<String> for Cell {
+    fn from(s: String) -> Cell {
+        Cell::Text(s)
+    }
+}
+
+impl From<u64> for Cell {
+    fn from(n: u64) -> Cell {
+        Cell::Int(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<usize> for Cell {
+    fn from(n: usize) -> Cell {
+        Cell::from(n as u64)
+    }
+}
+
+impl From<i64> for Cell {
+    fn from(n: i64) -> Cell {
+        Cell::Int(n)
+    }
+}
+
+impl From<bool> for Cell {
+    fn from(b: bool) -> Cell {
+        Cell::Bool(b)
+    }
+}
+
+impl<T: Into<Cell>> From<Option<T>> for Cell {
+    fn from(v: Option<T>) -> Cell {
+        v.map_or(Cell::Null, Into::into)
+    }
+}
+
+/// A result set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    columns: Vec<(&'static str, Type)>,
+    rows: Vec<Vec<Cell>>,
+}
+
+impl Table {
+    pub fn new(columns: &[(&'static str, Type)]) -> Table {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; it must have one cell per column.
+    pub fn push(&mut self, row: Vec<Cell>) {
+        debug_assert_eq!(row.len(), self.columns.len(), "row width");
+        self.rows.push(row);
+    }
+
+    pub fn rows(&self) -> &[Vec<Cell>] {
+        &self.rows
+    }
+
+    /// RowDescription, a DataRow per row, CommandComplete `SHOW`.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let at = begin(buf, btag::ROW_DESCRIPTION);
+        buf.put_i16(self.columns.len() as i16);
+        for (name, ty) in &self.columns {
+            put_cstr(buf, name.as_bytes());
+            buf.put_i32(0); // table OID
+            buf.put_i16(0); // column number
+            buf.put_i32(ty.oid());
+            buf.put_i16(ty.len());
+            buf.put_i32(-1); // type modifier
+            buf.put_i16(0); // text format
+        }
+        finish(buf, at);
+        for row in &self.rows {
+            let at = begin(buf, btag::DATA_ROW);
+            buf.put_i16(row.len() as i16);
+            for cell in row {
+                let text = match cell {
+                    Cell::Text(s) => s.clone(),
+                    Cell::Int(n) => n.to_string(),
+                    Cell::Bool(b) => if *b { "t" } else { "f" }.to_string(),
+                    Cell::Null => {
+                        buf.put_i32(-1);
+                        continue;
+                    }
+                };
+                buf.put_i32(text.len() as i32);
+                buf.put_slice(text.as_bytes());
+            }
+            finish(buf, at);
+        }
+        command_complete(buf, "SHOW");
+    }
+}
+
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    let at = begin(buf, btag::COMMAND_COMPLETE);
+    put_cstr(buf, tag.as_bytes());
+    finish(buf, at);
+}
+
+pub fn empty_query(buf: &mut BytesMut) {
+    let at = begin(buf, btag::EMPTY_QUERY_RESPONSE);
+    finish(buf, at);
+}
+
+/// A NoticeResponse of severity `severity` (`NOTICE`, `WARNING`).
+pub fn notice(buf: &mut BytesMut, severity: &str, message: &str) {
+    let at = begin(buf, btag::NOTICE_RESPONSE);
+    for (field, value) in [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', "00000"),
+        (b'M', message),
+    ] {
+        buf.put_u8(field);
+        put_cstr(buf, value.as_bytes());
+    }
+    buf.put_u8(0);
+    finish(buf, at);
+}
+
+fn begin(buf: &mut BytesMut, tag: u8) -> usize {
+    buf.put_u8(tag);
+    let at = buf.len();
+    buf.put_i32(0);
+    at
+}
+
+fn finish(buf: &mut BytesMut, at: usize) {
+    let len = (buf.len() - at) as i32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
+    buf.put_slice(s);
+    buf.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_a_table() {
+        let mut t = Table::new(&[("name", Type::Text), ("n", Type::Int8)]);
+        t.push(vec!["a".into(), 7u64.into()]);
+        t.push(vec![Cell::Null, Cell::Bool(true)]);
+        let mut buf = BytesMut::new();
+        t.encode(&mut buf);
+        assert_eq!(buf[0], b'T');
+        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        let rest = &buf[1 + len..];
+        assert_eq!(&rest[..1], b"D");
+        // DataRow: 2 columns, "a" then "7".
+        assert_eq!(&rest[5..7], &[0, 2]);
+        assert_eq!(&rest[7..12], b"\0\0\0\x01a");
+        assert_eq!(&rest[12..17], b"\0\0\0\x017");
+        assert!(buf.ends_with(b"C\0\0\0\x09SHOW\0"));
+    }
+}

@@ -1,0 +1,265 @@
+//! Logging a client in: handshake, authentication, then either the admin console (database
+//! `pgtenant` for `admin_users`) or its tenant: the tenant's client cap, the login reply.
+//! Every refusal is counted by reason (globally and for the tenant named, if it exists)
+//! and logged in one line with the user, the tenant and the result.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::client::{self, ClientCtx, StartupInfo};
+use super::handshake::{self, Opening};
+use super::stream::ClientStream;
+use super::{checkout, Shared};
+use crate::config::ProxyConfig;
+use crate::protocol::backend::TxStatus;
+use crate::protocol::encode::{self, ErrorInfo};
+use crate::server::Params;
+use crate::tenant::{identify, IdentifyError, LoginFailure, TenantRuntime};
+
+/// Who a client turned out to be.
+pub(super) enum LoggedIn {
+    Tenant {
+        ctx: ClientCtx,
+        /// What the client itself set (`""` if nothing), for `SHOW CLIENTS`.
+        application_name: String,
+    },
+    /// An `admin_users` user asking for database `pgtenant`.
+    Admin(String),
+}
+
+/// A refused login: what to count, log and tell the client.
+pub(super) struct LoginError {
+    reason: LoginFailure,
+    pub(super) info: ErrorInfo,
+    user: Option<String>,
+    /// The tenant the client named, if it exists (its counters get the failure too).
+    tenant: Option<String>,
+}
+
+impl LoginError {
+    pub(super) fn anonymous(reason: LoginFailure, info: ErrorInfo) -> Box<Self> {
+        Box::new(LoginError {
+            reason,
+            info,
+            user: None,
+            tenant: None,
+        })
+    }
+
+    /// Counts the failure (globally and for the tenant, if any) and logs it.
+    pub(super) fn record(&self, shared: &Shared) {
+        shared.login_failures.record(self.reason);
+        let generation = shared.current();
+        if let Some(t) = self
+            .tenant
+            .as_ref()
+            .and_then(|t| generation.registry.tenants.get(t))
+        {
+            t.stats.login_failures.record(self.reason);
+        }
+        tracing::info!(
+            user = self.user.as_deref().unwrap_or(""),
+            tenant = self.tenant.as_deref().unwrap_or(""),
+            result = self.reason.as_str(),
+            code = self.info.code,
+            "login failed"
+        );
+    }
+}
+
+/// Handshake and authentication. `Ok(None)`: nothing more to do (a cancel request, or the
+/// client left). `Err`: what to count, log and tell the client before closing.
+pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    shared: &Shared,
+    admitted: bool,
+) -> Result<Option<LoggedIn>, Box<LoginError>> {
+    use LoginFailure as F;
+    let params = match handshake::open(client, shared).await {
+        Ok(Opening::Startup(params)) => params,
+        Ok(Opening::Cancelled) => return Ok(None),
+        Err(e) => {
+            return e
+                .to_client()
+                .map_or(Ok(None), |i| Err(LoginError::anonymous(F::Protocol, i)))
+        }
+    };
+    if !admitted {
+        let info = ErrorInfo::fatal("53300", "sorry, too many clients already");
+        return Err(LoginError::anonymous(F::TooManyClients, info));
+    }
+    let info = client::read_startup(params).map_err(|i| LoginError::anonymous(F::Protocol, i))?;
+    let generation = shared.current();
+    let config = &generation.config;
+    let identity = identify(
+        config,
+        &info.user,
+        &info.database,
+        info.options_tenant.as_deref(),
+    );
+    let named = identity.tenant.as_ref().ok().cloned();
+    let fail = |reason, info| {
+        Box::new(LoginError {
+            reason,
+            info,
+            user: Some(identity.user.clone()),
+            tenant: named.clone(),
+        })
+    };
+    let user = config.users.get(&identity.user);
+    let auth = crate::auth::authenticate(
+        client,
+        config.proxy.auth,
+        &identity.user,
+        user.map(|u| &**u),
+    );
+    if let Err(e) = auth.await {
+        let reason = match e {
+            crate::auth::AuthError::Failed(_) => F::Password,
+            _ => F::Protocol,
+        };
+        // No message: the client left mid-exchange (psql does, to prompt for a password).
+        return e.to_client().map_or(Ok(None), |i| Err(fail(reason, i)));
+    }
+    if info.database == crate::admin::ADMIN_DATABASE {
+        return admin_login(config, &identity.user).map_err(|i| fail(F::AdminForbidden, i));
+    }
+    let tenant_name = match &identity.tenant {
+        Ok(name) => name.clone(),
+        Err(e @ IdentifyError::Unknown(_)) => return Err(fail(F::UnknownTenant, e.to_client())),
+        Err(e @ IdentifyError::NoneNamed) => return Err(fail(F::NoTenant, e.to_client())),
+    };
+    // Authentication succeeded, so `user` is configured.
+    if !user.is_some_and(|u| u.tenants.allows(&tenant_name)) {
+        let message = format!(
+            "user \"{}\" may not use tenant \"{tenant_name}\"",
+            identity.user
+        );
+        return Err(fail(F::TenantForbidden, ErrorInfo::fatal("28000", message)));
+    }
+    // `identify` found the tenant in this same generation's config.
+    let tenant = generation.registry.tenants[&tenant_name].clone();
+    admit_to_tenant(&tenant).map_err(|i| fail(F::TooManyClients, i))?;
+    let proxy = &config.proxy;
+    match finish_login(
+        client,
+        shared,
+        proxy,
+        identity.user.clone(),
+        tenant.clone(),
+        &info,
+    )
+    .await
+    {
+        Ok(ctx) => {
+            let application_name = info
+                .reported
+                .iter()
+                .find(|(name, _)| *name == "application_name")
+                .map(|(_, value)| value.clone())
+                .unwrap_or_default();
+            Ok(Some(LoggedIn::Tenant {
+                ctx,
+                application_name,
+            }))
+        }
+        Err(i) => {
+            tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+            Err(fail(F::Backend, i))
+        }
+    }
+}
+
+/// Database `pgtenant`: the console, for `admin_users` only.
+fn admin_login(config: &crate::config::Config, user: &str) -> Result<Option<LoggedIn>, ErrorInfo> {
+    if config.proxy.admin_users.iter().any(|u| u == user) {
+        tracing::info!(user, tenant = "", result = "ok", "admin console login");
+        return Ok(Some(LoggedIn::Admin(user.to_string())));
+    }
+    Err(ErrorInfo::fatal(
+        "42501",
+        format!("permission denied: user \"{user}\" may not use the admin console"),
+    )
+    .with_hint("list the user in admin_users to allow it"))
+}
+
+fn admit_to_tenant(tenant: &TenantRuntime) -> Result<(), ErrorInfo> {
+    let clients = &tenant.stats.clients;
+    let n = clients.fetch_add(1, Ordering::Relaxed) + 1;
+    if tenant
+        .config
+        .max_client_connections
+        .is_some_and(|max| n > max)
+    {
+        clients.fetch_sub(1, Ordering::Relaxed);
+        return Err(ErrorInfo::fatal(
+            "53300",
+            format!(
+                "sorry, too many clients already for tenant \"{}\"",
+                tenant.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// AuthenticationOk, the server's parameters (with the client's own values for the ones it
+/// set), a BackendKeyData of the client's own, ReadyForQuery.
+async fn finish_login<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    shared: &Shared,
+    proxy: &ProxyConfig,
+    user: String,
+    tenant: Arc<TenantRuntime>,
+    info: &StartupInfo,
+) -> Result<ClientCtx, ErrorInfo> {
+    let server_params = endpoint_params(proxy, &tenant).await?;
+    // Shared with every other client of the endpoint until this one differs.
+    let mut params = server_params;
+    for (name, value) in &info.reported {
+        params.set(name, value.as_bytes());
+    }
+    let key = loop {
+        let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
+        if !shared.clients.contains_key(&key) {
+            break key;
+        }
+    };
+    let out = &mut client.wbuf;
+    encode::authentication_ok(out);
+    for (name, value) in params.iter() {
+        encode::parameter_status(out, name.as_bytes(), value);
+    }
+    encode::backend_key_data(out, key.0, key.1);
+    encode::ready_for_query(out, TxStatus::Idle);
+    client
+        .flush()
+        .await
+        .map_err(|_| ErrorInfo::fatal("08006", "client went away"))?;
+    Ok(ClientCtx::new(user, tenant, info, params, key))
+}
+
+/// The endpoint's reported parameters, from its first server connection (opened now if
+/// there has never been one).
+async fn endpoint_params(proxy: &ProxyConfig, tenant: &TenantRuntime) -> Result<Params, ErrorInfo> {
+    let endpoint = &tenant.endpoint;
+    let params = endpoint
+        .params
+        .get_or_try_init(|| async {
+            let conn = checkout(proxy, tenant, None).await?;
+            // search_path is the proxy's business (PostgreSQL 18 reports it): not shown.
+            let mut params = Params::default();
+            for (name, value) in conn
+                .startup_params
+                .iter()
+                .filter(|(n, _)| *n != "search_path")
+            {
+                params.set(name, value);
+            }
+            Ok::<_, ErrorInfo>(params)
+        })
+        .await?;
+    Ok(params.clone())
+}

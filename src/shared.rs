@@ -1,0 +1,214 @@
+//! State shared by every session, the admin console and the metrics endpoint: the current
+//! configuration [`Generation`] (config + registry, swapped as one on reload), the
+//! connected clients, login failure counters and the shutdown signal. Passed explicitly as
+//! an `Arc<Shared>`; nothing here is global.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::session::client::CancelSlot;
+use crate::tenant::stats::LoginFailures;
+use crate::tenant::Registry;
+
+/// One loaded configuration and the registry built from it.
+pub struct Generation {
+    /// 1 for the configuration the proxy started with, +1 per successful reload.
+    pub id: u64,
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub loaded_at: SystemTime,
+}
+
+/// What a client is doing, for `SHOW CLIENTS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    /// Logged in, no server connection.
+    Idle = 0,
+    /// Waiting for its tenant to be resumed.
+    Paused = 1,
+    /// Waiting for a server connection.
+    Waiting = 2,
+    /// Linked to a server connection.
+    Active = 3,
+}
+
+impl ClientState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Idle => "idle",
+            ClientState::Paused => "paused",
+            ClientState::Waiting => "waiting",
+            ClientState::Active => "active",
+        }
+    }
+}
+
+/// Why a session's [`ClientEntry::stop`] token was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The proxy is shutting down (the parent token): linked transactions finish.
+    Shutdown,
+    /// A reload removed the tenant: the transaction in progress finishes.
+    Removed,
+    /// `KILL tenant`: at once, even mid-transaction.
+    Killed,
+}
+
+/// A logged-in client, as the console sees it.
+pub struct ClientEntry {
+    pub user: String,
+    pub tenant: String,
+    pub peer: Option<SocketAddr>,
+    pub application_name: String,
+    pub since: Instant,
+    /// Where a cancel for this client goes while it is linked (also: which server).
+    pub cancel: Arc<CancelSlot>,
+    state: AtomicU8,
+    /// Cancelled to end the session (see [`StopReason`]). One token per session for all
+    /// three reasons, so an idle session waits on one future only (idle sessions are the
+    /// many: their size matters).
+    pub stop: CancellationToken,
+    stop_reason: AtomicU8,
+}
+
+impl ClientEntry {
+    /// `shutdown`: the proxy's token; this client's `stop` is a child of it.
+    pub fn new(
+        user: String,
+        tenant: String,
+        peer: Option<SocketAddr>,
+        application_name: String,
+        cancel: Arc<CancelSlot>,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        ClientEntry {
+            user,
+            tenant,
+            peer,
+            application_name,
+            since: Instant::now(),
+            cancel,
+            state: AtomicU8::new(ClientState::Idle as u8),
+            stop: shutdown.child_token(),
+            stop_reason: AtomicU8::new(0),
+        }
+    }
+
+    /// `KILL`: ends the session at once.
+    pub fn kill(&self) {
+        self.stop_reason.store(2, Ordering::SeqCst);
+        self.stop.cancel();
+    }
+
+    /// The tenant was removed: ends the session after its transaction.
+    pub fn remove(&self) {
+        let _ = self
+            .stop_reason
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
+        self.stop.cancel();
+    }
+
+    /// Why `stop` was cancelled (meaningful once it is).
+    pub fn stop_reason(&self) -> StopReason {
+        match self.stop_reason.load(Ordering::SeqCst) {
+            2 => StopReason::Killed,
+            1 => StopReason::Removed,
+            _ => StopReason::Shutdown,
+        }
+    }
+
+    #[inline]
+    pub fn set_state(&self, state: ClientState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Paused,
+            2 => ClientState::Waiting,
+            3 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+}
+
+/// State shared by all sessions.
+pub struct Shared {
+    current: ArcSwap<Generation>,
+    /// Logged-in clients by their (proxy-issued) cancel key.
+    pub clients: DashMap<(i32, i32), Arc<ClientEntry>>,
+    pub shutdown: CancellationToken,
+    /// Failed logins by reason, whatever the tenant (or none).
+    pub login_failures: LoginFailures,
+    /// Reloads that were refused (bad file); successful ones are the generation id - 1.
+    pub reload_failures: AtomicU64,
+    /// The file `RELOAD` and SIGHUP read; `None` when started from an in-memory config.
+    pub config_path: Option<PathBuf>,
+    /// Serialises reloads.
+    pub(crate) reload_lock: Mutex<()>,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub fn new(
+        config: Arc<Config>,
+        config_path: Option<PathBuf>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let generation = Generation {
+            id: 1,
+            registry: Registry::build(&config),
+            config,
+            loaded_at: SystemTime::now(),
+        };
+        Shared {
+            current: ArcSwap::from_pointee(generation),
+            clients: DashMap::new(),
+            shutdown,
+            login_failures: LoginFailures::default(),
+            reload_failures: AtomicU64::new(0),
+            config_path,
+            reload_lock: Mutex::new(()),
+            started: Instant::now(),
+        }
+    }
+
+    /// The configuration and registry in force now.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// The id of the generation in force now (cheap: no reference count change).
+    #[inline]
+    pub fn generation_id(&self) -> u64 {
+        self.current.load().id
+    }
+
+    /// Installs a new generation (see [`crate::reload`]).
+    pub(crate) fn install(&self, generation: Generation) {
+        self.current.store(Arc::new(generation));
+    }
+
+    /// Forwards a client's CancelRequest, with the server's own key, to the server
+    /// connection that client is linked to right now, if any.
+    pub async fn forward_cancel(&self, key: (i32, i32)) {
+        let target = self.clients.get(&key).and_then(|c| c.cancel.get());
+        match target {
+            Some((endpoint, server_key)) => {
+                if let Err(e) = crate::server::send_cancel(&endpoint, server_key).await {
+                    tracing::warn!(backend = %endpoint.backend, error = %e, "forwarding cancel failed");
+                }
+            }
+            None => tracing::debug!("cancel request for a client that is not linked (ignored)"),
+        }
+    }
+}

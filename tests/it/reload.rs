@@ -1,0 +1,305 @@
+//! Hot reload: through the console (`RELOAD`), the in-process handle, and SIGHUP to the
+//! real binary. Tenants are added, changed and removed without dropping unaffected
+//! clients; a bad file is refused and the running config stays.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::support::ops::{eventually, num, ops_toml, row_where, rows, write_atomically, OpsProxy};
+use crate::support::{connect, simple_value, Naming, ProxyOptions, PROXY_PASSWORD};
+
+/// The standard config plus tenant `t8`, which reads schema t2.
+fn with_t8() -> ProxyOptions {
+    ProxyOptions::default()
+        .extra("[tenants.t8]\nbackend = \"main\"\nsearch_path = [\"t2\", \"public\"]\n")
+}
+
+async fn tenant_of(client: &tokio_postgres::Client) -> Option<String> {
+    simple_value(client, "select tenant from whoami")
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reload_adds_a_tenant_while_a_held_connection_keeps_working() {
+    let proxy = OpsProxy::start(ProxyOptions::default());
+    let held = proxy.connect("app", Naming::Options, "t1").await.unwrap();
+    held.simple_query("BEGIN; UPDATE whoami SET n = n")
+        .await
+        .unwrap();
+    let other = proxy.connect("app", Naming::Options, "t2").await.unwrap();
+    assert_eq!(tenant_of(&other).await.as_deref(), Some("t2"));
+    let err = proxy
+        .connect("app", Naming::Options, "t8")
+        .await
+        .expect_err("no t8 yet");
+    assert_eq!(err.code(), Some("3D000"), "{err}");
+
+    proxy.write_config(&with_t8());
+    let admin = proxy.admin().await;
+    let messages = admin.simple_query("RELOAD").await.unwrap();
+    assert!(matches!(
+        messages.last(),
+        Some(tokio_postgres::SimpleQueryMessage::CommandComplete(_))
+    ));
+
+    let t8 = proxy.connect("app", Naming::Options, "t8").await.unwrap();
+    assert_eq!(
+        tenant_of(&t8).await.as_deref(),
+        Some("t2"),
+        "t8 reads schema t2"
+    );
+    // The held transaction is untouched and still commits.
+    assert_eq!(tenant_of(&held).await.as_deref(), Some("t1"));
+    held.simple_query("COMMIT").await.unwrap();
+    assert_eq!(tenant_of(&held).await.as_deref(), Some("t1"));
+    assert_eq!(tenant_of(&other).await.as_deref(), Some("t2"));
+    // Unchanged tenants keep their counters across the reload.
+    let stats = rows(&admin, "SHOW STATS").await;
+    assert_eq!(num(row_where(&stats, "tenant", "t2"), "transactions"), 2);
+    let config = rows(&admin, "SHOW CONFIG").await;
+    assert_eq!(
+        row_where(&config, "key", "generation").get("value"),
+        Some("2")
+    );
+    assert_eq!(
+        row_where(&config, "key", "tenants").get("value"),
+        Some("12")
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_is_refused_and_the_old_one_stays() {
+    let proxy = OpsProxy::start(ProxyOptions::default());
+    let client = proxy.connect("app", Naming::Options, "t1").await.unwrap();
+    let admin = proxy.admin().await;
+    let good = ops_toml(&with_t8());
+    for (bad, names) in [
+        (
+            good.replace("[proxy]\n", "[proxy]\nno_such_key = 1\n"),
+            "no_such_key",
+        ),
+        (
+            good.replace(
+                "backend = \"main\"\nsearch_path = [\"t2\"",
+                "backend = \"nope\"\nsearch_path = [\"t2\"",
+            ),
+            "nope",
+        ),
+        ("[proxy\n".to_string(), "proxy.toml"),
+    ] {
+        proxy.write_config_text(&bad);
+        let e = admin
+            .simple_query("RELOAD")
+            .await
+            .expect_err("a bad file is refused");
+        let db = e.as_db_error().unwrap();
+        assert_eq!(db.code().code(), "F0000", "{}", db.message());
+        assert!(
+            db.message().contains(names),
+            "the error names the problem: {}",
+            db.message()
+        );
+        assert!(
+            db.message().contains("proxy.toml"),
+            "the error names the file: {}",
+            db.message()
+        );
+        assert!(proxy.handle.reload().await.is_err());
+    }
+    let config = rows(&admin, "SHOW CONFIG").await;
+    assert_eq!(
+        row_where(&config, "key", "generation").get("value"),
+        Some("1")
+    );
+    assert_eq!(rows(&admin, "SHOW TENANTS").await.len(), 11);
+    assert_eq!(tenant_of(&client).await.as_deref(), Some("t1"));
+    let again = proxy.connect("app", Naming::Options, "t2").await.unwrap();
+    assert_eq!(tenant_of(&again).await.as_deref(), Some("t2"));
+    let metrics = proxy.scrape().await;
+    assert!(
+        metrics.contains("pgtenant_config_reload_failures_total 6\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_search_path_applies_from_the_next_checkout() {
+    let proxy = OpsProxy::start(ProxyOptions::default());
+    let client = proxy.connect("app", Naming::Options, "t3").await.unwrap();
+    assert_eq!(tenant_of(&client).await.as_deref(), Some("t3"));
+    client.simple_query("BEGIN").await.unwrap();
+    let text = ops_toml(&ProxyOptions::default()).replace(
+        "[tenants.t3]\nbackend = \"main\"\nsearch_path = [\"t3\", \"public\"]",
+        "[tenants.t3]\nbackend = \"main\"\nsearch_path = [\"t4\", \"public\"]",
+    );
+    proxy.write_config_text(&text);
+    let summary = proxy.handle.reload().await.unwrap();
+    assert_eq!(summary.tenants.changed, vec!["t3".to_string()], "{summary}");
+    // Inside the transaction that was open at the reload: still the old path.
+    assert_eq!(tenant_of(&client).await.as_deref(), Some("t3"));
+    client.simple_query("COMMIT").await.unwrap();
+    assert_eq!(
+        tenant_of(&client).await.as_deref(),
+        Some("t4"),
+        "the next checkout"
+    );
+    let fresh = proxy.connect("app", Naming::User, "t3").await.unwrap();
+    assert_eq!(tenant_of(&fresh).await.as_deref(), Some("t4"));
+}
+
+#[tokio::test]
+async fn a_removed_tenants_clients_finish_their_transaction_and_are_closed() {
+    let proxy = OpsProxy::start(ProxyOptions::default());
+    let busy = proxy.connect("app", Naming::Options, "t3").await.unwrap();
+    let idle = proxy.connect("app", Naming::Options, "t4").await.unwrap();
+    let unaffected = proxy.connect("app", Naming::Options, "t1").await.unwrap();
+    assert_eq!(tenant_of(&idle).await.as_deref(), Some("t4"));
+    busy.simple_query("BEGIN; UPDATE whoami SET n = n")
+        .await
+        .unwrap();
+    let text = ops_toml(&ProxyOptions::default())
+        .replace(
+            "\n[tenants.t3]\nbackend = \"main\"\nsearch_path = [\"t3\", \"public\"]\n",
+            "",
+        )
+        .replace(
+            "\n[tenants.t4]\nbackend = \"main\"\nsearch_path = [\"t4\", \"public\"]\n",
+            "",
+        );
+    proxy.write_config_text(&text);
+    let summary = proxy.handle.reload().await.unwrap();
+    assert_eq!(
+        summary.tenants.removed,
+        vec!["t3".to_string(), "t4".to_string()],
+        "{summary}"
+    );
+
+    // The idle client is closed at once.
+    eventually(
+        Duration::from_secs(5),
+        "t4's idle client is closed",
+        || async { idle.is_closed() },
+    )
+    .await;
+    // The busy one finishes its transaction...
+    assert_eq!(tenant_of(&busy).await.as_deref(), Some("t3"));
+    busy.simple_query("COMMIT").await.unwrap();
+    // ... and is closed before its next one.
+    let e = busy
+        .simple_query("select 1")
+        .await
+        .expect_err("closed after its transaction");
+    if let Some(db) = e.as_db_error() {
+        assert_eq!(db.code().code(), "57P01", "{}", db.message());
+    }
+    let err = proxy
+        .connect("app", Naming::Options, "t3")
+        .await
+        .expect_err("t3 is gone");
+    assert_eq!(err.code(), Some("3D000"), "{err}");
+    assert_eq!(tenant_of(&unaffected).await.as_deref(), Some("t1"));
+}
+
+#[tokio::test]
+async fn a_removed_user_is_closed_at_its_next_checkout() {
+    let proxy = OpsProxy::start(ProxyOptions::default());
+    let limited = proxy
+        .connect("limited", Naming::Options, "t1")
+        .await
+        .unwrap();
+    let app = proxy.connect("app", Naming::Options, "t1").await.unwrap();
+    let text = ops_toml(&ProxyOptions::default()).replace(
+        "\n[users.limited]\npassword = \"secret\"\ntenants = [\"t1\"]\n",
+        "",
+    );
+    proxy.write_config_text(&text);
+    let summary = proxy.handle.reload().await.unwrap();
+    assert_eq!(
+        summary.users.removed,
+        vec!["limited".to_string()],
+        "{summary}"
+    );
+    let e = limited
+        .simple_query("select 1")
+        .await
+        .expect_err("user removed");
+    if let Some(db) = e.as_db_error() {
+        assert_eq!(db.code().code(), "28000", "{}", db.message());
+    }
+    assert_eq!(tenant_of(&app).await.as_deref(), Some("t1"));
+}
+
+/// The real binary: SIGHUP reloads the file while a held connection keeps working.
+#[tokio::test]
+async fn sighup_reloads_the_running_binary() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let listen = |text: String| {
+        text.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+    };
+    write_atomically(&path, &listen(ops_toml(&ProxyOptions::default())));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pgtenant");
+    let conn = |tenant: &str| {
+        format!(
+            "host=127.0.0.1 port={port} user=app password={PROXY_PASSWORD} dbname=app \
+             options='-c tenant={tenant}' connect_timeout=10"
+        )
+    };
+    let mut held = None;
+    for _ in 0..250 {
+        if let Ok(c) = connect(&conn("t1")).await {
+            held = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = held.expect("the binary accepts clients");
+    held.simple_query("BEGIN; UPDATE whoami SET n = n")
+        .await
+        .unwrap();
+    assert_eq!(
+        connect(&conn("t8")).await.expect_err("no t8 yet").code(),
+        Some("3D000")
+    );
+
+    write_atomically(&path, &listen(ops_toml(&with_t8())));
+    let pid = child.id().expect("running") as libc::pid_t;
+    // SAFETY: sends a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let mut added = None;
+    for _ in 0..250 {
+        if let Ok(c) = connect(&conn("t8")).await {
+            added = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let added = added.expect("SIGHUP added tenant t8");
+    assert_eq!(tenant_of(&added).await.as_deref(), Some("t2"));
+    assert_eq!(tenant_of(&held).await.as_deref(), Some("t1"));
+    held.simple_query("COMMIT").await.unwrap();
+    assert_eq!(tenant_of(&held).await.as_deref(), Some("t1"));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the binary stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
