@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -189,6 +190,10 @@ def finish(bench: Bench, which, out_dir: Path, args, command, load_start, starte
         path.parent.mkdir(exist_ok=True)
         old = path.read_text() if path.exists() else ""
         perf = report.perf_digest(str(out_dir / "perf")) if args.perf else []
+        png = out_dir / "scenario6.png"
+        if png.exists():
+            shutil.copy(png, path.parent / "benchmarks-scenario6.png")
+            md = md.replace("Scenario 6 (TPS;", "![Scenario 6: TPS and latency vs clients](benchmarks-scenario6.png)\n\nScenario 6 (TPS;", 1)
         path.write_text(report.docs(md, meta, command, date, load, args.auth, report.kept_analysis(old), perf))
         print(f"wrote {path}", flush=True)
 
