@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::{BackendConfig, Config, ConfigError, ProxyConfig, UserConfig, UserSecret};
+use crate::config::{Config, ConfigError, ProxyConfig, UserConfig, UserSecret};
 use crate::shared::{Generation, Shared};
 use crate::tenant::registry::same_tenant;
 use crate::tenant::Registry;
@@ -148,9 +148,7 @@ pub fn apply(shared: &Shared, mut config: Config) -> ReloadSummary {
         tenants: Changes::between(&old.config.tenants, &config.tenants, |a, b| {
             same_tenant(a, b)
         }),
-        backends: Changes::between(&old.config.backends, &config.backends, |a, b| {
-            same_backend(a, b)
-        }),
+        backends: Changes::between(&old.config.backends, &config.backends, |a, b| a == b),
         users: Changes::between(&old.config.users, &config.users, |a, b| same_user(a, b)),
         needs_restart,
     };
@@ -213,17 +211,6 @@ fn keep_restart_only(running: &ProxyConfig, new: &mut ProxyConfig) -> Vec<&'stat
         kept.push("max_client_connections");
     }
     kept
-}
-
-fn same_backend(a: &BackendConfig, b: &BackendConfig) -> bool {
-    a.name == b.name
-        && a.host == b.host
-        && a.port == b.port
-        && a.database == b.database
-        && a.user == b.user
-        && a.password == b.password
-        && a.pool_size == b.pool_size
-        && a.min_pool_size == b.min_pool_size
 }
 
 fn same_user(a: &UserConfig, b: &UserConfig) -> bool {

@@ -179,7 +179,7 @@ impl SearchPathSync {
 }
 
 /// `[backends.NAME]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
     pub name: String,
     pub host: String,
@@ -264,7 +264,7 @@ impl TenantAllow {
 }
 
 /// `[tenants."NAME"]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantConfig {
     pub name: String,
     pub backend: String,

@@ -35,8 +35,9 @@ const START_ATTEMPTS: usize = 5;
 /// Seconds `pg_ctl` waits for the server to start or stop.
 const PG_CTL_WAIT_SECS: &str = "60";
 
-/// Environment variables that would redirect `psql` elsewhere.
-const LIBPQ_ENV: &[&str] = &[
+/// Environment variables that would redirect `psql` elsewhere (or change what it sends);
+/// removed from every `psql` this crate and its tests run.
+pub const LIBPQ_ENV: &[&str] = &[
     "PGHOST",
     "PGHOSTADDR",
     "PGPORT",
@@ -47,6 +48,8 @@ const LIBPQ_ENV: &[&str] = &[
     "PGSERVICE",
     "PGSERVICEFILE",
     "PGOPTIONS",
+    "PGCLIENTENCODING",
+    "PGAPPNAME",
     "PGSSLMODE",
     "PGREQUIRESSL",
     "PGTARGETSESSIONATTRS",

@@ -138,17 +138,9 @@ fn same_endpoint(a: &EndpointConfig, b: &EndpointConfig) -> bool {
     a.host == b.host && a.port == b.port && a.database == b.database && a.user == b.user
 }
 
-/// Whether two tenant configurations would behave the same.
+/// Whether two tenant configurations would behave the same (every field counts).
 pub fn same_tenant(a: &TenantConfig, b: &TenantConfig) -> bool {
-    a.name == b.name
-        && a.backend == b.backend
-        && a.search_path == b.search_path
-        && a.settings == b.settings
-        && a.database == b.database
-        && a.user == b.user
-        && a.password == b.password
-        && a.max_server_connections == b.max_server_connections
-        && a.max_client_connections == b.max_client_connections
+    a == b
 }
 
 /// The statements that give a connection this tenant's state. Schema names are always

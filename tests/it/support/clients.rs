@@ -12,21 +12,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 use super::{pg, pg_conn_str, ConnectError, CONNECT_TIMEOUT};
 
-/// Environment variables that would redirect a `psql` subprocess elsewhere.
-const LIBPQ_ENV: &[&str] = &[
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGUSER",
-    "PGDATABASE",
-    "PGPASSWORD",
-    "PGPASSFILE",
-    "PGSERVICE",
-    "PGOPTIONS",
-    "PGCLIENTENCODING",
-    "PGAPPNAME",
-    "PGSSLMODE",
-];
+use pgtenant::localpg::LIBPQ_ENV;
 
 /// A connection string straight to PostgreSQL as server user `app`, with the search_path
 /// tenant `tenant` (t1..t4) gets through the proxy.
