@@ -98,7 +98,9 @@ fn read_password_line() -> anyhow::Result<String> {
 
 /// `pgtenant demo`
 fn demo() -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(pgtenant::demo::run()).context("demo")?;
+    runtime(pgtenant::config::auto_workers())?
+        .block_on(pgtenant::demo::run())
+        .context("demo")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -108,7 +110,7 @@ fn proxy(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(config) => Arc::new(config),
         Err(code) => return Ok(code),
     };
-    runtime()?.block_on(async move {
+    runtime(config.proxy.workers)?.block_on(async move {
         let addr = config.proxy.listen;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -123,8 +125,16 @@ fn proxy(path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// One worker: a current-thread runtime (no work stealing, no cross-thread wakeups).
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder
         .enable_all()
         .build()
         .context("starting the tokio runtime")

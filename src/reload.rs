@@ -9,7 +9,7 @@
 //! - A removed tenant's clients finish the transaction they are in and are then closed
 //!   (57P01); idle ones at once.
 //! - A user removed, or no longer allowed its tenant, is closed at its next checkout.
-//! - `listen`, `metrics_listen` and `max_client_connections` need a restart: a changed value
+//! - `listen`, `metrics_listen`, `max_client_connections` and `workers` need a restart: a changed value
 //!   is logged and the running one kept.
 
 use std::collections::BTreeMap;
@@ -205,6 +205,10 @@ fn keep_restart_only(running: &ProxyConfig, new: &mut ProxyConfig) -> Vec<&'stat
     if new.metrics_listen != running.metrics_listen {
         new.metrics_listen = running.metrics_listen;
         kept.push("metrics_listen");
+    }
+    if new.workers != running.workers {
+        new.workers = running.workers;
+        kept.push("workers");
     }
     if new.max_client_connections != running.max_client_connections {
         new.max_client_connections = running.max_client_connections;

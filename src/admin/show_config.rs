@@ -46,6 +46,7 @@ pub fn run(shared: &Shared, generation: &Generation) -> Table {
             "max_prepared_statements",
             p.max_prepared_statements.to_string(),
         ),
+        ("workers", p.workers.to_string()),
         ("backends", config.backends.len().to_string()),
         ("tenants", config.tenants.len().to_string()),
         ("users", config.users.len().to_string()),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use secret::VerifierError;
-pub use validate::{is_setting_name, ConfigError};
+pub use validate::{auto_workers, is_setting_name, ConfigError};
 
 /// The whole validated configuration. Cheap to share: wrap in an `Arc` (and swap on reload).
 #[derive(Debug, Clone)]
@@ -92,6 +92,10 @@ pub struct ProxyConfig {
     pub max_message_size: usize,
     /// Per-server-connection LRU size of prepared statements (transaction mode).
     pub max_prepared_statements: usize,
+    /// Threads serving clients (resolved: `workers = 0` in the file is half the cores, at
+    /// least one). One means a single-threaded runtime: a client, its server connection and
+    /// every wakeup between them stay on one thread.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

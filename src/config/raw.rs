@@ -49,6 +49,8 @@ pub(super) struct RawProxy {
     pub metrics_tenant_labels: bool,
     pub max_message_size: usize,
     pub max_prepared_statements: usize,
+    /// Threads serving clients; 0 = automatic (half the cores, at least one).
+    pub workers: usize,
 }
 
 impl Default for RawProxy {
@@ -74,6 +76,7 @@ impl Default for RawProxy {
             metrics_tenant_labels: true,
             max_message_size: 1 << 30,
             max_prepared_statements: 200,
+            workers: 0,
         }
     }
 }

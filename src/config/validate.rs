@@ -135,7 +135,18 @@ fn proxy_config<T, U>(
         metrics_tenant_labels: raw.metrics_tenant_labels,
         max_message_size: count("max_message_size", raw.max_message_size)?,
         max_prepared_statements: count("max_prepared_statements", raw.max_prepared_statements)?,
+        workers: match raw.workers {
+            0 => auto_workers(),
+            n => n,
+        },
     })
+}
+
+/// `workers = 0`: half the cores, at least one. The proxy shares its machine with clients or
+/// PostgreSQL more often than not, and on 2 cores one thread measured faster than two
+/// (docs/BENCHMARKS.md): fewer cross-thread wakeups.
+pub fn auto_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// `proxy.default_tenant`: `""` is none, anything else must be a tenant.

@@ -154,6 +154,8 @@ fn defaults_follow_the_spec() {
     assert_eq!(p.metrics_listen, None);
     assert_eq!(p.max_message_size, 1 << 30);
     assert_eq!(p.max_prepared_statements, 200);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(p.workers, (cores / 2).max(1));
     let backend = &config.backends["main"];
     assert_eq!(
         (backend.port, backend.pool_size, backend.min_pool_size),
@@ -321,6 +323,8 @@ fn proxy_values_are_checked() {
         &with_proxy("max_client_connections = 0"),
         &["proxy.max_client_connections: must be at least 1"],
     );
+    assert_eq!(load(&with_proxy("workers = 3")).unwrap().proxy.workers, 3);
+    assert_error(&with_proxy("workers = -1"), &["workers"]);
     assert_error(
         &with_proxy("max_prepared_statements = 0"),
         &["proxy.max_prepared_statements:"],
