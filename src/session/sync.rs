@@ -35,12 +35,12 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
         sql.push_str(&ctx.tenant.state_sql);
         sql.push_str(&ctx.settings_sql);
     }
-    for name in TRACKED_PARAMS {
-        let Some(value) = ctx.params.get(name) else {
+    for (i, name) in TRACKED_PARAMS.iter().enumerate() {
+        let Some(value) = ctx.params.tracked(i) else {
             continue;
         };
-        let current = conn.params.get(name);
-        let after_reset = conn.startup_params.get(name);
+        let current = conn.params.tracked(i);
+        let after_reset = conn.startup_params.tracked(i);
         if current != Some(value) || (full && after_reset != Some(value)) {
             sql.push_str("SET ");
             sql.push_str(name);
