@@ -160,7 +160,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
     loop {
         reserve(&mut conn.rbuf);
-        reserve(&mut client.rbuf);
+        super::bufpool::room(&mut client.rbuf, 4096);
         let idle_in_tx = link.expect.owed() == 0 && link.status != TxStatus::Idle;
         let timer = async {
             match idle_tx_timeout {
@@ -245,6 +245,9 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<bool, LinkError> {
     // Reused across calls: no allocation per message once it has grown.
     let mut out = std::mem::take(&mut client.sbuf);
+    if out.capacity() == 0 {
+        out = super::bufpool::take();
+    }
     let mut off = 0;
     let mut terminated = false;
     loop {

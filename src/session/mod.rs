@@ -1,6 +1,7 @@
 //! One client's life: handshake -> authentication -> tenant -> login reply -> then, in
 //! transaction mode, `Idle <-> Linked(server)` until the client leaves -> cleanup.
 
+pub mod bufpool;
 pub mod client;
 pub mod counted;
 pub mod expect;

@@ -6,6 +6,7 @@ use std::io;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::bufpool;
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::{FrameError, FrameScanner, Scanned};
 
@@ -26,9 +27,6 @@ impl Readiness for tokio::io::DuplexStream {
         Ok(())
     }
 }
-
-/// How long a client may sit idle before its buffers are given back.
-const KEEP_BUFFERS_WHILE_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub struct ClientStream<S> {
     pub io: S,
@@ -55,39 +53,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
     pub fn new(io: S, max_message: usize) -> Self {
         ClientStream {
             io,
-            rbuf: BytesMut::with_capacity(4096),
+            rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             sbuf: BytesMut::new(),
             scanner: FrameScanner::new(max_message),
         }
     }
 
-    /// Waits for the next bytes while idle. A client idle for longer than a moment gives its
-    /// buffers back first (a busy client keeps them: no allocation per transaction).
+    /// Waits for the next bytes while idle. With nothing buffered the client's buffers go
+    /// back to the thread's free list first ([`bufpool`]): an idle client holds none.
     pub async fn fill_idle(&mut self) -> io::Result<usize>
     where
         S: Readiness,
     {
         if self.rbuf.is_empty() {
-            if let Ok(ready) =
-                tokio::time::timeout(KEEP_BUFFERS_WHILE_IDLE, self.io.readable()).await
-            {
-                ready?;
-            } else {
-                self.rbuf = BytesMut::new();
-                self.wbuf = BytesMut::new();
-                self.sbuf = BytesMut::new();
-                self.io.readable().await?;
-            }
+            self.give_buffers();
+            self.io.readable().await?;
         }
         self.fill().await
     }
 
+    /// Hands the empty buffers to the free list.
+    pub fn give_buffers(&mut self) {
+        bufpool::give(&mut self.rbuf);
+        bufpool::give(&mut self.wbuf);
+        bufpool::give(&mut self.sbuf);
+    }
+
     /// Reads more bytes into `rbuf`; `Ok(0)` is EOF.
     pub async fn fill(&mut self) -> io::Result<usize> {
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(8192);
-        }
+        bufpool::room(&mut self.rbuf, 1024);
         self.io.read_buf(&mut self.rbuf).await
     }
 
