@@ -83,6 +83,7 @@ impl Proxy {
         let tracker = TaskTracker::new();
         accept_loop(&listener, &shared, &tracker).await?;
         drop(listener);
+        shared.stop_sessions();
         tracker.close();
         tracing::info!("shutting down: waiting for linked transactions to finish");
         let timeout = shared.current().config.proxy.shutdown_timeout;

@@ -168,7 +168,7 @@ pub fn apply(shared: &Shared, mut config: Config) -> ReloadSummary {
     // After the swap, so that woken sessions see the new generation.
     for name in &summary.tenants.removed {
         if let Some(t) = old.registry.tenants.get(name) {
-            t.control.removed.cancel();
+            t.control.remove();
         }
     }
     if !summary.tenants.removed.is_empty() {

@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
+use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -52,15 +53,71 @@ impl ClientState {
     }
 }
 
-/// Why a session's [`ClientEntry::stop`] token was cancelled.
+/// Why a session's [`ClientEntry::stop`] was set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// The proxy is shutting down (the parent token): linked transactions finish.
+    /// The proxy is shutting down: linked transactions finish.
     Shutdown,
     /// A reload removed the tenant: the transaction in progress finishes.
     Removed,
     /// `KILL tenant`: at once, even mid-transaction.
     Killed,
+}
+
+/// A session's stop signal. Checked at every transaction and waited on by the session's one
+/// task, so it is cheap where `CancellationToken` is not (that locks a mutex per check and
+/// per poll): a check is one atomic load, and waiting registers the task's waker without
+/// a lock.
+#[derive(Default)]
+pub struct Stop {
+    /// 0: running; else a [`StopReason`] + 1.
+    reason: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl Stop {
+    /// Stops for `reason`. `Killed` overrides an earlier reason; the others keep the first.
+    pub fn stop(&self, reason: StopReason) {
+        let code = reason as u8 + 1;
+        if reason == StopReason::Killed {
+            self.reason.store(code, Ordering::SeqCst);
+        } else {
+            let _ = self
+                .reason
+                .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        self.waker.wake();
+    }
+
+    #[inline]
+    pub fn is_stopped(&self) -> bool {
+        self.reason.load(Ordering::SeqCst) != 0
+    }
+
+    /// Why it stopped (meaningful once it has).
+    pub fn reason(&self) -> StopReason {
+        match self.reason.load(Ordering::SeqCst) {
+            3 => StopReason::Killed,
+            2 => StopReason::Removed,
+            _ => StopReason::Shutdown,
+        }
+    }
+
+    /// Resolves once stopped. For one task at a time (the session's).
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.is_stopped() {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // Checked again after registering: a stop in between is not lost.
+            if self.is_stopped() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
 }
 
 /// A logged-in client, as the console sees it.
@@ -73,22 +130,19 @@ pub struct ClientEntry {
     /// Where a cancel for this client goes while it is linked (also: which server).
     pub cancel: Arc<CancelSlot>,
     state: AtomicU8,
-    /// Cancelled to end the session (see [`StopReason`]). One token per session for all
-    /// three reasons, so an idle session waits on one future only (idle sessions are the
-    /// many: their size matters).
-    pub stop: CancellationToken,
-    stop_reason: AtomicU8,
+    /// Set to end the session (see [`StopReason`]). One signal per session for all three
+    /// reasons, so an idle session waits on one future only (idle sessions are the many:
+    /// their size matters).
+    pub stop: Stop,
 }
 
 impl ClientEntry {
-    /// `shutdown`: the proxy's token; this client's `stop` is a child of it.
     pub fn new(
         user: String,
         tenant: String,
         peer: Option<SocketAddr>,
         application_name: String,
         cancel: Arc<CancelSlot>,
-        shutdown: &CancellationToken,
     ) -> Self {
         ClientEntry {
             user,
@@ -98,32 +152,23 @@ impl ClientEntry {
             since: Instant::now(),
             cancel,
             state: AtomicU8::new(ClientState::Idle as u8),
-            stop: shutdown.child_token(),
-            stop_reason: AtomicU8::new(0),
+            stop: Stop::default(),
         }
     }
 
     /// `KILL`: ends the session at once.
     pub fn kill(&self) {
-        self.stop_reason.store(2, Ordering::SeqCst);
-        self.stop.cancel();
+        self.stop.stop(StopReason::Killed);
     }
 
     /// The tenant was removed: ends the session after its transaction.
     pub fn remove(&self) {
-        let _ = self
-            .stop_reason
-            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
-        self.stop.cancel();
+        self.stop.stop(StopReason::Removed);
     }
 
-    /// Why `stop` was cancelled (meaningful once it is).
+    /// Why `stop` was set (meaningful once it is).
     pub fn stop_reason(&self) -> StopReason {
-        match self.stop_reason.load(Ordering::SeqCst) {
-            2 => StopReason::Killed,
-            1 => StopReason::Removed,
-            _ => StopReason::Shutdown,
-        }
+        self.stop.reason()
     }
 
     #[inline]
@@ -191,6 +236,14 @@ impl Shared {
     #[inline]
     pub fn generation_id(&self) -> u64 {
         self.current.load().id
+    }
+
+    /// Shutdown: stops every logged-in session (each finishes its transaction first). A
+    /// session registered after this call sees `shutdown` cancelled when it registers.
+    pub fn stop_sessions(&self) {
+        for client in self.clients.iter() {
+            client.stop.stop(StopReason::Shutdown);
+        }
     }
 
     /// Installs a new generation (see [`crate::reload`]).

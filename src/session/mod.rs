@@ -98,9 +98,12 @@ async fn serve_tenant<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + co
         client.io.peer(),
         application_name,
         ctx.cancel.clone(),
-        &shared.shutdown,
     ));
     shared.clients.insert(ctx.key, entry.clone());
+    // After the insert: either the shutdown sweep sees this entry, or this sees the token.
+    if shared.shutdown.is_cancelled() {
+        entry.stop.stop(crate::shared::StopReason::Shutdown);
+    }
     let result = run(client, &mut ctx, &entry, shared).await;
     shared.clients.remove(&ctx.key);
     ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
@@ -265,7 +268,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
         let end = loop {
             tokio::select! {
                 end = &mut linked => break Some(end),
-                _ = entry.stop.cancelled(), if !entry.stop.is_cancelled() => {
+                _ = entry.stop.stopped(), if !entry.stop.is_stopped() => {
                     if entry.stop_reason() == StopReason::Killed {
                         break None;
                     }
@@ -318,7 +321,7 @@ async fn wait_for_message<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>
     max_message: usize,
 ) -> Result<bool, SessionError> {
     // The tenant's own flag too: a client that logged in just as its tenant was removed.
-    if entry.stop.is_cancelled() || ctx.tenant.control.removed.is_cancelled() {
+    if entry.stop.is_stopped() || ctx.tenant.control.is_removed() {
         return Err(stopped(ctx, entry));
     }
     let streams = |t| t == crate::protocol::ftag::COPY_DATA;
@@ -328,7 +331,7 @@ async fn wait_for_message<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>
                 Ok(n) if n > 0 => {}
                 _ => return Ok(false),
             },
-            _ = entry.stop.cancelled() => return Err(stopped(ctx, entry)),
+            _ = entry.stop.stopped() => return Err(stopped(ctx, entry)),
         }
     }
     Ok(true)
@@ -338,9 +341,7 @@ async fn wait_for_message<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>
 fn stopped(ctx: &ClientCtx, entry: &ClientEntry) -> SessionError {
     match entry.stop_reason() {
         StopReason::Killed => SessionError::Killed { linked: false },
-        _ if ctx.tenant.control.removed.is_cancelled() => {
-            SessionError::Removed(ctx.tenant.name.clone())
-        }
+        _ if ctx.tenant.control.is_removed() => SessionError::Removed(ctx.tenant.name.clone()),
         StopReason::Removed => SessionError::Removed(ctx.tenant.name.clone()),
         StopReason::Shutdown => SessionError::Shutdown,
     }
@@ -425,7 +426,7 @@ async fn wait_while_paused<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(n) if n > 0 => continue,
                 _ => break Ok(false),
             },
-            _ = entry.stop.cancelled() => break Err(stopped(ctx, entry)),
+            _ = entry.stop.stopped() => break Err(stopped(ctx, entry)),
             _ = control.removed.cancelled() => break Err(stopped(ctx, entry)),
         }
     };

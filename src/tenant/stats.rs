@@ -202,11 +202,24 @@ pub struct TenantControl {
     paused: AtomicBool,
     resumed: Notify,
     /// Cancelled when a reload removes the tenant: its clients are closed at their next
-    /// idle point (after the transaction they are in).
+    /// idle point (after the transaction they are in). Use [`TenantControl::remove`].
     pub removed: CancellationToken,
+    /// The same, as a flag: checked at every transaction (a token check locks a mutex).
+    removed_flag: AtomicBool,
 }
 
 impl TenantControl {
+    /// A reload removed the tenant.
+    pub fn remove(&self) {
+        self.removed_flag.store(true, Ordering::SeqCst);
+        self.removed.cancel();
+    }
+
+    #[inline]
+    pub fn is_removed(&self) -> bool {
+        self.removed_flag.load(Ordering::SeqCst)
+    }
+
     pub fn pause(&self) {
         self.paused.store(true, Ordering::SeqCst);
     }
