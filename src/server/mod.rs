@@ -22,6 +22,28 @@ use crate::protocol::FrameScanner;
 pub use health::Health;
 pub use params::{tracked_name, Params, TRACKED_PARAMS};
 
+/// The names of the settings a state sets: the tenant's (`search_path` first) and the
+/// client's own. Shared, so recording them on a connection is two reference counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingNames {
+    pub tenant: Arc<[String]>,
+    pub client: Arc<[String]>,
+}
+
+impl SettingNames {
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.tenant
+            .iter()
+            .chain(self.client.iter())
+            .map(String::as_str)
+    }
+
+    /// PostgreSQL setting names are case-insensitive.
+    pub fn contains(&self, name: &str) -> bool {
+        self.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
 /// Which tenant state a connection holds, as far as the proxy knows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StateKey {
@@ -78,6 +100,9 @@ pub struct ServerConn {
     pub startup_params: Params,
     /// `None` = unknown: the next checkout must re-apply state.
     pub state: Option<StateKey>,
+    /// The settings `state` consists of (meaningful while `state` is known): what a switch
+    /// to another state resets, instead of `RESET ALL`.
+    pub applied: SettingNames,
     /// The `search_path` the server reported after the proxy last set it (PostgreSQL 18+).
     pub reported_search_path: Option<Vec<u8>>,
     /// Set when the connection must not be reused.
@@ -119,6 +144,7 @@ impl ServerConn {
                 params: Params::default(),
                 startup_params: Params::default(),
                 state: None,
+                applied: SettingNames::default(),
                 reported_search_path: None,
                 broken: false,
                 prepared: lru::LruCache::unbounded(),

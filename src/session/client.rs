@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::EndpointConfig;
 use crate::protocol::encode::ErrorInfo;
 use crate::protocol::startup::parse_options;
-use crate::server::{Params, StateKey};
+use crate::server::{Params, SettingNames, StateKey};
 use crate::tenant::registry::settings_sql;
 use crate::tenant::TenantRuntime;
 
@@ -128,6 +128,8 @@ pub struct ClientCtx {
     pub params: Params,
     /// The client's own settings as SQL (empty when none).
     pub settings_sql: String,
+    /// Their names.
+    pub setting_names: Arc<[String]>,
     settings_hash: u64,
     /// Whether the client's settings have been applied once without error.
     pub settings_verified: bool,
@@ -154,10 +156,19 @@ impl ClientCtx {
             params,
             settings_verified: settings_sql.is_empty(),
             settings_sql,
+            setting_names: info.settings.iter().map(|(name, _)| name.clone()).collect(),
             settings_hash: h.finish(),
             key,
             cancel: Arc::new(CancelSlot::default()),
             stmts: Default::default(),
+        }
+    }
+
+    /// What the state [`ClientCtx::wanted_state`] names sets.
+    pub fn setting_names(&self) -> SettingNames {
+        SettingNames {
+            tenant: self.tenant.setting_names.clone(),
+            client: self.setting_names.clone(),
         }
     }
 

@@ -40,6 +40,8 @@ pub struct TenantRuntime {
     pub state_id: u64,
     /// `SET search_path ...; SET setting ...;` for this tenant.
     pub state_sql: String,
+    /// The names of what `state_sql` sets (`search_path` first).
+    pub setting_names: std::sync::Arc<[String]>,
     /// Whether the tenant's settings have been applied once without error (until then a
     /// checkout applies them in a round trip of its own, before any client message).
     pub settings_verified: AtomicBool,
@@ -126,6 +128,9 @@ fn new_runtime(
         pool_id,
         state_id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed),
         state_sql: state_sql(tenant),
+        setting_names: std::iter::once("search_path".to_string())
+            .chain(tenant.settings.iter().map(|(name, _)| name.clone()))
+            .collect(),
         settings_verified: AtomicBool::new(tenant.settings.is_empty()),
         stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
         control: previous.map(|p| p.control.clone()).unwrap_or_default(),

@@ -895,6 +895,81 @@ async fn application_name_per_client() {
     );
 }
 
+/// One server connection passed between tenants with different settings, and clients with
+/// settings of their own: `tracked` switches from one known state to the next by resetting
+/// only what the previous state set (no `RESET ALL`); nothing of it may survive the switch,
+/// including a reported parameter (TimeZone) set by a tenant. `always` for comparison.
+#[tokio::test]
+async fn switching_tenants_resets_what_the_previous_state_set() {
+    for sync in ["tracked", "always"] {
+        let proxy = TestProxy::start_with(
+            ProxyOptions::default()
+                .pool_size(1)
+                .search_path_sync(sync)
+                .extra(
+                    "[tenants.tz]\nbackend = \"main\"\nsearch_path = [\"t2\"]\n\
+                     settings = { TimeZone = \"Asia/Tokyo\", work_mem = \"77MB\", \"app.tenant_id\" = \"9\" }\n",
+                ),
+        );
+        let r1 = proxy_client(&proxy, "r1").await;
+        let tz = proxy_client(&proxy, "tz").await;
+        let t1 = proxy_client(&proxy, "t1").await;
+        let own = crate::support::connect(&format!(
+            "{} options='-c tenant=t3 -c work_mem=33MB -c app.tenant_id=5'",
+            proxy.conn_params("app", crate::support::PROXY_PASSWORD, "app", None)
+        ))
+        .await
+        .unwrap();
+        let show = "SELECT current_setting('TimeZone') || ' ' || current_setting('work_mem') \
+                    || ' ' || coalesce(current_setting('app.tenant_id', true), '-') \
+                    || ' ' || current_setting('search_path')";
+        let baseline = value(&r1, show).await.unwrap();
+        let zone = baseline.split(' ').next().unwrap().to_string();
+        assert_ne!(zone, "Asia/Tokyo", "{sync}: the server's default zone");
+        assert_eq!(baseline, format!("{zone} 4MB 1 public"), "{sync}");
+        for round in 0..2 {
+            let at = |who: &str| format!("{sync}, round {round}: {who}");
+            assert_eq!(
+                value(&tz, show).await.unwrap(),
+                "Asia/Tokyo 77MB 9 t2",
+                "{}",
+                at("tz")
+            );
+            assert_eq!(
+                value(&r1, show).await.unwrap(),
+                format!("{zone} 4MB 1 public"),
+                "{}",
+                at("r1 after tz")
+            );
+            assert_eq!(
+                value(&own, show).await.unwrap(),
+                format!("{zone} 33MB 5 t3, public"),
+                "{}",
+                at("t3 with its own settings")
+            );
+            let after = value(&t1, show).await.unwrap();
+            assert!(
+                after == format!("{zone} 4MB - t1, public")
+                    || after == format!("{zone} 4MB  t1, public"),
+                "{}: {after}",
+                at("t1 after t3")
+            );
+            assert_eq!(
+                value(&tz, show).await.unwrap(),
+                "Asia/Tokyo 77MB 9 t2",
+                "{}",
+                at("tz after t1")
+            );
+            assert_eq!(
+                value(&own, show).await.unwrap(),
+                format!("{zone} 33MB 5 t3, public"),
+                "{}",
+                at("t3 after tz")
+            );
+        }
+    }
+}
+
 /// Session state a client sets in transaction mode never reaches another client of the
 /// same tenant on the same (single) server connection.
 #[tokio::test]
