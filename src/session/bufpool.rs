@@ -8,12 +8,12 @@ use std::cell::RefCell;
 use bytes::BytesMut;
 
 /// Size of a fresh buffer.
-pub const BUF_SIZE: usize = 16 * 1024;
+pub const BUF_SIZE: usize = 8 * 1024;
 /// Buffers that grew past this (a large row or message) are freed rather than kept.
 const KEEP_CAPACITY: usize = 64 * 1024;
 /// Free buffers kept per thread: enough for every client active at once on a busy thread,
-/// bounded so a burst does not pin memory forever (256 x 16 KiB = 4 MiB).
-const KEEP_COUNT: usize = 256;
+/// bounded so a burst (of logins, say) does not pin memory (64 x 8 KiB = 512 KiB).
+const KEEP_COUNT: usize = 64;
 
 thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };

@@ -61,7 +61,7 @@ pub enum LinkError {
     #[error("the session state could not be applied")]
     StateFailed,
     #[error("client protocol violation: {}", .0.message)]
-    ClientProtocol(ErrorInfo),
+    ClientProtocol(Box<ErrorInfo>),
     #[error("server protocol violation: {0}")]
     ServerProtocol(String),
     #[error("idle-in-transaction timeout")]
@@ -75,7 +75,7 @@ impl LinkError {
             LinkError::ServerLost { told: false } | LinkError::ServerProtocol(_) => {
                 Some(ErrorInfo::fatal("08006", "server connection lost"))
             }
-            LinkError::ClientProtocol(e) => Some(e.clone()),
+            LinkError::ClientProtocol(e) => Some((**e).clone()),
             LinkError::IdleInTransaction => Some(ErrorInfo::fatal(
                 "25P03",
                 "terminating connection due to idle-in-transaction timeout",
@@ -85,7 +85,7 @@ impl LinkError {
 }
 
 fn client_protocol(message: impl Into<String>) -> LinkError {
-    LinkError::ClientProtocol(ErrorInfo::fatal("08P01", message))
+    LinkError::ClientProtocol(Box::new(ErrorInfo::fatal("08P01", message)))
 }
 
 impl Link {

@@ -21,7 +21,9 @@ use crate::tenant::{identify, IdentifyError, LoginFailure, TenantRuntime};
 /// Who a client turned out to be.
 pub(super) enum LoggedIn {
     Tenant {
-        ctx: ClientCtx,
+        /// Boxed: it lives as long as the session, and inline it would be stored twice in
+        /// the session's future (as argument and as local).
+        ctx: Box<ClientCtx>,
         /// What the client itself set (`""` if nothing), for `SHOW CLIENTS`.
         application_name: String,
     },
@@ -161,7 +163,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 .map(|(_, value)| value.clone())
                 .unwrap_or_default();
             Ok(Some(LoggedIn::Tenant {
-                ctx,
+                ctx: Box::new(ctx),
                 application_name,
             }))
         }

@@ -48,33 +48,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + count
     shared: Arc<Shared>,
     permit: Option<OwnedSemaphorePermit>,
 ) {
-    let max_message = shared.current().config.proxy.max_message_size;
-    let mut client = ClientStream::new(Counted::new(io), max_message);
-    let login = tokio::time::timeout(
-        LOGIN_TIMEOUT,
-        Box::pin(login(&mut client, &shared, permit.is_some())),
-    )
-    .await;
-    let logged_in = match login {
-        Ok(Ok(Some(logged_in))) => logged_in,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            e.record(&shared);
-            let _ = client.send_error(&e.info).await;
-            return;
-        }
-        Err(_) => {
-            let e = LoginError::anonymous(
-                LoginFailure::Timeout,
-                ErrorInfo::fatal("08006", "timeout expired during login"),
-            );
-            e.record(&shared);
-            let _ = client.send_error(&e.info).await;
-            return;
-        }
+    // Boxed, and so are the rarely used stages: this future lives as long as the client, so
+    // its size (the largest of its states) is what every idle client costs.
+    let Some((mut client, logged_in)) = Box::pin(log_in(io, &shared, permit.is_some())).await
+    else {
+        return;
     };
     match logged_in {
-        LoggedIn::Admin(user) => crate::admin::serve(&mut client, &shared, &user).await,
+        LoggedIn::Admin(user) => Box::pin(crate::admin::serve(&mut client, &shared, &user)).await,
         LoggedIn::Tenant {
             ctx,
             application_name,
@@ -83,10 +64,33 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + count
     drop(permit);
 }
 
+/// The login phase, within `LOGIN_TIMEOUT`: `None` when it failed (the client was told).
+async fn log_in<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer>(
+    io: S,
+    shared: &Shared,
+    accepting: bool,
+) -> Option<(ClientStream<Counted<S>>, LoggedIn)> {
+    let max_message = shared.current().config.proxy.max_message_size;
+    let mut client = ClientStream::new(Counted::new(io), max_message);
+    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&mut client, shared, accepting)).await;
+    let e = match login {
+        Ok(Ok(Some(logged_in))) => return Some((client, logged_in)),
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => e,
+        Err(_) => LoginError::anonymous(
+            LoginFailure::Timeout,
+            ErrorInfo::fatal("08006", "timeout expired during login"),
+        ),
+    };
+    e.record(shared);
+    let _ = client.send_error(&e.info).await;
+    None
+}
+
 /// A logged-in tenant client: registered for the console, then the idle/linked loop.
 async fn serve_tenant<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer>(
     client: &mut ClientStream<Counted<S>>,
-    mut ctx: ClientCtx,
+    mut ctx: Box<ClientCtx>,
     application_name: String,
     shared: &Shared,
 ) {
@@ -108,12 +112,21 @@ async fn serve_tenant<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + co
     shared.clients.remove(&ctx.key);
     ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
     if let Err(e) = result {
-        // One line per session that did not end by the client's choice (no query text:
-        // errors name what happened, not what was sent).
-        tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, error = %e, "session closed");
-        if let Some(info) = e.to_client() {
-            let _ = client.send_error(&info).await;
-        }
+        // Boxed: the error and its message would otherwise take room in every session.
+        Box::pin(report_end(client, &ctx, e)).await;
+    }
+}
+
+/// One line per session that did not end by the client's choice (no query text: errors name
+/// what happened, not what was sent), and the error to the client when it should see one.
+async fn report_end<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &ClientCtx,
+    e: SessionError,
+) {
+    tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, error = %e, "session closed");
+    if let Some(info) = e.to_client() {
+        let _ = client.send_error(&info).await;
     }
 }
 
@@ -185,7 +198,8 @@ enum SessionError {
     #[error(transparent)]
     Link(#[from] LinkError),
     #[error("{}", .0.message)]
-    Refused(ErrorInfo),
+    /// Boxed, as errors are in `LinkError`: a session's future makes room for its error.
+    Refused(Box<ErrorInfo>),
     #[error("shutting down")]
     Shutdown,
     /// `KILL tenant`. While linked the stream may be mid-message: nothing more is sent.
@@ -200,7 +214,7 @@ impl SessionError {
     fn to_client(&self) -> Option<ErrorInfo> {
         match self {
             SessionError::Link(e) => e.to_client(),
-            SessionError::Refused(e) => Some(e.clone()),
+            SessionError::Refused(e) => Some((**e).clone()),
             SessionError::Shutdown | SessionError::Killed { linked: false } => {
                 Some(ErrorInfo::fatal(
                     "57P01",
@@ -239,33 +253,59 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
             generation = shared.current();
             refresh(ctx, &generation)?;
         }
-        let Some(_linked) = pass_pause_gate(client, ctx, entry).await? else {
+        // Boxed: what a transaction needs (the server connection, the linked state machine)
+        // exists only while one runs, so an idle client's future stays small.
+        let more = Box::pin(transaction(
+            client,
+            ctx,
+            entry,
+            &generation,
+            &mut link,
+            session_mode,
+        ))
+        .await?;
+        if !more {
             return Ok(());
-        };
-        let proxy = &generation.config.proxy;
-        // Session mode links once, for the client's whole life (the link never releases).
-        let mut conn = Box::pin(timed_checkout(proxy, ctx, entry)).await?;
-        let prelude = sync::prelude(proxy.search_path_sync, ctx, &conn);
-        if prelude.is_some() {
-            ctx.tenant.stats.preludes.fetch_add(1, Ordering::Relaxed);
         }
-        ctx.cancel
-            .set(Some((conn.endpoint.clone(), conn.backend_key)));
-        link.reset();
-        let idle_tx_timeout = proxy.idle_transaction_timeout;
-        // Boxed: the linked state machine is large and only needed while linked, so idle
-        // clients (the vast majority) stay small.
-        let mut linked = Box::pin(linked::run(
+    }
+}
+
+/// One checkout: the pause gate, a server connection, the prelude, the link until it ends.
+/// `Ok(false)`: the session is over (the client left).
+async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &mut ClientCtx,
+    entry: &ClientEntry,
+    generation: &Generation,
+    link: &mut Link,
+    session_mode: bool,
+) -> Result<bool, SessionError> {
+    let Some(_linked) = pass_pause_gate(client, ctx, entry).await? else {
+        return Ok(false);
+    };
+    let proxy = &generation.config.proxy;
+    // Session mode links once, for the client's whole life (the link never releases).
+    let mut conn = timed_checkout(proxy, ctx, entry).await?;
+    let prelude = sync::prelude(proxy.search_path_sync, ctx, &conn);
+    if prelude.is_some() {
+        ctx.tenant.stats.preludes.fetch_add(1, Ordering::Relaxed);
+    }
+    ctx.cancel
+        .set(Some((conn.endpoint.clone(), conn.backend_key)));
+    link.reset();
+    // KILL cuts the link; shutdown and removal let the transaction finish (the idle loop
+    // ends the session afterwards).
+    let end = {
+        let linked = linked::run(
             client,
             ctx,
             &mut conn,
-            &mut link,
+            link,
             prelude,
-            idle_tx_timeout,
-        ));
-        // KILL cuts the link; shutdown and removal let the transaction finish (the idle
-        // loop ends the session afterwards).
-        let end = loop {
+            proxy.idle_transaction_timeout,
+        );
+        tokio::pin!(linked);
+        loop {
             tokio::select! {
                 end = &mut linked => break Some(end),
                 _ = entry.stop.stopped(), if !entry.stop.is_stopped() => {
@@ -274,24 +314,24 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
                     }
                 }
             }
-        };
-        drop(linked);
-        ctx.cancel.set(None);
-        entry.set_state(ClientState::Idle);
-        match end {
-            Some(Ok(LinkEnd::Released)) => drop(conn),
-            Some(Ok(LinkEnd::ClientGone)) => {
-                return Box::pin(finish_session(conn, &link, session_mode)).await
-            }
-            Some(Err(e)) => {
-                Box::pin(abandon(conn, &link)).await;
-                return Err(e.into());
-            }
-            None => {
-                // Mid-link: closing the server connection is the only safe cleanup.
-                conn.discard();
-                return Err(SessionError::Killed { linked: true });
-            }
+        }
+    };
+    ctx.cancel.set(None);
+    entry.set_state(ClientState::Idle);
+    match end {
+        Some(Ok(LinkEnd::Released)) => Ok(true),
+        Some(Ok(LinkEnd::ClientGone)) => {
+            finish_session(conn, link, session_mode).await?;
+            Ok(false)
+        }
+        Some(Err(e)) => {
+            abandon(conn, link).await;
+            Err(e.into())
+        }
+        None => {
+            // Mid-link: closing the server connection is the only safe cleanup.
+            conn.discard();
+            Err(SessionError::Killed { linked: true })
         }
     }
 }
@@ -306,7 +346,7 @@ async fn timed_checkout(
     let started = Instant::now();
     let conn = checkout(proxy, &ctx.tenant, Some(&ctx.wanted_state()))
         .await
-        .map_err(SessionError::Refused)?;
+        .map_err(|e| SessionError::Refused(Box::new(e)))?;
     ctx.tenant.stats.checkout_wait.observe(started.elapsed());
     entry.set_state(ClientState::Active);
     Ok(conn)
@@ -362,7 +402,9 @@ fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionEr
         .is_some_and(|u| u.tenants.allows(name));
     if !allowed {
         let message = format!("user \"{}\" may no longer use tenant \"{name}\"", ctx.user);
-        return Err(SessionError::Refused(ErrorInfo::fatal("28000", message)));
+        return Err(SessionError::Refused(Box::new(ErrorInfo::fatal(
+            "28000", message,
+        ))));
     }
     if !Arc::ptr_eq(tenant, &ctx.tenant) {
         ctx.tenant = tenant.clone();
@@ -507,10 +549,22 @@ mod size_tests {
         let text = "[backends.main]\nhost='h'\ndatabase='d'\nuser='u'\npassword='p'\n[users.app]\npassword='x'\n[tenants.t]\nbackend='main'\n";
         let config = std::sync::Arc::new(crate::config::Config::from_toml_str(text, "t").unwrap());
         let shared = std::sync::Arc::new(super::Shared::new(config, None, Default::default()));
+        // Every idle client holds one of these: keep it small (rarely used stages are
+        // boxed). 2,088 bytes before the transaction, the login and the error paths were.
         let (a, _b) = tokio::io::duplex(64);
-        let f = super::serve(a, shared, None);
-        // Every idle client holds one of these: keep it small (rarely used stages are boxed).
-        let size = std::mem::size_of_val(&f);
-        assert!(size < 2048, "serve future is {size} bytes");
+        let size = std::mem::size_of_val(&super::serve(a, shared.clone(), None));
+        assert!(size <= 1024, "serve future (duplex) is {size} bytes");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let size = std::mem::size_of_val(&super::serve(tcp, shared, None));
+            assert!(size <= 1024, "serve future (TCP) is {size} bytes");
+        });
     }
 }
