@@ -117,6 +117,54 @@ async fn released_connections_go_round_robin_across_tenants() {
 }
 
 #[tokio::test]
+async fn a_released_connection_stays_with_its_tenant_up_to_a_fair_share() {
+    let pool = Pool::<Fake>::new(2);
+    let a = pool.add_tenant(None);
+    let b = pool.add_tenant(None);
+    let held_a = take(&pool, a, "a", 1).await;
+    let held_b = take(&pool, b, "b", 2).await;
+    // b's waiter queues first, then a's.
+    let waiter = |t, want| {
+        let pool = pool.clone();
+        tokio::spawn(async move { take(&pool, t, want, 9).await })
+    };
+    let wait_b = waiter(b, "b");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let wait_a = waiter(a, "a");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // a holds 0 of its share of 1 once it releases: its own waiter gets the connection
+    // (already in a's state), although b's waiter came first.
+    drop(held_a);
+    let got_a = wait_a.await.unwrap();
+    assert_eq!(got_a.id, 1);
+    drop(held_b);
+    assert_eq!(wait_b.await.unwrap().id, 2, "and b's to b's");
+    drop(got_a);
+
+    // Over its share, a tenant's released connection goes round-robin: a holds both,
+    // b waits (first), then a; a's release goes to b.
+    let pool = Pool::<Fake>::new(2);
+    let a = pool.add_tenant(None);
+    let b = pool.add_tenant(None);
+    let first = take(&pool, a, "a", 1).await;
+    let _second = take(&pool, a, "a", 2).await;
+    let waiter = |t, want| {
+        let pool = pool.clone();
+        tokio::spawn(async move { take(&pool, t, want, 9).await })
+    };
+    let wait_b = waiter(b, "b");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let _wait_a = waiter(a, "a");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    drop(first);
+    assert_eq!(
+        wait_b.await.unwrap().id,
+        1,
+        "b gets a's connection: a has its share"
+    );
+}
+
+#[tokio::test]
 async fn broken_connections_are_dropped_and_free_their_slot() {
     let pool = Pool::<Fake>::new(1);
     let a = pool.add_tenant(None);
