@@ -37,6 +37,16 @@ async fn take(pool: &Arc<Pool<Fake>>, t: TenantId, want: &'static str, id: u32) 
     }
 }
 
+/// A task waiting for a connection (a new one gets id 9).
+fn waiter(
+    pool: &Arc<Pool<Fake>>,
+    t: TenantId,
+    want: &'static str,
+) -> tokio::task::JoinHandle<Pooled<Fake>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { take(&pool, t, want, 9).await })
+}
+
 #[tokio::test]
 async fn prefers_idle_connection_with_same_state() {
     let pool = Pool::<Fake>::new(3);
@@ -124,13 +134,9 @@ async fn a_released_connection_stays_with_its_tenant_up_to_a_fair_share() {
     let held_a = take(&pool, a, "a", 1).await;
     let held_b = take(&pool, b, "b", 2).await;
     // b's waiter queues first, then a's.
-    let waiter = |t, want| {
-        let pool = pool.clone();
-        tokio::spawn(async move { take(&pool, t, want, 9).await })
-    };
-    let wait_b = waiter(b, "b");
+    let wait_b = waiter(&pool, b, "b");
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let wait_a = waiter(a, "a");
+    let wait_a = waiter(&pool, a, "a");
     tokio::time::sleep(Duration::from_millis(10)).await;
     // a holds 0 of its share of 1 once it releases: its own waiter gets the connection
     // (already in a's state), although b's waiter came first.
@@ -148,13 +154,9 @@ async fn a_released_connection_stays_with_its_tenant_up_to_a_fair_share() {
     let b = pool.add_tenant(None);
     let first = take(&pool, a, "a", 1).await;
     let _second = take(&pool, a, "a", 2).await;
-    let waiter = |t, want| {
-        let pool = pool.clone();
-        tokio::spawn(async move { take(&pool, t, want, 9).await })
-    };
-    let wait_b = waiter(b, "b");
+    let wait_b = waiter(&pool, b, "b");
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let _wait_a = waiter(a, "a");
+    let _wait_a = waiter(&pool, a, "a");
     tokio::time::sleep(Duration::from_millis(10)).await;
     drop(first);
     assert_eq!(
