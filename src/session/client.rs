@@ -129,7 +129,7 @@ pub struct ClientCtx {
     /// The client's own settings as SQL (empty when none).
     pub settings_sql: String,
     /// Their names.
-    pub setting_names: Arc<[String]>,
+    own_setting_names: Arc<[String]>,
     settings_hash: u64,
     /// Whether the client's settings have been applied once without error.
     pub settings_verified: bool,
@@ -156,7 +156,7 @@ impl ClientCtx {
             params,
             settings_verified: settings_sql.is_empty(),
             settings_sql,
-            setting_names: info.settings.iter().map(|(name, _)| name.clone()).collect(),
+            own_setting_names: info.settings.iter().map(|(name, _)| name.clone()).collect(),
             settings_hash: h.finish(),
             key,
             cancel: Arc::new(CancelSlot::default()),
@@ -168,7 +168,7 @@ impl ClientCtx {
     pub fn setting_names(&self) -> SettingNames {
         SettingNames {
             tenant: self.tenant.setting_names.clone(),
-            client: self.setting_names.clone(),
+            client: self.own_setting_names.clone(),
         }
     }
 

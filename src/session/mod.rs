@@ -469,7 +469,7 @@ async fn wait_while_paused<S: AsyncRead + AsyncWrite + Unpin>(
                 _ => break Ok(false),
             },
             _ = entry.stop.stopped() => break Err(stopped(ctx, entry)),
-            _ = control.removed.cancelled() => break Err(stopped(ctx, entry)),
+            _ = control.wait_removed() => break Err(stopped(ctx, entry)),
         }
     };
     stats.paused_waiting.fetch_sub(1, Ordering::Relaxed);

@@ -74,7 +74,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
     }
 
     /// Hands the empty buffers to the free list.
-    pub fn give_buffers(&mut self) {
+    fn give_buffers(&mut self) {
         bufpool::give(&mut self.rbuf);
         bufpool::give(&mut self.wbuf);
         bufpool::give(&mut self.sbuf);

@@ -41,24 +41,23 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
     let full = mode == SearchPathSync::Always || conn.state.as_ref() != Some(&want);
     // `tracked`, and the connection holds another known state: reset only what that state
     // set and this one does not (a `RESET ALL` costs the server more than the SETs).
-    let switch =
-        (full && mode == SearchPathSync::Tracked && conn.state.is_some()).then_some(&conn.applied);
-    let wanted_names = switch.map(|_| ctx.setting_names());
-    let resets = |name: &str| match (switch, &wanted_names) {
-        (Some(old), Some(new)) => old.contains(name) && !new.contains(name),
-        _ => full,
+    let switch = (full && mode == SearchPathSync::Tracked && conn.state.is_some())
+        .then(|| (&conn.applied, ctx.setting_names()));
+    let resets = |name: &str| match &switch {
+        Some((old, new)) => old.contains(name) && !new.contains(name),
+        None => full,
     };
     let mut sql = String::new();
     if full {
-        match (switch, &wanted_names) {
-            (Some(old), Some(new)) => {
+        match &switch {
+            Some((old, new)) => {
                 for name in old.iter().filter(|n| !new.contains(n)) {
                     sql.push_str("RESET ");
                     sql.push_str(name);
                     sql.push(';');
                 }
             }
-            _ => sql.push_str("RESET ALL;"),
+            None => sql.push_str("RESET ALL;"),
         }
         sql.push_str(&ctx.tenant.state_sql);
         sql.push_str(&ctx.settings_sql);
@@ -130,9 +129,9 @@ pub fn finish(
 ) {
     if state.is_some() {
         conn.reported_search_path = conn.params.get("search_path").map(|v| v.to_vec());
-    }
-    if state.is_some() && state != conn.state {
-        conn.applied = ctx.setting_names();
+        if state != conn.state {
+            conn.applied = ctx.setting_names();
+        }
     }
     conn.state = state;
     ctx.settings_verified = true;

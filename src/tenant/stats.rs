@@ -202,8 +202,8 @@ pub struct TenantControl {
     paused: AtomicBool,
     resumed: Notify,
     /// Cancelled when a reload removes the tenant: its clients are closed at their next
-    /// idle point (after the transaction they are in). Use [`TenantControl::remove`].
-    pub removed: CancellationToken,
+    /// idle point (after the transaction they are in). Set only by [`TenantControl::remove`].
+    removed: CancellationToken,
     /// The same, as a flag: checked at every transaction (a token check locks a mutex).
     removed_flag: AtomicBool,
 }
@@ -218,6 +218,11 @@ impl TenantControl {
     #[inline]
     pub fn is_removed(&self) -> bool {
         self.removed_flag.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the tenant is removed.
+    pub async fn wait_removed(&self) {
+        self.removed.cancelled().await
     }
 
     pub fn pause(&self) {
