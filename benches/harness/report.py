@@ -129,8 +129,9 @@ def summary(bench: Bench, which: list[int], meta: dict[str, str]) -> str:
     if 1 in which:
         md += [f"Scenario 1, view overhead: direct PostgreSQL through a tenant schema's views ran at "
                f"{_fmt(_ratio(bench, 1, '64', 'direct', 'direct-public'), 3)} x direct on the public tables "
-               f"({_fmt(_med(bench, 1, '64', 'direct-public'))} TPS). PgBouncer ignores the tenant, so its "
-               "clients read the public tables directly.", ""]
+               f"({_fmt(_med(bench, 1, '64', 'direct-public'))} TPS). PgBouncer ignores the tenant; "
+               "its server connections read through tenant t1's views (`connect_query`), so every "
+               "system runs the same SQL against the same relations.", ""]
     if 4 in which:
         md += ["Scenario 4: with `-C` the rate is bounded by pgbench's own side of each SCRAM login "
                "(libpq derives the salted password, 4096 rounds of HMAC, on every connection) on the same "
