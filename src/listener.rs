@@ -81,6 +81,13 @@ impl Proxy {
         let metrics = metrics.map(|l| tokio::spawn(crate::metrics::serve(l, shared.clone())));
         let reaper = tokio::spawn(reap_idle(shared.clone()));
         let tracker = TaskTracker::new();
+        match session::park::ParkLot::new(tracker.clone()) {
+            Ok(lot) => {
+                shared.set_park_lot(lot.clone());
+                tracker.spawn(lot.run(shared.clone()));
+            }
+            Err(e) => tracing::warn!(error = %e, "no park lot: idle clients will not be parked"),
+        }
         accept_loop(&listener, &shared, &tracker).await?;
         drop(listener);
         shared.stop_sessions();

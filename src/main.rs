@@ -15,6 +15,25 @@ use tracing_subscriber::EnvFilter;
 use pgtenant::cli::{Cli, Command, LogFormat};
 use pgtenant::config::Config;
 
+/// jemalloc, told to give memory back as soon as pages empty out (no decay delay): after a
+/// burst of logins, what those logins freed (the tasks of clients that then parked, login
+/// buffers) goes back to the system at once. With glibc's malloc, or with a decay delay
+/// and a proxy whose clients have all gone idle (so nothing allocates and nothing purges),
+/// it stayed resident: ~1.3 KB per idle client at 10,000 clients instead of ~0.5 KB.
+/// `_RJEM_MALLOC_CONF` in the environment still overrides this.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A C `const char *` for jemalloc's `malloc_conf`.
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: it points at an immutable, 'static string.
+unsafe impl Sync for MallocConf {}
+
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: MallocConf = MallocConf(c"dirty_decay_ms:0,muzzy_decay_ms:0".as_ptr());
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);

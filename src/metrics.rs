@@ -139,6 +139,13 @@ fn render_proxy(w: &mut Writer, shared: &Shared, generation: u64) {
         shared.reload_failures.load(Ordering::Relaxed),
     );
     w.family(
+        "pgtenant_clients_parked",
+        "gauge",
+        "Idle clients parked (no task; their sockets wait in one epoll set).",
+    );
+    let parked = shared.park_lot().map_or(0, |lot| lot.parked());
+    w.sample("pgtenant_clients_parked", &[], parked as u64);
+    w.family(
         "pgtenant_login_failures_total",
         "counter",
         "Failed client logins by reason (any tenant or none).",

@@ -173,7 +173,12 @@ pub fn apply(shared: &Shared, mut config: Config) -> ReloadSummary {
     }
     if !summary.tenants.removed.is_empty() {
         for client in shared.clients.iter() {
-            if summary.tenants.removed.contains(&client.tenant) {
+            if summary
+                .tenants
+                .removed
+                .iter()
+                .any(|t| **t == *client.tenant)
+            {
                 client.remove();
             }
         }

@@ -40,18 +40,26 @@ pub enum ClientState {
     Waiting = 2,
     /// Linked to a server connection.
     Active = 3,
+    /// Idle long enough to be parked: no task, its socket in the park lot
+    /// ([`crate::session::park`]). Shown as idle.
+    Parked = 4,
 }
 
 impl ClientState {
     pub fn as_str(self) -> &'static str {
         match self {
-            ClientState::Idle => "idle",
+            ClientState::Idle | ClientState::Parked => "idle",
             ClientState::Paused => "paused",
             ClientState::Waiting => "waiting",
             ClientState::Active => "active",
         }
     }
 }
+
+/// [`ClientEntry`]'s state byte also counts the park lot's sweeps that found the client
+/// idle (any `set_state` by the session starts the count again).
+const IDLE_SEEN_ONCE: u8 = 5;
+const IDLE_SEEN_TWICE: u8 = 6;
 
 /// Why a session's [`ClientEntry::stop`] was set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,51 +75,77 @@ pub enum StopReason {
 /// A session's stop signal. Checked at every transaction and waited on by the session's one
 /// task, so it is cheap where `CancellationToken` is not (that locks a mutex per check and
 /// per poll): a check is one atomic load, and waiting registers the task's waker without
-/// a lock.
+/// a lock. It also carries the park lot's request that an idle session park itself.
 #[derive(Default)]
 pub struct Stop {
-    /// 0: running; else a [`StopReason`] + 1.
+    /// Low bits: 0 running, else a [`StopReason`] + 1. [`PARK`](Self::PARK): park requested.
     reason: AtomicU8,
     waker: AtomicWaker,
 }
 
 impl Stop {
+    const PARK: u8 = 0x80;
+
     /// Stops for `reason`. `Killed` overrides an earlier reason; the others keep the first.
     pub fn stop(&self, reason: StopReason) {
         let code = reason as u8 + 1;
-        if reason == StopReason::Killed {
-            self.reason.store(code, Ordering::SeqCst);
-        } else {
-            let _ = self
-                .reason
-                .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
-        }
+        let _ = self
+            .reason
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+                let kept = old & !Self::PARK;
+                (kept == 0 || reason == StopReason::Killed).then_some(code | (old & Self::PARK))
+            });
         self.waker.wake();
     }
 
     #[inline]
     pub fn is_stopped(&self) -> bool {
-        self.reason.load(Ordering::SeqCst) != 0
+        self.reason.load(Ordering::SeqCst) & !Self::PARK != 0
     }
 
     /// Why it stopped (meaningful once it has).
     pub fn reason(&self) -> StopReason {
-        match self.reason.load(Ordering::SeqCst) {
+        match self.reason.load(Ordering::SeqCst) & !Self::PARK {
             3 => StopReason::Killed,
             2 => StopReason::Removed,
             _ => StopReason::Shutdown,
         }
     }
 
+    /// Asks the (idle) session to park itself.
+    pub fn request_park(&self) {
+        self.reason.fetch_or(Self::PARK, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Whether parking was requested; clears the request.
+    pub fn take_park_request(&self) -> bool {
+        self.reason.fetch_and(!Self::PARK, Ordering::SeqCst) & Self::PARK != 0
+    }
+
+    /// Who is woken by a stop from now on (the park lot, while the session is parked).
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
     /// Resolves once stopped. For one task at a time (the session's).
     pub fn stopped(&self) -> impl std::future::Future<Output = ()> + '_ {
-        std::future::poll_fn(|cx| {
-            if self.is_stopped() {
+        self.wait_until(Self::is_stopped)
+    }
+
+    /// Resolves once stopped or asked to park (the idle wait).
+    pub fn signalled(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.wait_until(|s| s.reason.load(Ordering::SeqCst) != 0)
+    }
+
+    fn wait_until(&self, done: fn(&Self) -> bool) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if done(self) {
                 return std::task::Poll::Ready(());
             }
             self.waker.register(cx.waker());
             // Checked again after registering: a stop in between is not lost.
-            if self.is_stopped() {
+            if done(self) {
                 std::task::Poll::Ready(())
             } else {
                 std::task::Poll::Pending
@@ -122,37 +156,39 @@ impl Stop {
 
 /// A logged-in client, as the console sees it.
 pub struct ClientEntry {
-    pub user: String,
-    pub tenant: String,
+    pub user: Arc<str>,
+    pub tenant: Arc<str>,
     pub peer: Option<SocketAddr>,
-    pub application_name: String,
+    pub application_name: Box<str>,
     pub since: Instant,
     /// Where a cancel for this client goes while it is linked (also: which server).
-    pub cancel: Arc<CancelSlot>,
+    pub cancel: CancelSlot,
     state: AtomicU8,
     /// Set to end the session (see [`StopReason`]). One signal per session for all three
     /// reasons, so an idle session waits on one future only (idle sessions are the many:
     /// their size matters).
     pub stop: Stop,
+    /// The session itself while it is parked (see [`crate::session::park`]).
+    pub parked: Mutex<Option<crate::session::park::Parked>>,
 }
 
 impl ClientEntry {
     pub fn new(
-        user: String,
-        tenant: String,
+        user: Arc<str>,
+        tenant: Arc<str>,
         peer: Option<SocketAddr>,
         application_name: String,
-        cancel: Arc<CancelSlot>,
     ) -> Self {
         ClientEntry {
             user,
             tenant,
             peer,
-            application_name,
+            application_name: application_name.into_boxed_str(),
             since: Instant::now(),
-            cancel,
+            cancel: CancelSlot::default(),
             state: AtomicU8::new(ClientState::Idle as u8),
             stop: Stop::default(),
+            parked: Mutex::new(None),
         }
     }
 
@@ -181,8 +217,25 @@ impl ClientEntry {
             1 => ClientState::Paused,
             2 => ClientState::Waiting,
             3 => ClientState::Active,
+            4 => ClientState::Parked,
             _ => ClientState::Idle,
         }
+    }
+
+    /// The park lot's sweep: true when the session has been idle for three sweeps in a row
+    /// (at least two sweep periods) and should park.
+    pub fn idle_for_three_sweeps(&self) -> bool {
+        let s = &self.state;
+        let step = |from: u8, to: u8| {
+            let _ = s.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
+        };
+        match s.load(Ordering::Relaxed) {
+            x if x == ClientState::Idle as u8 => step(x, IDLE_SEEN_ONCE),
+            IDLE_SEEN_ONCE => step(IDLE_SEEN_ONCE, IDLE_SEEN_TWICE),
+            IDLE_SEEN_TWICE => return true,
+            _ => {}
+        }
+        false
     }
 }
 
@@ -201,6 +254,8 @@ pub struct Shared {
     /// Serialises reloads.
     pub(crate) reload_lock: Mutex<()>,
     pub started: Instant,
+    /// Where idle sessions park; set when the proxy starts serving.
+    park_lot: std::sync::OnceLock<Arc<crate::session::park::ParkLot>>,
 }
 
 impl Shared {
@@ -224,7 +279,17 @@ impl Shared {
             config_path,
             reload_lock: Mutex::new(()),
             started: Instant::now(),
+            park_lot: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The park lot, once the proxy serves (see [`crate::session::park`]).
+    pub fn park_lot(&self) -> Option<&Arc<crate::session::park::ParkLot>> {
+        self.park_lot.get()
+    }
+
+    pub(crate) fn set_park_lot(&self, lot: Arc<crate::session::park::ParkLot>) {
+        let _ = self.park_lot.set(lot);
     }
 
     /// The configuration and registry in force now.

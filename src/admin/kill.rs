@@ -8,7 +8,7 @@ use crate::shared::{Generation, Shared};
 
 pub fn run(shared: &Shared, generation: &Generation, name: &str) -> Result<Reply, ErrorInfo> {
     let mut killed = 0;
-    for client in shared.clients.iter().filter(|c| c.tenant == name) {
+    for client in shared.clients.iter().filter(|c| &*c.tenant == name) {
         client.kill();
         killed += 1;
     }

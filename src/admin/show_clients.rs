@@ -1,7 +1,7 @@
 //! `SHOW CLIENTS`: one row per logged-in tenant client (console sessions are not listed).
 
 use super::table::{Table, Type};
-use crate::shared::Shared;
+use crate::shared::{ClientState, Shared};
 
 pub fn run(shared: &Shared) -> Table {
     let mut table = Table::new(&[
@@ -10,6 +10,7 @@ pub fn run(shared: &Shared) -> Table {
         ("addr", Type::Text),
         ("port", Type::Int8),
         ("state", Type::Text),
+        ("parked", Type::Bool),
         ("application_name", Type::Text),
         ("connected_s", Type::Int8),
         ("server_pid", Type::Int8),
@@ -19,12 +20,13 @@ pub fn run(shared: &Shared) -> Table {
     for c in clients {
         let server_pid = c.cancel.get().map(|(_, key)| i64::from(key.0));
         table.push(vec![
-            c.user.as_str().into(),
-            c.tenant.as_str().into(),
+            (&*c.user).into(),
+            (&*c.tenant).into(),
             c.peer.map(|p| p.ip().to_string()).into(),
             c.peer.map(|p| u64::from(p.port())).into(),
             c.state().as_str().into(),
-            c.application_name.as_str().into(),
+            (c.state() == ClientState::Parked).into(),
+            (&*c.application_name).into(),
             c.since.elapsed().as_secs().into(),
             server_pid.into(),
         ]);

@@ -35,6 +35,10 @@ pub fn run(shared: &Shared, generation: &Generation) -> Table {
             "idle_transaction_timeout",
             p.idle_transaction_timeout.map_or("0s".into(), d),
         ),
+        (
+            "park_idle_clients_after",
+            p.park_idle_clients_after.map_or("0s".into(), d),
+        ),
         ("shutdown_timeout", d(p.shutdown_timeout)),
         (
             "metrics_listen",

@@ -54,7 +54,7 @@ pub fn run(generation: &Generation) -> Table {
             pool.size().into(),
             open.into(),
             idle.into(),
-            t.name.as_str().into(),
+            (&*t.name).into(),
             cap.into(),
             stats.in_use.into(),
             stats.waiting.into(),

@@ -45,7 +45,7 @@ pub fn run(shared: &Shared, generation: &Generation) -> Table {
             &e,
             pid,
             "active",
-            tenant.into(),
+            (&*tenant).into(),
             Cell::Null,
             Cell::Null,
         ));
@@ -54,7 +54,7 @@ pub fn run(shared: &Shared, generation: &Generation) -> Table {
         .registry
         .tenants
         .values()
-        .map(|t| (t.state_id, t.name.as_str()))
+        .map(|t| (t.state_id, &*t.name))
         .collect();
     for endpoint in &generation.registry.endpoints {
         endpoint.pool.for_each_idle(|conn, idle_for| {

@@ -83,6 +83,9 @@ pub struct ProxyConfig {
     pub server_lifetime: Duration,
     /// `None` when configured as `"0s"` (off).
     pub idle_transaction_timeout: Option<Duration>,
+    /// A client idle this long (between transactions) parks: it keeps its socket and its
+    /// state but no task (see `session::park`). `None` when configured as `"0s"` (never).
+    pub park_idle_clients_after: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
     /// Whether `/metrics` labels per-tenant series with `tenant` (off: sums over tenants).

@@ -44,6 +44,8 @@ pub(super) struct RawProxy {
     pub server_idle_timeout: DurationText,
     pub server_lifetime: DurationText,
     pub idle_transaction_timeout: DurationText,
+    /// `"0s"` = never.
+    pub park_idle_clients_after: DurationText,
     pub shutdown_timeout: DurationText,
     pub metrics_listen: Option<String>,
     pub metrics_tenant_labels: bool,
@@ -71,6 +73,7 @@ impl Default for RawProxy {
             server_idle_timeout: duration("10m"),
             server_lifetime: duration("1h"),
             idle_transaction_timeout: duration("0s"),
+            park_idle_clients_after: duration("1s"),
             shutdown_timeout: duration("30s"),
             metrics_listen: None,
             metrics_tenant_labels: true,

@@ -127,6 +127,11 @@ fn proxy_config<T, U>(
         server_idle_timeout: timeout("server_idle_timeout", &raw.server_idle_timeout)?,
         server_lifetime: timeout("server_lifetime", &raw.server_lifetime)?,
         idle_transaction_timeout: Some(idle_transaction_timeout).filter(|d| !d.is_zero()),
+        park_idle_clients_after: Some(duration(
+            "proxy.park_idle_clients_after",
+            &raw.park_idle_clients_after,
+        )?)
+        .filter(|d| !d.is_zero()),
         shutdown_timeout: duration("proxy.shutdown_timeout", &raw.shutdown_timeout)?,
         metrics_listen: match raw.metrics_listen.as_deref() {
             None | Some("") => None,

@@ -117,6 +117,7 @@ fn spec_sample_parses() {
     assert_eq!(p.server_idle_timeout, Duration::from_secs(600));
     assert_eq!(p.server_lifetime, Duration::from_secs(3600));
     assert_eq!(p.idle_transaction_timeout, None);
+    assert_eq!(p.park_idle_clients_after, Some(Duration::from_secs(1)));
     assert_eq!(p.metrics_listen, Some("127.0.0.1:9930".parse().unwrap()));
 
     let tenant = &config.tenants["a.com"];
@@ -205,6 +206,11 @@ fn durations() {
         load(&idle).unwrap().proxy.idle_transaction_timeout,
         Some(Duration::from_secs(60))
     );
+    let never = minimal_with(
+        "[backends.main]",
+        "[proxy]\npark_idle_clients_after = \"0s\"\n[backends.main]",
+    );
+    assert_eq!(load(&never).unwrap().proxy.park_idle_clients_after, None);
 }
 
 #[test]

@@ -121,20 +121,25 @@ impl CancelSlot {
     }
 }
 
+thread_local! {
+    /// The (shared) empty list of a client's own setting names.
+    static NO_NAMES: Arc<[String]> = Arc::new([]);
+}
+
 pub struct ClientCtx {
-    pub user: String,
+    /// Shared with the client's console entry.
+    pub user: Arc<str>,
     pub tenant: Arc<TenantRuntime>,
     /// Reported parameter values as this client knows them.
     pub params: Params,
     /// The client's own settings as SQL (empty when none).
     pub settings_sql: String,
-    /// Their names.
-    own_setting_names: Arc<[String]>,
+    /// Their names (`None`: none, the usual case, with nothing allocated).
+    own_setting_names: Option<Arc<[String]>>,
     settings_hash: u64,
     /// Whether the client's settings have been applied once without error.
     pub settings_verified: bool,
     pub key: (i32, i32),
-    pub cancel: Arc<CancelSlot>,
     /// Named prepared statements (transaction mode).
     pub stmts: super::prepared::ClientStatements,
 }
@@ -151,15 +156,15 @@ impl ClientCtx {
         let mut h = DefaultHasher::new();
         settings_sql.hash(&mut h);
         ClientCtx {
-            user,
+            user: user.into(),
             tenant,
             params,
             settings_verified: settings_sql.is_empty(),
             settings_sql,
-            own_setting_names: info.settings.iter().map(|(name, _)| name.clone()).collect(),
+            own_setting_names: (!info.settings.is_empty())
+                .then(|| info.settings.iter().map(|(name, _)| name.clone()).collect()),
             settings_hash: h.finish(),
             key,
-            cancel: Arc::new(CancelSlot::default()),
             stmts: Default::default(),
         }
     }
@@ -168,7 +173,10 @@ impl ClientCtx {
     pub fn setting_names(&self) -> SettingNames {
         SettingNames {
             tenant: self.tenant.setting_names.clone(),
-            client: self.own_setting_names.clone(),
+            client: match &self.own_setting_names {
+                Some(names) => names.clone(),
+                None => NO_NAMES.with(|none| none.clone()),
+            },
         }
     }
 

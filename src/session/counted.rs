@@ -25,6 +25,20 @@ impl<S> Counted<S> {
     pub fn count_into(&mut self, stats: Arc<TenantStats>) {
         self.stats = Some(stats);
     }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: super::stream::Parkable> super::stream::Parkable for Counted<S> {
+    fn parkable(&self) -> bool {
+        self.inner.parkable()
+    }
+
+    fn into_std(self) -> io::Result<std::net::TcpStream> {
+        self.inner.into_std()
+    }
 }
 
 /// The client's address, where the socket has one (for `SHOW CLIENTS`).

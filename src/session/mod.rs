@@ -8,6 +8,7 @@ pub mod expect;
 pub mod handshake;
 pub mod linked;
 mod login;
+pub mod park;
 pub mod prepared;
 pub mod stream;
 pub mod sync;
@@ -42,12 +43,19 @@ const PAUSED_READ_LIMIT: usize = 1 << 20;
 /// How long cleanup of an abandoned link may take before the connection is closed instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves one client connection to the end.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer>(
-    io: S,
-    shared: Arc<Shared>,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+/// What a session needs of its client socket.
+pub trait ClientIo:
+    AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer + stream::Parkable
+{
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer + stream::Parkable>
+    ClientIo for S
+{
+}
+
+/// Serves one client connection to the end (or until it parks: see [`park`]).
+pub async fn serve<S: ClientIo>(io: S, shared: Arc<Shared>, permit: Option<OwnedSemaphorePermit>) {
     // Boxed, and so are the rarely used stages: this future lives as long as the client, so
     // its size (the largest of its states) is what every idle client costs.
     let Some((mut client, logged_in)) = Box::pin(log_in(io, &shared, permit.is_some())).await
@@ -59,13 +67,25 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + count
         LoggedIn::Tenant {
             ctx,
             application_name,
-        } => serve_tenant(&mut client, ctx, application_name, &shared).await,
+        } => {
+            let entry = register(&client, &ctx, application_name, &shared);
+            let mut session = Session {
+                client,
+                ctx,
+                entry,
+                permit,
+            };
+            // The session stays in this future (`live` borrows it): passed by value it
+            // would be stored twice, here and in `live`'s future.
+            if let Some(lot) = live(&mut session, &shared).await {
+                park_session(session, lot, &shared);
+            }
+        }
     }
-    drop(permit);
 }
 
 /// The login phase, within `LOGIN_TIMEOUT`: `None` when it failed (the client was told).
-async fn log_in<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer>(
+async fn log_in<S: ClientIo>(
     io: S,
     shared: &Shared,
     accepting: bool,
@@ -87,33 +107,112 @@ async fn log_in<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted:
     None
 }
 
-/// A logged-in tenant client: registered for the console, then the idle/linked loop.
-async fn serve_tenant<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer>(
-    client: &mut ClientStream<Counted<S>>,
-    mut ctx: Box<ClientCtx>,
+/// A logged-in tenant client: its socket, what the proxy knows of it, its console entry
+/// and its place under `max_client_connections`.
+struct Session<S> {
+    client: ClientStream<Counted<S>>,
+    ctx: Box<ClientCtx>,
+    entry: Arc<ClientEntry>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Registers a logged-in tenant client for the console (and for cancel requests).
+fn register<S: ClientIo>(
+    client: &ClientStream<Counted<S>>,
+    ctx: &ClientCtx,
     application_name: String,
     shared: &Shared,
-) {
+) -> Arc<ClientEntry> {
     tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, result = "ok", "login");
-    client.io.count_into(ctx.tenant.stats.clone());
     let entry = Arc::new(ClientEntry::new(
         ctx.user.clone(),
         ctx.tenant.name.clone(),
         client.io.peer(),
         application_name,
-        ctx.cancel.clone(),
     ));
     shared.clients.insert(ctx.key, entry.clone());
     // After the insert: either the shutdown sweep sees this entry, or this sees the token.
     if shared.shutdown.is_cancelled() {
         entry.stop.stop(crate::shared::StopReason::Shutdown);
     }
-    let result = run(client, &mut ctx, &entry, shared).await;
-    shared.clients.remove(&ctx.key);
-    ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    entry
+}
+
+/// The idle/linked loop until the client leaves (then cleanup), or until it is to park
+/// (then the lot it goes to).
+async fn live<S: ClientIo>(s: &mut Session<S>, shared: &Arc<Shared>) -> Option<Arc<park::ParkLot>> {
+    s.client.io.count_into(s.ctx.tenant.stats.clone());
+    let result = run(&mut s.client, &mut s.ctx, &s.entry, shared).await;
+    if let Ok(RunEnd::Park(lot)) = result {
+        return Some(lot);
+    }
+    shared.clients.remove(&s.ctx.key);
+    s.ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
     if let Err(e) = result {
         // Boxed: the error and its message would otherwise take room in every session.
-        Box::pin(report_end(client, &ctx, e)).await;
+        Box::pin(report_end(&mut s.client, &s.ctx, e)).await;
+    }
+    None
+}
+
+/// Hands an idle session to the park lot (the caller's task then ends).
+fn park_session<S: ClientIo>(s: Session<S>, lot: Arc<park::ParkLot>, shared: &Arc<Shared>) {
+    let Session {
+        client,
+        ctx,
+        entry,
+        permit,
+    } = s;
+    let socket = match client.io.into_inner().into_std() {
+        Ok(socket) => socket,
+        Err(e) => {
+            // Tokio could not let go of the socket (it is closed by now).
+            tracing::warn!(user = %ctx.user, tenant = %ctx.tenant.name, error = %e,
+                "could not park an idle client; closing it");
+            shared.clients.remove(&ctx.key);
+            ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let parked = park::Parked {
+        socket,
+        // A fresh copy: the old box was allocated amid the login's short-lived allocations;
+        // copies made at park time (parks come in batches, per sweep) pack together, and the
+        // login-time pages can empty out and go back to the system.
+        ctx: Box::new(*ctx),
+        permit,
+    };
+    if let Err(parked) = lot.park(&entry, parked) {
+        lot.spawn_resumed(parked, entry, shared.clone());
+    }
+}
+
+/// A parked session's new task (see [`park`]).
+pub(crate) async fn resume(parked: park::Parked, entry: Arc<ClientEntry>, shared: Arc<Shared>) {
+    let park::Parked {
+        socket,
+        ctx,
+        permit,
+    } = parked;
+    let io = match tokio::net::TcpStream::from_std(socket) {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::warn!(user = %ctx.user, tenant = %ctx.tenant.name, error = %e,
+                "could not resume a parked client; closing it");
+            shared.clients.remove(&ctx.key);
+            ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let max_message = shared.current().config.proxy.max_message_size;
+    let mut session = Session {
+        client: ClientStream::new(Counted::new(io), max_message),
+        ctx,
+        entry,
+        permit,
+    };
+    if let Some(lot) = live(&mut session, &shared).await {
+        park_session(session, lot, &shared);
     }
 }
 
@@ -227,14 +326,24 @@ impl SessionError {
     }
 }
 
+/// How the idle/linked loop ended without an error.
+enum RunEnd {
+    /// The client left.
+    Left,
+    /// Idle, and asked to park: the session goes to this lot.
+    Park(Arc<park::ParkLot>),
+}
+
 /// The idle/linked loop.
-async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
+async fn run<S: ClientIo>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
     entry: &ClientEntry,
     shared: &Shared,
-) -> Result<(), SessionError> {
+) -> Result<RunEnd, SessionError> {
     let mut generation = shared.current();
+    // A resumed session may have slept through a reload.
+    refresh(ctx, &generation)?;
     let session_mode = generation.config.proxy.pool_mode == PoolMode::Session;
     let mut link = Link::new(!session_mode);
     loop {
@@ -242,11 +351,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
         // or the start of a streamed CopyData): half a Query must not hold a server
         // connection, nor spin.
         let max = generation.config.proxy.max_message_size;
-        if !wait_for_message(client, ctx, entry, max).await? {
-            return Ok(());
+        match wait_for_message(client, ctx, entry, max, shared).await? {
+            Idle::Message => {}
+            Idle::Left => return Ok(RunEnd::Left),
+            Idle::Park(lot) => return Ok(RunEnd::Park(lot)),
         }
         if client.rbuf[0] == crate::protocol::ftag::TERMINATE {
-            return Ok(());
+            return Ok(RunEnd::Left);
         }
         // A reload since the last checkout: this client's tenant, afresh.
         if shared.generation_id() != generation.id {
@@ -265,7 +376,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
         ))
         .await?;
         if !more {
-            return Ok(());
+            return Ok(RunEnd::Left);
         }
     }
 }
@@ -290,7 +401,8 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     if prelude.is_some() {
         ctx.tenant.stats.preludes.fetch_add(1, Ordering::Relaxed);
     }
-    ctx.cancel
+    entry
+        .cancel
         .set(Some((conn.endpoint.clone(), conn.backend_key)));
     link.reset();
     // KILL cuts the link; shutdown and removal let the transaction finish (the idle loop
@@ -316,7 +428,7 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    ctx.cancel.set(None);
+    entry.cancel.set(None);
     entry.set_state(ClientState::Idle);
     match end {
         Some(Ok(LinkEnd::Released)) => Ok(true),
@@ -352,14 +464,26 @@ async fn timed_checkout(
     Ok(conn)
 }
 
-/// Waits while idle until the client has sent a message to act on (see `message_ready`). `false`: the client
-/// left. Ends early for shutdown, `KILL` and the tenant's removal (one token for all three).
-async fn wait_for_message<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>(
+/// How an idle wait ended.
+enum Idle {
+    /// A message to act on is buffered.
+    Message,
+    /// The client left.
+    Left,
+    /// The park lot asked this idle session to park, and it can.
+    Park(Arc<park::ParkLot>),
+}
+
+/// Waits while idle until the client has sent a message to act on (see `message_ready`).
+/// Ends early for shutdown, `KILL` and the tenant's removal (one token for all three), and
+/// when the park lot asks an idle session with nothing buffered to park.
+async fn wait_for_message<S: ClientIo>(
     client: &mut ClientStream<S>,
     ctx: &ClientCtx,
     entry: &ClientEntry,
     max_message: usize,
-) -> Result<bool, SessionError> {
+    shared: &Shared,
+) -> Result<Idle, SessionError> {
     // The tenant's own flag too: a client that logged in just as its tenant was removed.
     if entry.stop.is_stopped() || ctx.tenant.control.is_removed() {
         return Err(stopped(ctx, entry));
@@ -369,20 +493,32 @@ async fn wait_for_message<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness>
         tokio::select! {
             r = client.fill_idle() => match r {
                 Ok(n) if n > 0 => {}
-                _ => return Ok(false),
+                _ => return Ok(Idle::Left),
             },
-            _ = entry.stop.stopped() => return Err(stopped(ctx, entry)),
+            _ = entry.stop.signalled() => {
+                if entry.stop.is_stopped() {
+                    return Err(stopped(ctx, entry));
+                }
+                let parkable = client.rbuf.is_empty()
+                    && !client.scanner.mid_message()
+                    && client.io.parkable();
+                if entry.stop.take_park_request() && parkable {
+                    if let Some(lot) = shared.park_lot() {
+                        return Ok(Idle::Park(lot.clone()));
+                    }
+                }
+            }
         }
     }
-    Ok(true)
+    Ok(Idle::Message)
 }
 
 /// The error for a session whose stop token (or tenant) says it must end.
 fn stopped(ctx: &ClientCtx, entry: &ClientEntry) -> SessionError {
     match entry.stop_reason() {
         StopReason::Killed => SessionError::Killed { linked: false },
-        _ if ctx.tenant.control.is_removed() => SessionError::Removed(ctx.tenant.name.clone()),
-        StopReason::Removed => SessionError::Removed(ctx.tenant.name.clone()),
+        _ if ctx.tenant.control.is_removed() => SessionError::Removed(ctx.tenant.name.to_string()),
+        StopReason::Removed => SessionError::Removed(ctx.tenant.name.to_string()),
         StopReason::Shutdown => SessionError::Shutdown,
     }
 }
@@ -392,13 +528,13 @@ fn stopped(ctx: &ClientCtx, entry: &ClientEntry) -> SessionError {
 /// still use it.
 fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionError> {
     let name = &ctx.tenant.name;
-    let Some(tenant) = generation.registry.tenants.get(name) else {
-        return Err(SessionError::Removed(name.clone()));
+    let Some(tenant) = generation.registry.tenants.get(&**name) else {
+        return Err(SessionError::Removed(name.to_string()));
     };
     let allowed = generation
         .config
         .users
-        .get(&ctx.user)
+        .get(&*ctx.user)
         .is_some_and(|u| u.tenants.allows(name));
     if !allowed {
         let message = format!("user \"{}\" may no longer use tenant \"{name}\"", ctx.user);

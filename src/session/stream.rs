@@ -28,6 +28,36 @@ impl Readiness for tokio::io::DuplexStream {
     }
 }
 
+/// Sockets an idle session can hand to the park lot ([`super::park`]).
+pub trait Parkable: Sized {
+    fn parkable(&self) -> bool;
+    /// The plain socket, out of tokio's reactor (only called when `parkable`).
+    fn into_std(self) -> io::Result<std::net::TcpStream>;
+}
+
+impl Parkable for tokio::net::TcpStream {
+    fn parkable(&self) -> bool {
+        true
+    }
+
+    fn into_std(self) -> io::Result<std::net::TcpStream> {
+        tokio::net::TcpStream::into_std(self)
+    }
+}
+
+impl Parkable for tokio::io::DuplexStream {
+    fn parkable(&self) -> bool {
+        false
+    }
+
+    fn into_std(self) -> io::Result<std::net::TcpStream> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "an in-memory stream cannot be parked",
+        ))
+    }
+}
+
 pub struct ClientStream<S> {
     pub io: S,
     /// Unconsumed bytes read from the client.

@@ -32,7 +32,8 @@ pub struct Endpoint {
 
 /// One tenant as the sessions use it.
 pub struct TenantRuntime {
-    pub name: String,
+    /// Shared with every client's console entry.
+    pub name: Arc<str>,
     pub config: Arc<TenantConfig>,
     pub endpoint: Arc<Endpoint>,
     pub pool_id: TenantId,
@@ -123,7 +124,7 @@ fn new_runtime(
         None => endpoint.pool.add_tenant(tenant.max_server_connections),
     };
     TenantRuntime {
-        name: name.to_string(),
+        name: name.into(),
         config: tenant.clone(),
         pool_id,
         state_id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed),

@@ -51,7 +51,7 @@ pub fn tenant_snapshots(registry: &Registry) -> Vec<TenantSnapshot> {
             let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
             let load_usize = |c: &std::sync::atomic::AtomicUsize| c.load(Ordering::Relaxed) as u64;
             TenantSnapshot {
-                name: t.name.clone(),
+                name: t.name.to_string(),
                 backend: t.config.backend.clone(),
                 database: t.endpoint.config.database.clone(),
                 search_path: t.config.search_path.join(","),
