@@ -9,6 +9,7 @@ mod faults;
 mod hostile;
 mod login;
 mod metrics;
+mod park;
 mod prepared;
 mod protocol;
 mod reliability;

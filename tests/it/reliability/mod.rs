@@ -11,7 +11,7 @@
 //! ([`own_login`]), so what they count is theirs alone.
 
 mod load;
-mod raw;
+pub(crate) mod raw;
 mod restart;
 mod timeouts;
 mod vanish;
