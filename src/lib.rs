@@ -10,7 +10,8 @@
 //!   pools; per-tenant counters, pause and removal.
 //! - [`pool`]: endpoints, per-tenant logical pools, fair waiting. Knows nothing of the protocol.
 //! - [`server`]: one server connection: connect, log in, the state it carries.
-//! - [`session`]: one client's life: handshake, auth, idle/linked state machine.
+//! - [`session`]: one client's life: handshake, auth, idle/linked state machine; parking
+//!   idle clients (no task, socket in one shared epoll set).
 //! - [`listener`]: accepting clients, the client cap, graceful shutdown; [`Proxy`] and the
 //!   [`ProxyHandle`] that reloads or stops it.
 //! - [`shared`]: state every session sees: the config generation (swapped on reload), the

@@ -322,7 +322,10 @@ def docs(summary_md: str, meta: dict[str, str], command: str, date: str, load: s
         "views `pgbench_*` over the public tables and a `tenant_marker` view.",
         "- Both poolers: transaction pooling, a pool of 8 server connections to the same database and "
         f"login, {AUTH_NOTE[auth_mode]}, up to 12,000 clients, their default logging. PgBouncer: `ignore_startup_parameters = "
-        "options,extra_float_digits`. pgtenant: 64 tenants `tN` with `search_path = [\"tN\", \"public\"]`.",
+        "options,extra_float_digits` and `connect_query = 'SET search_path TO t1, public'` (it cannot "
+        "route by tenant; this way its clients run the same SQL against the same relations, tenant "
+        "t1's views, as the others). pgtenant: 64 tenants `tN` with `search_path = [\"tN\", \"public\"]`, "
+        "its defaults otherwise (idle clients park after 1 s).",
         "- Clients: pgbench over TCP, `-j 2` (one pgbench process per tenant with `-j 1` where "
         "several run at once), `PGOPTIONS='-c tenant=tN'` for both poolers (PgBouncer ignores it, "
         "so it does not isolate tenants), `PGOPTIONS='-c search_path=tN,public'` for direct.",

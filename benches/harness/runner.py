@@ -264,6 +264,10 @@ class Memory:
         return (kb - self.base_kb) * 1024 / self.connected if self.connected else None
 
 
+# Seconds between the last login (or query) and reading the pooler's RSS.
+IDLE_SETTLE_S = 3.0
+
+
 def idle_memory(target: Target, pid_fn, n: int, concurrency: int = 200) -> Memory:
     """Opens `n` logged-in clients (tenants t1..t64 in turn), then reads the pooler's RSS;
     then every client runs one `SELECT 1` and goes idle again, and RSS is read once more."""
@@ -294,7 +298,10 @@ def idle_memory(target: Target, pid_fn, n: int, concurrency: int = 200) -> Memor
         try:
             await asyncio.gather(*(open_one(i) for i in range(n)))
             mem.connected = len(conns)
-            await asyncio.sleep(1.0)
+            # Idle, steady state: pgtenant parks clients idle for 1 s (its default
+            # park_idle_clients_after), so read a few seconds later; PgBouncer's RSS does
+            # not change while its clients are idle.
+            await asyncio.sleep(IDLE_SETTLE_S)
             mem.idle_kb = rss_kb(pid_fn())
             qgate = asyncio.Semaphore(64)
 
@@ -307,7 +314,7 @@ def idle_memory(target: Target, pid_fn, n: int, concurrency: int = 200) -> Memor
                             mem.errors.append(f"query: {e!r}")
 
             await asyncio.gather(*(one_query(c) for c in conns))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(IDLE_SETTLE_S)
             mem.after_query_kb = rss_kb(pid_fn())
         finally:
             await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
