@@ -89,6 +89,13 @@ pub struct Pool<C: Poolable> {
     inner: Mutex<Inner<C>>,
 }
 
+/// Pops the waiters at the front of a queue that have given up (timed out or gone).
+fn drop_given_up<T>(waiters: &mut VecDeque<oneshot::Sender<T>>) {
+    while waiters.front().is_some_and(|w| w.is_closed()) {
+        waiters.pop_front();
+    }
+}
+
 impl<C: Poolable> Pool<C> {
     pub fn new(size: usize) -> Arc<Self> {
         Arc::new(Pool {
@@ -183,7 +190,9 @@ impl<C: Poolable> Pool<C> {
     /// Without waiting: an idle connection (affinity first) or a slot, if the caps allow.
     fn try_take(&self, inner: &mut Inner<C>, t: usize, want: &C::State) -> Option<Grant<C>> {
         let slot = &mut inner.tenants[t];
-        slot.waiters.retain(|w| !w.is_closed());
+        // Waiters that gave up (timed out) only matter at the front: behind a live one this
+        // checkout queues anyway. Not a full sweep: dozens may wait at once.
+        drop_given_up(&mut slot.waiters);
         if slot.in_use >= slot.max || !slot.waiters.is_empty() {
             return None;
         }
@@ -263,9 +272,7 @@ impl<C: Poolable> Pool<C> {
     fn keep_with(&self, inner: &mut Inner<C>, t: usize, grant: Grant<C>) -> Option<Grant<C>> {
         let share = self.size / inner.ring.len().max(1);
         let slot = &mut inner.tenants[t];
-        while slot.waiters.front().is_some_and(|w| w.is_closed()) {
-            slot.waiters.pop_front();
-        }
+        drop_given_up(&mut slot.waiters);
         if slot.in_use >= share || slot.in_use >= slot.max {
             return Some(grant);
         }
@@ -291,9 +298,7 @@ impl<C: Poolable> Pool<C> {
                 break;
             };
             let slot = &mut inner.tenants[t];
-            while slot.waiters.front().is_some_and(|w| w.is_closed()) {
-                slot.waiters.pop_front();
-            }
+            drop_given_up(&mut slot.waiters);
             if slot.waiters.is_empty() {
                 continue;
             }
