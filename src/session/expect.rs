@@ -157,7 +157,7 @@ impl Expect {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.iter().all(|e| *e == Entry::CopyEnd)
+        self.queue.iter().all(|e| matches!(e, Entry::CopyEnd))
     }
 
     /// A client Sync: the server answers it, unless it arrives during COPY IN, where
@@ -203,7 +203,7 @@ impl Expect {
     }
 
     fn skip_markers(&mut self) {
-        while self.queue.front() == Some(&Entry::CopyEnd) {
+        while matches!(self.queue.front(), Some(Entry::CopyEnd)) {
             self.queue.pop_front();
         }
     }
@@ -215,7 +215,7 @@ impl Expect {
 
     pub fn prelude_pending(&self) -> bool {
         // (markers never precede the prelude: it is always pushed first)
-        self.queue.front() == Some(&Entry::Prelude)
+        matches!(self.queue.front(), Some(Entry::Prelude))
     }
 
     pub fn front_is_synth(&mut self) -> bool {
