@@ -44,14 +44,16 @@ pub enum PoolError {
     Timeout,
 }
 
+/// Connections are boxed while pooled: a hand-off (idle list, waiter channel, guard) moves
+/// a pointer, not the whole connection.
 enum Grant<C> {
-    Conn(C),
+    Conn(Box<C>),
     /// Permission to open a new connection (already counted in `open` and `in_use`).
     Slot,
 }
 
 struct Idle<C> {
-    conn: C,
+    conn: Box<C>,
     since: Instant,
 }
 
@@ -223,7 +225,7 @@ impl<C: Poolable> Pool<C> {
     }
 
     /// Returns a connection (from a [`Pooled`] drop).
-    fn checkin(&self, tenant: TenantId, mut conn: C) {
+    fn checkin(&self, tenant: TenantId, mut conn: Box<C>) {
         let mut inner = self.lock();
         inner.tenants[tenant.0].in_use -= 1;
         if !conn.reusable() {
@@ -337,7 +339,7 @@ impl<C: Poolable> Pool<C> {
         let mut dropped = Vec::new();
         let idle = std::mem::take(&mut inner.idle);
         for mut i in idle {
-            if keep(&mut i.conn, now - i.since) && i.conn.reusable() {
+            if keep(&mut *i.conn, now - i.since) && i.conn.reusable() {
                 inner.idle.push(i);
             } else {
                 dropped.push(i);
@@ -361,7 +363,7 @@ impl<C: Poolable> Pool<C> {
             return Err(conn);
         }
         inner.open += 1;
-        if let Some(Grant::Conn(conn)) = self.dispatch(&mut inner, Grant::Conn(conn)) {
+        if let Some(Grant::Conn(conn)) = self.dispatch(&mut inner, Grant::Conn(Box::new(conn))) {
             inner.idle.push(Idle {
                 conn,
                 since: Instant::now(),
