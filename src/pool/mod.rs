@@ -65,7 +65,6 @@ pub struct TenantStats {
     pub checkouts: u64,
     /// Checkouts that found a connection already carrying the wanted state.
     pub affinity_hits: u64,
-    pub total_wait: Duration,
 }
 
 struct TenantSlot<C> {
@@ -74,7 +73,6 @@ struct TenantSlot<C> {
     waiters: VecDeque<oneshot::Sender<Grant<C>>>,
     checkouts: u64,
     affinity_hits: u64,
-    total_wait: Duration,
 }
 
 struct Inner<C> {
@@ -120,7 +118,6 @@ impl<C: Poolable> Pool<C> {
             waiters: VecDeque::new(),
             checkouts: 0,
             affinity_hits: 0,
-            total_wait: Duration::ZERO,
         });
         TenantId(inner.tenants.len() - 1)
     }
@@ -143,29 +140,46 @@ impl<C: Poolable> Pool<C> {
         want: &C::State,
         timeout: Duration,
     ) -> Result<Lease<C>, PoolError> {
-        let started = Instant::now();
-        let rx = {
+        let (lease, _) = self.checkout_timed(tenant, want, timeout).await?;
+        Ok(lease)
+    }
+
+    /// [`Pool::checkout`], also returning how long it waited: zero when it did not wait, and
+    /// then without reading the clock (the usual case under light load).
+    pub async fn checkout_timed(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        want: &C::State,
+        timeout: Duration,
+    ) -> Result<(Lease<C>, Duration), PoolError> {
+        let mut rx = {
             let mut inner = self.lock();
-            match self.try_take(&mut inner, tenant.0, want) {
-                Some(grant) => {
-                    inner.tenants[tenant.0].checkouts += 1;
-                    return Ok(self.lease(grant, tenant));
-                }
-                None => {
-                    let (tx, rx) = oneshot::channel();
-                    let slot = &mut inner.tenants[tenant.0];
-                    slot.waiters.push_back(tx);
-                    if !inner.ring.contains(&tenant.0) {
-                        inner.ring.push_back(tenant.0);
-                    }
-                    rx
-                }
+            if let Some(grant) = self.try_take(&mut inner, tenant.0, want) {
+                inner.tenants[tenant.0].checkouts += 1;
+                return Ok((self.lease(grant, tenant), Duration::ZERO));
             }
+            let (tx, rx) = oneshot::channel();
+            inner.tenants[tenant.0].waiters.push_back(tx);
+            if !inner.ring.contains(&tenant.0) {
+                inner.ring.push_back(tenant.0);
+            }
+            rx
         };
-        let mut rx = rx;
-        let grant = match tokio::time::timeout(timeout, &mut rx).await {
-            Ok(Ok(grant)) => grant,
-            _ => {
+        // One clock read for both the deadline and the wait time.
+        let started = tokio::time::Instant::now();
+        let expiry = match started.checked_add(timeout) {
+            Some(deadline) => tokio::time::sleep_until(deadline),
+            None => tokio::time::sleep(timeout),
+        };
+        tokio::pin!(expiry);
+        let granted = tokio::select! {
+            biased;
+            r = &mut rx => r.ok(),
+            () = &mut expiry => None,
+        };
+        let grant = match granted {
+            Some(grant) => grant,
+            None => {
                 // A grant may have raced with the timeout: take it rather than lose it.
                 rx.close();
                 match rx.try_recv() {
@@ -174,12 +188,8 @@ impl<C: Poolable> Pool<C> {
                 }
             }
         };
-        let mut inner = self.lock();
-        let slot = &mut inner.tenants[tenant.0];
-        slot.checkouts += 1;
-        slot.total_wait += started.elapsed();
-        drop(inner);
-        Ok(self.lease(grant, tenant))
+        // (the granting side counted the checkout, under the lock it held anyway)
+        Ok((self.lease(grant, tenant), started.elapsed()))
     }
 
     fn lease(self: &Arc<Self>, grant: Grant<C>, tenant: TenantId) -> Lease<C> {
@@ -282,10 +292,12 @@ impl<C: Poolable> Pool<C> {
             return Some(grant);
         };
         slot.in_use += 1;
+        slot.checkouts += 1;
         match waiter.send(grant) {
             Ok(()) => None,
             Err(back) => {
                 slot.in_use -= 1;
+                slot.checkouts -= 1;
                 Some(back)
             }
         }
@@ -313,6 +325,7 @@ impl<C: Poolable> Pool<C> {
                 continue;
             };
             slot.in_use += 1;
+            slot.checkouts += 1;
             match waiter.send(grant) {
                 Ok(()) => {
                     if !slot.waiters.is_empty() {
@@ -323,6 +336,7 @@ impl<C: Poolable> Pool<C> {
                 Err(back) => {
                     // The waiter gave up in between; try the same tenant's next one.
                     slot.in_use -= 1;
+                    slot.checkouts -= 1;
                     grant = back;
                     inner.ring.push_front(t);
                 }
@@ -396,7 +410,6 @@ impl<C: Poolable> Pool<C> {
             waiting: s.waiters.iter().filter(|w| !w.is_closed()).count(),
             checkouts: s.checkouts,
             affinity_hits: s.affinity_hits,
-            total_wait: s.total_wait,
         }
     }
 }

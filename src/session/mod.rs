@@ -136,14 +136,25 @@ async fn checkout(
     tenant: &TenantRuntime,
     want: Option<&crate::server::StateKey>,
 ) -> Result<Pooled<ServerConn>, ErrorInfo> {
+    let (conn, _) = checkout_timed(proxy, tenant, want).await?;
+    Ok(conn)
+}
+
+/// [`checkout`], also returning how long it took (waiting, and connecting when it opened a
+/// connection): zero, without reading the clock, when an idle connection was at hand.
+async fn checkout_timed(
+    proxy: &ProxyConfig,
+    tenant: &TenantRuntime,
+    want: Option<&crate::server::StateKey>,
+) -> Result<(Pooled<ServerConn>, Duration), ErrorInfo> {
     let endpoint = &tenant.endpoint;
     let none = crate::server::StateKey {
         tenant: 0,
         client_settings: 0,
     };
-    let lease = endpoint
+    let (lease, waited) = endpoint
         .pool
-        .checkout(
+        .checkout_timed(
             tenant.pool_id,
             want.unwrap_or(&none),
             proxy.query_wait_timeout,
@@ -158,8 +169,9 @@ async fn checkout(
             )
         })?;
     match lease {
-        Lease::Ready(conn) => Ok(conn),
+        Lease::Ready(conn) => Ok((conn, waited)),
         Lease::Connect(permit) => {
+            let started = Instant::now();
             // Marked down by a recent failure: fail now rather than queue behind the
             // attempts that are already timing out (the permit goes back on drop).
             if let Err(retry_in) = endpoint.health.check(&endpoint.config) {
@@ -170,7 +182,7 @@ async fn checkout(
             match conn {
                 Ok(conn) => {
                     endpoint.health.succeeded(&endpoint.config);
-                    Ok(permit.fulfil(conn))
+                    Ok((permit.fulfil(conn), waited + started.elapsed()))
                 }
                 Err(e) => {
                     endpoint.health.failed(&endpoint.config);
@@ -343,11 +355,10 @@ async fn timed_checkout(
     entry: &ClientEntry,
 ) -> Result<Pooled<ServerConn>, SessionError> {
     entry.set_state(ClientState::Waiting);
-    let started = Instant::now();
-    let conn = checkout(proxy, &ctx.tenant, Some(&ctx.wanted_state()))
+    let (conn, waited) = checkout_timed(proxy, &ctx.tenant, Some(&ctx.wanted_state()))
         .await
         .map_err(|e| SessionError::Refused(Box::new(e)))?;
-    ctx.tenant.stats.checkout_wait.observe(started.elapsed());
+    ctx.tenant.stats.checkout_wait.observe(waited);
     entry.set_state(ClientState::Active);
     Ok(conn)
 }
