@@ -178,7 +178,9 @@ async fn checkout_timed(
                 tracing::debug!(backend = %endpoint.config.backend, ?retry_in, "backend is down");
                 return Err(backend_down(&endpoint.config.backend));
             }
-            let conn = ServerConn::open(endpoint.config.clone(), proxy).await;
+            // Boxed: connecting is rare, and its state would otherwise be part of every
+            // transaction's future.
+            let conn = Box::pin(ServerConn::open(endpoint.config.clone(), proxy)).await;
             match conn {
                 Ok(conn) => {
                     endpoint.health.succeeded(&endpoint.config);
