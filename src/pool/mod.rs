@@ -31,7 +31,13 @@ pub trait Poolable: Send + 'static {
     fn state(&self) -> Option<&Self::State>;
     /// Called before an idle connection is handed out or kept. `false` drops it: e.g. it
     /// received bytes while idle (a FATAL from `pg_terminate_backend`, EOF after a restart).
+    /// Should not need the clock: see `expired`.
     fn reusable(&mut self) -> bool;
+    /// Whether it is too old to keep at `now`. Asked when it comes back, with the one clock
+    /// read that also stamps it idle (idle ones are pruned by their owner's own rules).
+    fn expired(&self, _now: Instant) -> bool {
+        false
+    }
 }
 
 /// A tenant's logical pool inside an endpoint pool.
@@ -236,9 +242,10 @@ impl<C: Poolable> Pool<C> {
 
     /// Returns a connection (from a [`Pooled`] drop).
     fn checkin(&self, tenant: TenantId, mut conn: Box<C>) {
+        let now = Instant::now();
         let mut inner = self.lock();
         inner.tenants[tenant.0].in_use -= 1;
-        if !conn.reusable() {
+        if conn.expired(now) || !conn.reusable() {
             inner.open -= 1;
             drop(conn);
             self.dispatch_slot(&mut inner);
@@ -250,10 +257,7 @@ impl<C: Poolable> Pool<C> {
         };
         if let Some(conn) = self.dispatch(&mut inner, grant) {
             match conn {
-                Grant::Conn(conn) => inner.idle.push(Idle {
-                    conn,
-                    since: Instant::now(),
-                }),
+                Grant::Conn(conn) => inner.idle.push(Idle { conn, since: now }),
                 Grant::Slot => unreachable!("dispatch returns what it was given"),
             }
         }
