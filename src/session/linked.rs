@@ -168,7 +168,10 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 _ => std::future::pending().await,
             }
         };
+        // Biased: no random branch order per wakeup (the server first: its replies free the
+        // connection; the client's next message waits for them anyway).
         tokio::select! {
+            biased;
             r = conn.stream.read_buf(&mut conn.rbuf) => {
                 if !matches!(r, Ok(n) if n > 0) {
                     conn.broken = true;

@@ -321,6 +321,7 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::pin!(linked);
         loop {
             tokio::select! {
+                biased;
                 end = &mut linked => break Some(end),
                 _ = entry.stop.stopped(), if !entry.stop.is_stopped() => {
                     if entry.stop_reason() == StopReason::Killed {
