@@ -62,7 +62,10 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
         sql.push_str(&ctx.tenant.state_sql);
         sql.push_str(&ctx.settings_sql);
     }
-    for (i, name) in TRACKED_PARAMS.iter().enumerate() {
+    // Unless the state is re-applied, a SET goes only where the client's value differs
+    // from the connection's: none when both hold the same values (most checkouts).
+    let same = !full && ctx.params.same_tracked(&conn.params);
+    for (i, name) in TRACKED_PARAMS.iter().enumerate().filter(|_| !same) {
         let Some(value) = ctx.params.tracked(i) else {
             continue;
         };
