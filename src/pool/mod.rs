@@ -9,11 +9,15 @@
 //! state change. Otherwise it goes to the next tenant, round-robin, among tenants with
 //! waiters that are under their cap, so one busy tenant cannot starve a quiet one.
 //!
+//! Waiting ([`wait`]) is a oneshot channel per waiter; one task per pool ends the waits
+//! that reach their deadline.
+//!
 //! The mutex is a `std` one and is never held across an `.await`.
 
 mod guard;
 #[cfg(test)]
 mod tests;
+mod wait;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub use guard::{ConnectPermit, Lease, Pooled};
+use wait::{drop_given_up, Waiter};
 
 /// What a pool needs to know about a connection.
 pub trait Poolable: Send + 'static {
@@ -76,7 +81,7 @@ pub struct TenantStats {
 struct TenantSlot<C> {
     max: usize,
     in_use: usize,
-    waiters: VecDeque<oneshot::Sender<Grant<C>>>,
+    waiters: VecDeque<Waiter<C>>,
     checkouts: u64,
     affinity_hits: u64,
 }
@@ -88,18 +93,17 @@ struct Inner<C> {
     tenants: Vec<TenantSlot<C>>,
     /// Tenants that (may) have waiters, in round-robin order.
     ring: VecDeque<usize>,
+    /// The expiry task runs (see [`wait`]).
+    expiring: bool,
+    /// When it wakes next, if it sleeps until a deadline.
+    expiry_at: Option<tokio::time::Instant>,
 }
 
 pub struct Pool<C: Poolable> {
     size: usize,
     inner: Mutex<Inner<C>>,
-}
-
-/// Pops the waiters at the front of a queue that have given up (timed out or gone).
-fn drop_given_up<T>(waiters: &mut VecDeque<oneshot::Sender<T>>) {
-    while waiters.front().is_some_and(|w| w.is_closed()) {
-        waiters.pop_front();
-    }
+    /// Wakes the expiry task early.
+    expiry: Arc<tokio::sync::Notify>,
 }
 
 impl<C: Poolable> Pool<C> {
@@ -111,7 +115,10 @@ impl<C: Poolable> Pool<C> {
                 open: 0,
                 tenants: Vec::new(),
                 ring: VecDeque::new(),
+                expiring: false,
+                expiry_at: None,
             }),
+            expiry: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -158,42 +165,42 @@ impl<C: Poolable> Pool<C> {
         want: &C::State,
         timeout: Duration,
     ) -> Result<(Lease<C>, Duration), PoolError> {
-        let mut rx = {
+        let (rx, started, expire) = {
             let mut inner = self.lock();
             if let Some(grant) = self.try_take(&mut inner, tenant.0, want) {
                 inner.tenants[tenant.0].checkouts += 1;
                 return Ok((self.lease(grant, tenant), Duration::ZERO));
             }
+            // One clock read for both the deadline and the wait time.
+            let started = tokio::time::Instant::now();
+            let deadline = started.checked_add(timeout);
             let (tx, rx) = oneshot::channel();
-            inner.tenants[tenant.0].waiters.push_back(tx);
+            inner.tenants[tenant.0]
+                .waiters
+                .push_back(Waiter { tx, deadline });
             if !inner.ring.contains(&tenant.0) {
                 inner.ring.push_back(tenant.0);
             }
-            rx
-        };
-        // One clock read for both the deadline and the wait time.
-        let started = tokio::time::Instant::now();
-        let expiry = match started.checked_add(timeout) {
-            Some(deadline) => tokio::time::sleep_until(deadline),
-            None => tokio::time::sleep(timeout),
-        };
-        tokio::pin!(expiry);
-        let granted = tokio::select! {
-            biased;
-            r = &mut rx => r.ok(),
-            () = &mut expiry => None,
-        };
-        let grant = match granted {
-            Some(grant) => grant,
-            None => {
-                // A grant may have raced with the timeout: take it rather than lose it.
-                rx.close();
-                match rx.try_recv() {
-                    Ok(grant) => grant,
-                    Err(_) => return Err(PoolError::Timeout),
+            // The expiry task: started if none runs, woken if this deadline comes first.
+            let expire = match (deadline, inner.expiry_at) {
+                (Some(_), None) if !inner.expiring => {
+                    inner.expiring = true;
+                    true
                 }
-            }
+                (Some(d), Some(at)) if d < at => {
+                    self.expiry.notify_one();
+                    false
+                }
+                _ => false,
+            };
+            (rx, started, expire)
         };
+        if expire {
+            tokio::spawn(wait::expire(Arc::downgrade(self), self.expiry.clone()));
+        }
+        // The sender is dropped at the deadline (or with the pool): an error here is the
+        // timeout.
+        let grant = rx.await.map_err(|_| PoolError::Timeout)?;
         // (the granting side counted the checkout, under the lock it held anyway)
         Ok((self.lease(grant, tenant), started.elapsed()))
     }
@@ -297,7 +304,7 @@ impl<C: Poolable> Pool<C> {
         };
         slot.in_use += 1;
         slot.checkouts += 1;
-        match waiter.send(grant) {
+        match waiter.tx.send(grant) {
             Ok(()) => None,
             Err(back) => {
                 slot.in_use -= 1;
@@ -330,7 +337,7 @@ impl<C: Poolable> Pool<C> {
             };
             slot.in_use += 1;
             slot.checkouts += 1;
-            match waiter.send(grant) {
+            match waiter.tx.send(grant) {
                 Ok(()) => {
                     if !slot.waiters.is_empty() {
                         inner.ring.push_back(t);
@@ -411,7 +418,7 @@ impl<C: Poolable> Pool<C> {
         let s = &inner.tenants[tenant.0];
         TenantStats {
             in_use: s.in_use,
-            waiting: s.waiters.iter().filter(|w| !w.is_closed()).count(),
+            waiting: s.waiters.iter().filter(|w| !w.given_up()).count(),
             checkouts: s.checkouts,
             affinity_hits: s.affinity_hits,
         }
