@@ -624,18 +624,17 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     // Bytes at the front of `rbuf` that are ready to go to the client.
     let mut off = 0;
     loop {
-        let inspect_all = !link.expect.is_empty();
+        let expect = &link.expect;
         let inspect = |t: u8| {
             t != btag::DATA_ROW
                 && t != btag::COPY_DATA
-                && (inspect_all
-                    || matches!(
-                        t,
-                        btag::READY_FOR_QUERY
-                            | btag::COMMAND_COMPLETE
-                            | btag::ERROR_RESPONSE
-                            | btag::PARAMETER_STATUS
-                    ))
+                && (matches!(
+                    t,
+                    btag::READY_FOR_QUERY
+                        | btag::COMMAND_COMPLETE
+                        | btag::ERROR_RESPONSE
+                        | btag::PARAMETER_STATUS
+                ) || expect.needs_whole(t))
         };
         let item = conn
             .scanner
