@@ -32,8 +32,14 @@ pub enum Frontend<'a> {
 pub fn decode(message: &[u8]) -> Result<Frontend<'_>, String> {
     let b = body(message);
     Ok(match message[0] {
+        // The text is the whole body but its closing NUL (what PostgreSQL accepts), so no
+        // search for the NUL. A NUL inside it makes the server refuse the message; looking
+        // at the text beyond it (for `set_config`) is then only cautious.
         ftag::QUERY => Frontend::Query {
-            sql: super::cstr(b).ok_or("Query without NUL")?.0,
+            sql: match b.split_last() {
+                Some((0, sql)) => sql,
+                _ => super::cstr(b).ok_or("Query without NUL")?.0,
+            },
         },
         ftag::PARSE => {
             let (name, rest) = super::cstr(b).ok_or("bad Parse")?;
