@@ -350,7 +350,10 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
         conn.broken = true;
         LinkError::ServerLost { told: false }
     })?;
-    emit_synths(client, link).await;
+    // Usually nothing to emit: not even a future to poll then.
+    if link.expect.front_is_synth() || !client.wbuf.is_empty() {
+        emit_synths(client, link).await;
+    }
     Ok(terminated)
 }
 
