@@ -39,6 +39,11 @@ pub struct Prelude {
 pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Option<Prelude> {
     let want = ctx.wanted_state();
     let full = mode == SearchPathSync::Always || conn.state.as_ref() != Some(&want);
+    // The usual checkout: the state is known to be the client's, and so are the reported
+    // parameters.
+    if !full && ctx.params.same_tracked(&conn.params) {
+        return None;
+    }
     // `tracked`, and the connection holds another known state: reset only what that state
     // set and this one does not (a `RESET ALL` costs the server more than the SETs).
     let switch = (full && mode == SearchPathSync::Tracked && conn.state.is_some())
@@ -62,10 +67,7 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
         sql.push_str(&ctx.tenant.state_sql);
         sql.push_str(&ctx.settings_sql);
     }
-    // Unless the state is re-applied, a SET goes only where the client's value differs
-    // from the connection's: none when both hold the same values (most checkouts).
-    let same = !full && ctx.params.same_tracked(&conn.params);
-    for (i, name) in TRACKED_PARAMS.iter().enumerate().filter(|_| !same) {
+    for (i, name) in TRACKED_PARAMS.iter().enumerate() {
         let Some(value) = ctx.params.tracked(i) else {
             continue;
         };
