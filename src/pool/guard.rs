@@ -17,11 +17,11 @@ pub enum Lease<C: Poolable> {
 pub struct Pooled<C: Poolable> {
     pool: Arc<Pool<C>>,
     tenant: TenantId,
-    conn: Option<C>,
+    conn: Option<Box<C>>,
 }
 
 impl<C: Poolable> Pooled<C> {
-    pub(super) fn new(pool: Arc<Pool<C>>, tenant: TenantId, conn: C) -> Self {
+    pub(super) fn new(pool: Arc<Pool<C>>, tenant: TenantId, conn: Box<C>) -> Self {
         Pooled {
             pool,
             tenant,
@@ -87,7 +87,7 @@ impl<C: Poolable> ConnectPermit<C> {
     /// Turns a freshly opened connection into a checked-out one.
     pub fn fulfil(mut self, conn: C) -> Pooled<C> {
         self.used = true;
-        Pooled::new(self.pool.clone(), self.tenant, conn)
+        Pooled::new(self.pool.clone(), self.tenant, Box::new(conn))
     }
 }
 

@@ -9,11 +9,15 @@
 //! state change. Otherwise it goes to the next tenant, round-robin, among tenants with
 //! waiters that are under their cap, so one busy tenant cannot starve a quiet one.
 //!
+//! Waiting ([`wait`]) is a oneshot channel per waiter; one task per pool ends the waits
+//! that reach their deadline.
+//!
 //! The mutex is a `std` one and is never held across an `.await`.
 
 mod guard;
 #[cfg(test)]
 mod tests;
+mod wait;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub use guard::{ConnectPermit, Lease, Pooled};
+use wait::{drop_given_up, Waiter};
 
 /// What a pool needs to know about a connection.
 pub trait Poolable: Send + 'static {
@@ -31,7 +36,13 @@ pub trait Poolable: Send + 'static {
     fn state(&self) -> Option<&Self::State>;
     /// Called before an idle connection is handed out or kept. `false` drops it: e.g. it
     /// received bytes while idle (a FATAL from `pg_terminate_backend`, EOF after a restart).
+    /// Should not need the clock: see `expired`.
     fn reusable(&mut self) -> bool;
+    /// Whether it is too old to keep at `now`. Asked when it comes back, with the one clock
+    /// read that also stamps it idle (idle ones are pruned by their owner's own rules).
+    fn expired(&self, _now: Instant) -> bool {
+        false
+    }
 }
 
 /// A tenant's logical pool inside an endpoint pool.
@@ -44,14 +55,16 @@ pub enum PoolError {
     Timeout,
 }
 
+/// Connections are boxed while pooled: a hand-off (idle list, waiter channel, guard) moves
+/// a pointer, not the whole connection.
 enum Grant<C> {
-    Conn(C),
+    Conn(Box<C>),
     /// Permission to open a new connection (already counted in `open` and `in_use`).
     Slot,
 }
 
 struct Idle<C> {
-    conn: C,
+    conn: Box<C>,
     since: Instant,
 }
 
@@ -63,16 +76,14 @@ pub struct TenantStats {
     pub checkouts: u64,
     /// Checkouts that found a connection already carrying the wanted state.
     pub affinity_hits: u64,
-    pub total_wait: Duration,
 }
 
 struct TenantSlot<C> {
     max: usize,
     in_use: usize,
-    waiters: VecDeque<oneshot::Sender<Grant<C>>>,
+    waiters: VecDeque<Waiter<C>>,
     checkouts: u64,
     affinity_hits: u64,
-    total_wait: Duration,
 }
 
 struct Inner<C> {
@@ -82,11 +93,17 @@ struct Inner<C> {
     tenants: Vec<TenantSlot<C>>,
     /// Tenants that (may) have waiters, in round-robin order.
     ring: VecDeque<usize>,
+    /// The expiry task runs (see [`wait`]).
+    expiring: bool,
+    /// When it wakes next, if it sleeps until a deadline.
+    expiry_at: Option<tokio::time::Instant>,
 }
 
 pub struct Pool<C: Poolable> {
     size: usize,
     inner: Mutex<Inner<C>>,
+    /// Wakes the expiry task early.
+    expiry: Arc<tokio::sync::Notify>,
 }
 
 impl<C: Poolable> Pool<C> {
@@ -98,7 +115,10 @@ impl<C: Poolable> Pool<C> {
                 open: 0,
                 tenants: Vec::new(),
                 ring: VecDeque::new(),
+                expiring: false,
+                expiry_at: None,
             }),
+            expiry: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -111,7 +131,6 @@ impl<C: Poolable> Pool<C> {
             waiters: VecDeque::new(),
             checkouts: 0,
             affinity_hits: 0,
-            total_wait: Duration::ZERO,
         });
         TenantId(inner.tenants.len() - 1)
     }
@@ -134,43 +153,56 @@ impl<C: Poolable> Pool<C> {
         want: &C::State,
         timeout: Duration,
     ) -> Result<Lease<C>, PoolError> {
-        let started = Instant::now();
-        let rx = {
+        let (lease, _) = self.checkout_timed(tenant, want, timeout).await?;
+        Ok(lease)
+    }
+
+    /// [`Pool::checkout`], also returning how long it waited: zero when it did not wait, and
+    /// then without reading the clock (the usual case under light load).
+    pub async fn checkout_timed(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        want: &C::State,
+        timeout: Duration,
+    ) -> Result<(Lease<C>, Duration), PoolError> {
+        let (rx, started, expire) = {
             let mut inner = self.lock();
-            match self.try_take(&mut inner, tenant.0, want) {
-                Some(grant) => {
-                    inner.tenants[tenant.0].checkouts += 1;
-                    return Ok(self.lease(grant, tenant));
-                }
-                None => {
-                    let (tx, rx) = oneshot::channel();
-                    let slot = &mut inner.tenants[tenant.0];
-                    slot.waiters.push_back(tx);
-                    if !inner.ring.contains(&tenant.0) {
-                        inner.ring.push_back(tenant.0);
-                    }
-                    rx
-                }
+            if let Some(grant) = self.try_take(&mut inner, tenant.0, want) {
+                inner.tenants[tenant.0].checkouts += 1;
+                return Ok((self.lease(grant, tenant), Duration::ZERO));
             }
-        };
-        let mut rx = rx;
-        let grant = match tokio::time::timeout(timeout, &mut rx).await {
-            Ok(Ok(grant)) => grant,
-            _ => {
-                // A grant may have raced with the timeout: take it rather than lose it.
-                rx.close();
-                match rx.try_recv() {
-                    Ok(grant) => grant,
-                    Err(_) => return Err(PoolError::Timeout),
-                }
+            // One clock read for both the deadline and the wait time.
+            let started = tokio::time::Instant::now();
+            let deadline = started.checked_add(timeout);
+            let (tx, rx) = oneshot::channel();
+            inner.tenants[tenant.0]
+                .waiters
+                .push_back(Waiter { tx, deadline });
+            if !inner.ring.contains(&tenant.0) {
+                inner.ring.push_back(tenant.0);
             }
+            // The expiry task: started if none runs, woken if this deadline comes first.
+            let expire = match (deadline, inner.expiry_at) {
+                (Some(_), None) if !inner.expiring => {
+                    inner.expiring = true;
+                    true
+                }
+                (Some(d), Some(at)) if d < at => {
+                    self.expiry.notify_one();
+                    false
+                }
+                _ => false,
+            };
+            (rx, started, expire)
         };
-        let mut inner = self.lock();
-        let slot = &mut inner.tenants[tenant.0];
-        slot.checkouts += 1;
-        slot.total_wait += started.elapsed();
-        drop(inner);
-        Ok(self.lease(grant, tenant))
+        if expire {
+            tokio::spawn(wait::expire(Arc::downgrade(self), self.expiry.clone()));
+        }
+        // The sender is dropped at the deadline (or with the pool): an error here is the
+        // timeout.
+        let grant = rx.await.map_err(|_| PoolError::Timeout)?;
+        // (the granting side counted the checkout, under the lock it held anyway)
+        Ok((self.lease(grant, tenant), started.elapsed()))
     }
 
     fn lease(self: &Arc<Self>, grant: Grant<C>, tenant: TenantId) -> Lease<C> {
@@ -183,7 +215,9 @@ impl<C: Poolable> Pool<C> {
     /// Without waiting: an idle connection (affinity first) or a slot, if the caps allow.
     fn try_take(&self, inner: &mut Inner<C>, t: usize, want: &C::State) -> Option<Grant<C>> {
         let slot = &mut inner.tenants[t];
-        slot.waiters.retain(|w| !w.is_closed());
+        // Waiters that gave up (timed out) only matter at the front: behind a live one this
+        // checkout queues anyway. Not a full sweep: dozens may wait at once.
+        drop_given_up(&mut slot.waiters);
         if slot.in_use >= slot.max || !slot.waiters.is_empty() {
             return None;
         }
@@ -214,10 +248,11 @@ impl<C: Poolable> Pool<C> {
     }
 
     /// Returns a connection (from a [`Pooled`] drop).
-    fn checkin(&self, tenant: TenantId, mut conn: C) {
+    fn checkin(&self, tenant: TenantId, mut conn: Box<C>) {
+        let now = Instant::now();
         let mut inner = self.lock();
         inner.tenants[tenant.0].in_use -= 1;
-        if !conn.reusable() {
+        if conn.expired(now) || !conn.reusable() {
             inner.open -= 1;
             drop(conn);
             self.dispatch_slot(&mut inner);
@@ -229,10 +264,7 @@ impl<C: Poolable> Pool<C> {
         };
         if let Some(conn) = self.dispatch(&mut inner, grant) {
             match conn {
-                Grant::Conn(conn) => inner.idle.push(Idle {
-                    conn,
-                    since: Instant::now(),
-                }),
+                Grant::Conn(conn) => inner.idle.push(Idle { conn, since: now }),
                 Grant::Slot => unreachable!("dispatch returns what it was given"),
             }
         }
@@ -263,9 +295,7 @@ impl<C: Poolable> Pool<C> {
     fn keep_with(&self, inner: &mut Inner<C>, t: usize, grant: Grant<C>) -> Option<Grant<C>> {
         let share = self.size / inner.ring.len().max(1);
         let slot = &mut inner.tenants[t];
-        while slot.waiters.front().is_some_and(|w| w.is_closed()) {
-            slot.waiters.pop_front();
-        }
+        drop_given_up(&mut slot.waiters);
         if slot.in_use >= share || slot.in_use >= slot.max {
             return Some(grant);
         }
@@ -273,10 +303,12 @@ impl<C: Poolable> Pool<C> {
             return Some(grant);
         };
         slot.in_use += 1;
-        match waiter.send(grant) {
+        slot.checkouts += 1;
+        match waiter.tx.send(grant) {
             Ok(()) => None,
             Err(back) => {
                 slot.in_use -= 1;
+                slot.checkouts -= 1;
                 Some(back)
             }
         }
@@ -291,9 +323,7 @@ impl<C: Poolable> Pool<C> {
                 break;
             };
             let slot = &mut inner.tenants[t];
-            while slot.waiters.front().is_some_and(|w| w.is_closed()) {
-                slot.waiters.pop_front();
-            }
+            drop_given_up(&mut slot.waiters);
             if slot.waiters.is_empty() {
                 continue;
             }
@@ -306,7 +336,8 @@ impl<C: Poolable> Pool<C> {
                 continue;
             };
             slot.in_use += 1;
-            match waiter.send(grant) {
+            slot.checkouts += 1;
+            match waiter.tx.send(grant) {
                 Ok(()) => {
                     if !slot.waiters.is_empty() {
                         inner.ring.push_back(t);
@@ -316,6 +347,7 @@ impl<C: Poolable> Pool<C> {
                 Err(back) => {
                     // The waiter gave up in between; try the same tenant's next one.
                     slot.in_use -= 1;
+                    slot.checkouts -= 1;
                     grant = back;
                     inner.ring.push_front(t);
                 }
@@ -332,7 +364,7 @@ impl<C: Poolable> Pool<C> {
         let mut dropped = Vec::new();
         let idle = std::mem::take(&mut inner.idle);
         for mut i in idle {
-            if keep(&mut i.conn, now - i.since) && i.conn.reusable() {
+            if keep(&mut *i.conn, now - i.since) && i.conn.reusable() {
                 inner.idle.push(i);
             } else {
                 dropped.push(i);
@@ -356,7 +388,7 @@ impl<C: Poolable> Pool<C> {
             return Err(conn);
         }
         inner.open += 1;
-        if let Some(Grant::Conn(conn)) = self.dispatch(&mut inner, Grant::Conn(conn)) {
+        if let Some(Grant::Conn(conn)) = self.dispatch(&mut inner, Grant::Conn(Box::new(conn))) {
             inner.idle.push(Idle {
                 conn,
                 since: Instant::now(),
@@ -386,10 +418,9 @@ impl<C: Poolable> Pool<C> {
         let s = &inner.tenants[tenant.0];
         TenantStats {
             in_use: s.in_use,
-            waiting: s.waiters.iter().filter(|w| !w.is_closed()).count(),
+            waiting: s.waiters.iter().filter(|w| !w.given_up()).count(),
             checkouts: s.checkouts,
             affinity_hits: s.affinity_hits,
-            total_wait: s.total_wait,
         }
     }
 }

@@ -91,6 +91,38 @@ async fn caps_pool_and_tenant_and_times_out() {
     );
 }
 
+/// Waits end at their own deadline, also one shorter than a wait already queued (after a
+/// reload shortened the timeout), and waits keep timing out after the pool had none. The
+/// clock is tokio's paused one: nothing here depends on real time.
+#[tokio::test(start_paused = true)]
+async fn waits_expire_at_their_own_deadline() {
+    let pool = Pool::<Fake>::new(1);
+    let a = pool.add_tenant(None);
+    let held = take(&pool, a, "a", 1).await;
+    let start = tokio::time::Instant::now();
+    let long = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.checkout(a, &"a", Duration::from_secs(60)).await.err() })
+    };
+    tokio::task::yield_now().await;
+    let short = pool.checkout(a, &"a", Duration::from_secs(1)).await.err();
+    assert_eq!(short, Some(PoolError::Timeout));
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "the short wait ended first"
+    );
+    assert!(!long.is_finished());
+    assert_eq!(long.await.unwrap(), Some(PoolError::Timeout));
+    assert!(
+        start.elapsed() >= Duration::from_secs(60),
+        "the long wait ran its course"
+    );
+    let again = pool.checkout(a, &"a", Duration::from_secs(1)).await.err();
+    assert_eq!(again, Some(PoolError::Timeout), "a new expiry task");
+    drop(held);
+    assert!(pool.checkout(a, &"a", Duration::from_secs(1)).await.is_ok());
+}
+
 #[tokio::test]
 async fn released_connections_go_round_robin_across_tenants() {
     let pool = Pool::<Fake>::new(1);

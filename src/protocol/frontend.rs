@@ -32,8 +32,14 @@ pub enum Frontend<'a> {
 pub fn decode(message: &[u8]) -> Result<Frontend<'_>, String> {
     let b = body(message);
     Ok(match message[0] {
+        // The text is the whole body but its closing NUL (what PostgreSQL accepts), so no
+        // search for the NUL. A NUL inside it makes the server refuse the message; looking
+        // at the text beyond it (for `set_config`) is then only cautious.
         ftag::QUERY => Frontend::Query {
-            sql: super::cstr(b).ok_or("Query without NUL")?.0,
+            sql: match b.split_last() {
+                Some((0, sql)) => sql,
+                _ => super::cstr(b).ok_or("Query without NUL")?.0,
+            },
         },
         ftag::PARSE => {
             let (name, rest) = super::cstr(b).ok_or("bad Parse")?;
@@ -92,9 +98,14 @@ pub fn sasl_initial_response(b: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// Case-insensitive search for `set_config` in SQL text (its use makes session state unknown).
 pub fn mentions_set_config(sql: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"set_config";
-    sql.windows(NEEDLE.len())
-        .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+    // Runs on every Query and Parse: find the rare `_` first, then compare around it.
+    memchr::memchr_iter(b'_', sql).any(|at| {
+        at >= 3
+            && sql[at - 3..at].eq_ignore_ascii_case(b"set")
+            && sql
+                .get(at + 1..at + 7)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"config"))
+    })
 }
 
 #[cfg(test)]
@@ -127,6 +138,11 @@ mod tests {
             b"select pg_catalog.set_config('x','y',true)"
         ));
         assert!(!mentions_set_config(b"select 1"));
+        assert!(mentions_set_config(b"set_config"));
+        assert!(mentions_set_config(b"x_y Set_Config"));
+        assert!(!mentions_set_config(b"set_confi"));
+        assert!(!mentions_set_config(b"_config set_"));
+        assert!(!mentions_set_config(b"se_config"));
     }
 
     #[test]

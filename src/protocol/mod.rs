@@ -62,6 +62,6 @@ pub mod btag {
 
 /// Reads a NUL-terminated string at the front of `buf`; returns it and the rest.
 pub(crate) fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = buf.iter().position(|&b| b == 0)?;
+    let end = memchr::memchr(0, buf)?;
     Some((&buf[..end], &buf[end + 1..]))
 }

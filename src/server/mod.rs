@@ -198,13 +198,14 @@ impl Poolable for ServerConn {
         if self.broken || !self.rbuf.is_empty() || self.scanner.mid_message() {
             return false;
         }
-        if self.created.elapsed() >= self.lifetime {
-            return false;
-        }
         // An idle connection must have nothing to say: any bytes (a FATAL after
         // pg_terminate_backend, EOF after a restart) mean it is gone.
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.created) >= self.lifetime
     }
 }
 

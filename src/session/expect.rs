@@ -140,6 +140,8 @@ pub struct Expect {
     queue: VecDeque<Entry>,
     /// Entries that end with a ReadyForQuery for the client.
     owed: u32,
+    /// `CopyEnd` markers in `queue` (so emptiness is known without a scan).
+    markers: u32,
     /// The server is in COPY IN and the client has not ended it yet: it ignores Syncs.
     copy_in: bool,
 }
@@ -147,17 +149,39 @@ pub struct Expect {
 impl Expect {
     pub fn push(&mut self, entry: Entry) {
         self.owed += u32::from(entry.owes_ready());
+        self.markers += u32::from(matches!(entry, Entry::CopyEnd));
         self.queue.push_back(entry);
     }
 
     pub fn clear(&mut self) {
         self.queue.clear();
         self.owed = 0;
+        self.markers = 0;
         self.copy_in = false;
     }
 
+    /// Nothing is owed (markers aside).
     pub fn is_empty(&self) -> bool {
-        self.queue.iter().all(|e| *e == Entry::CopyEnd)
+        self.queue.len() == self.markers as usize
+    }
+
+    /// Whether a server message of type `tag` must be seen whole, to match it against the
+    /// queue (see [`Expect::on_message`]). While a simple Query, Sync or FunctionCall is at
+    /// the front, only these types change anything; RowDescription, DataRow, notices and
+    /// the like can then stream through.
+    pub fn needs_whole(&self, tag: u8) -> bool {
+        let front = self.queue.iter().find(|e| !matches!(e, Entry::CopyEnd));
+        match front {
+            None => false,
+            Some(Entry::Client { kind, .. }) if kind.owes_ready() => matches!(
+                tag,
+                btag::READY_FOR_QUERY
+                    | btag::ERROR_RESPONSE
+                    | btag::COMMAND_COMPLETE
+                    | btag::COPY_IN_RESPONSE
+            ),
+            Some(_) => true,
+        }
     }
 
     /// A client Sync: the server answers it, unless it arrives during COPY IN, where
@@ -177,6 +201,7 @@ impl Expect {
             self.copy_in = false;
         } else {
             self.queue.push_back(Entry::CopyEnd);
+            self.markers += 1;
         }
     }
 
@@ -188,6 +213,7 @@ impl Expect {
             match &self.queue[i] {
                 Entry::CopyEnd => {
                     self.queue.remove(i);
+                    self.markers -= 1;
                     return;
                 }
                 Entry::Client {
@@ -203,8 +229,9 @@ impl Expect {
     }
 
     fn skip_markers(&mut self) {
-        while self.queue.front() == Some(&Entry::CopyEnd) {
+        while matches!(self.queue.front(), Some(Entry::CopyEnd)) {
             self.queue.pop_front();
+            self.markers -= 1;
         }
     }
 
@@ -215,7 +242,7 @@ impl Expect {
 
     pub fn prelude_pending(&self) -> bool {
         // (markers never precede the prelude: it is always pushed first)
-        self.queue.front() == Some(&Entry::Prelude)
+        matches!(self.queue.front(), Some(Entry::Prelude))
     }
 
     pub fn front_is_synth(&mut self) -> bool {
@@ -238,6 +265,7 @@ impl Expect {
     fn pop(&mut self) -> Option<Entry> {
         let e = self.queue.pop_front()?;
         self.owed -= u32::from(e.owes_ready());
+        self.markers -= u32::from(matches!(e, Entry::CopyEnd));
         Some(e)
     }
 
@@ -412,6 +440,31 @@ mod tests {
         assert!(matches!(x.on_message(b'C'), Step::Forward));
         assert!(matches!(x.on_message(b'Z'), Step::Completed(_)));
         assert!(x.is_empty());
+    }
+
+    #[test]
+    fn only_what_the_front_can_use_is_read_whole() {
+        let mut x = Expect::default();
+        assert!(!x.needs_whole(b'T'));
+        x.push(client(Kind::Query));
+        assert!(!x.needs_whole(b'T'), "a Query's RowDescription streams");
+        assert!(!x.needs_whole(b'N'));
+        for tag in [b'Z', b'E', b'C', b'G'] {
+            assert!(x.needs_whole(tag));
+        }
+        x.copy_end();
+        assert!(!x.is_empty());
+        assert!(matches!(x.on_message(b'Z'), Step::Completed(_)));
+        assert!(x.is_empty(), "a marker alone owes nothing");
+        x.push(client(Kind::Describe));
+        assert!(x.needs_whole(b'T'), "it completes a Describe");
+        x.push(client(Kind::Sync));
+        assert!(matches!(x.on_message(b'T'), Step::Completed(_)));
+        assert!(!x.needs_whole(b'T'));
+        assert!(matches!(x.on_message(b'Z'), Step::Completed(_)));
+        assert!(x.is_empty() && x.queue.is_empty() && x.markers == 0);
+        x.push(Entry::Prelude);
+        assert!(x.needs_whole(b'S'), "the prelude's replies are all seen");
     }
 
     #[test]

@@ -168,7 +168,10 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 _ => std::future::pending().await,
             }
         };
+        // Biased: no random branch order per wakeup (the server first: its replies free the
+        // connection; the client's next message waits for them anyway).
         tokio::select! {
+            biased;
             r = conn.stream.read_buf(&mut conn.rbuf) => {
                 if !matches!(r, Ok(n) if n > 0) {
                     conn.broken = true;
@@ -234,6 +237,56 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| LinkError::ServerLost { told: false })
 }
 
+/// What goes to the server from one batch of client messages. As long as every message goes
+/// as it is, nothing is copied: the batch is written straight from the client's read
+/// buffer. From the first message the proxy rewrites, injects before or leaves out (or when
+/// a prelude is already queued), everything is copied into `buf` instead.
+struct Outgoing<'a> {
+    rbuf: &'a [u8],
+    /// Bytes at the front of `rbuf` that go as they are (only while `buf` is empty).
+    direct: usize,
+    /// Offset in `rbuf` of the message being handled.
+    at: usize,
+    buf: BytesMut,
+}
+
+impl Outgoing<'_> {
+    /// Forwards `len` bytes of `rbuf` at `at` unchanged.
+    fn forward_at(&mut self, at: usize, len: usize) {
+        if self.buf.is_empty() && self.direct == at {
+            self.direct = at + len;
+        } else {
+            let rbuf = self.rbuf;
+            self.buf().extend_from_slice(&rbuf[at..at + len]);
+        }
+    }
+
+    /// Forwards the message being handled (`msg`) unchanged.
+    fn forward(&mut self, msg: &[u8]) {
+        self.forward_at(self.at, msg.len());
+    }
+
+    /// Where bytes of the proxy's own making go: after everything forwarded so far.
+    fn buf(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() == 0 {
+            self.buf = super::bufpool::take();
+        }
+        if self.direct > 0 {
+            self.buf.extend_from_slice(&self.rbuf[..self.direct]);
+            self.direct = 0;
+        }
+        &mut self.buf
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.direct > 0 {
+            &self.rbuf[..self.direct]
+        } else {
+            &self.buf
+        }
+    }
+}
+
 /// Forwards every whole message the client has buffered (after whatever `client.sbuf`
 /// already holds, e.g. the prelude), then emits any made-up responses whose turn has come.
 /// Returns true on Terminate (not forwarded: the server connection lives on).
@@ -243,25 +296,28 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut ServerConn,
     link: &mut Link,
 ) -> Result<bool, LinkError> {
-    // Reused across calls: no allocation per message once it has grown.
-    let mut out = std::mem::take(&mut client.sbuf);
-    if out.capacity() == 0 {
-        out = super::bufpool::take();
-    }
+    let mut out = Outgoing {
+        rbuf: &client.rbuf,
+        direct: 0,
+        at: 0,
+        // Reused across calls: no allocation per message once it has grown.
+        buf: std::mem::take(&mut client.sbuf),
+    };
     let mut off = 0;
     let mut terminated = false;
     loop {
         let item = client
             .scanner
-            .scan(&client.rbuf[off..], |t| t != ftag::COPY_DATA)
+            .scan(&out.rbuf[off..], |t| t != ftag::COPY_DATA)
             .map_err(|e| client_protocol(e.to_string()))?;
-        match item {
+        let len = match item {
             None => break,
             Some(Scanned::Through { len, .. }) => {
-                out.extend_from_slice(&client.rbuf[off..off + len])
+                out.forward_at(off, len);
+                len
             }
             Some(Scanned::Message { tag, len }) => {
-                let msg = &client.rbuf[off..off + len];
+                let msg = &out.rbuf[off..off + len];
                 if !is_known_tag(tag) {
                     return Err(client_protocol(format!(
                         "invalid frontend message type {tag}"
@@ -272,28 +328,32 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
                     off += len;
                     break;
                 }
+                out.at = off;
                 on_client_message(msg, ctx, conn, link, &mut out)?;
+                len
             }
-        }
-        off += match item {
-            Some(Scanned::Through { len, .. }) | Some(Scanned::Message { len, .. }) => len,
-            None => 0,
         };
+        off += len;
     }
-    client.rbuf.advance(off);
     link.client_mid_message = client.scanner.mid_message();
-    let written = if out.is_empty() {
+    let bytes = out.bytes();
+    let written = if bytes.is_empty() {
         Ok(())
     } else {
-        conn.stream.write_all(&out).await
+        conn.stream.write_all(bytes).await
     };
-    out.clear();
-    client.sbuf = out;
+    let mut buf = out.buf;
+    buf.clear();
+    client.sbuf = buf;
+    client.rbuf.advance(off);
     written.map_err(|_| {
         conn.broken = true;
         LinkError::ServerLost { told: false }
     })?;
-    emit_synths(client, link).await;
+    // Usually nothing to emit: not even a future to poll then.
+    if link.expect.front_is_synth() || !client.wbuf.is_empty() {
+        emit_synths(client, link).await;
+    }
     Ok(terminated)
 }
 
@@ -304,7 +364,7 @@ fn on_client_message(
     ctx: &mut ClientCtx,
     conn: &mut ServerConn,
     link: &mut Link,
-    out: &mut BytesMut,
+    out: &mut Outgoing<'_>,
 ) -> Result<(), LinkError> {
     let decoded = frontend::decode(msg).map_err(client_protocol)?;
     ctx.tenant.stats.on_client_message(&decoded);
@@ -330,8 +390,8 @@ fn on_client_message(
                     link.expect.push(Entry::Synth(Synth::QueryDone { tag }));
                     return Ok(());
                 }
-                Some(SqlStatement::Prepare) => encode::query(out, PREPARE_REFUSED),
-                _ => out.extend_from_slice(msg),
+                Some(SqlStatement::Prepare) => encode::query(out.buf(), PREPARE_REFUSED),
+                _ => out.forward(msg),
             }
             link.expect.push(client_entry(Kind::Query));
         }
@@ -341,7 +401,7 @@ fn on_client_message(
                 forget_state(conn, link);
             }
             if !link.pooled || name.is_empty() {
-                out.extend_from_slice(msg);
+                out.forward(msg);
                 link.expect.push(client_entry(Kind::Parse));
                 return Ok(());
             }
@@ -353,6 +413,7 @@ fn on_client_message(
                 link.expect
                     .push(Entry::Synth(Synth::ParseComplete { client_name }));
             } else {
+                let out = out.buf();
                 make_room(conn, link, out);
                 out.extend_from_slice(&stmt.parse);
                 conn.prepared.put(stmt.server_name.clone(), ());
@@ -371,11 +432,12 @@ fn on_client_message(
             let (_, name, _) = prepared::split_bind(msg).ok_or_else(malformed)?;
             match mapped(ctx, link, name) {
                 Some(stmt) => {
+                    let out = out.buf();
                     ensure_prepared(conn, link, &stmt, out);
                     prepared::put_bind_renamed(out, msg, &stmt.server_name)
                         .ok_or_else(malformed)?;
                 }
-                None => out.extend_from_slice(msg),
+                None => out.forward(msg),
             }
             link.expect.push(client_entry(Kind::Bind));
         }
@@ -384,10 +446,11 @@ fn on_client_message(
             let (which, name) = prepared::split_target(msg).ok_or_else(malformed)?;
             match mapped(ctx, link, name).filter(|_| which == b'S') {
                 Some(stmt) => {
+                    let out = out.buf();
                     ensure_prepared(conn, link, &stmt, out);
                     prepared::put_target(out, ftag::DESCRIBE, b'S', &stmt.server_name);
                 }
-                None => out.extend_from_slice(msg),
+                None => out.forward(msg),
             }
             link.expect.push(client_entry(Kind::Describe));
         }
@@ -399,29 +462,29 @@ fn on_client_message(
                 ctx.stmts.remove(name);
                 link.expect.push(Entry::Synth(Synth::CloseComplete));
             } else {
-                out.extend_from_slice(msg);
+                out.forward(msg);
                 link.expect.push(client_entry(Kind::Close));
             }
         }
         Frontend::Execute => {
             link.unsynced = true;
-            out.extend_from_slice(msg);
+            out.forward(msg);
             link.expect.push(client_entry(Kind::Execute));
         }
         Frontend::Sync => {
             link.unsynced = false;
-            out.extend_from_slice(msg);
+            out.forward(msg);
             link.expect.push_sync();
         }
         Frontend::FunctionCall => {
-            out.extend_from_slice(msg);
+            out.forward(msg);
             link.expect.push(client_entry(Kind::FunctionCall));
         }
         Frontend::CopyDone | Frontend::CopyFail => {
-            out.extend_from_slice(msg);
+            out.forward(msg);
             link.expect.copy_end();
         }
-        Frontend::Flush | Frontend::CopyData => out.extend_from_slice(msg),
+        Frontend::Flush | Frontend::CopyData => out.forward(msg),
         Frontend::Password(_) => {
             return Err(client_protocol(
                 "unexpected password message after authentication",
@@ -564,18 +627,17 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     // Bytes at the front of `rbuf` that are ready to go to the client.
     let mut off = 0;
     loop {
-        let inspect_all = !link.expect.is_empty();
+        let expect = &link.expect;
         let inspect = |t: u8| {
             t != btag::DATA_ROW
                 && t != btag::COPY_DATA
-                && (inspect_all
-                    || matches!(
-                        t,
-                        btag::READY_FOR_QUERY
-                            | btag::COMMAND_COMPLETE
-                            | btag::ERROR_RESPONSE
-                            | btag::PARAMETER_STATUS
-                    ))
+                && (matches!(
+                    t,
+                    btag::READY_FOR_QUERY
+                        | btag::COMMAND_COMPLETE
+                        | btag::ERROR_RESPONSE
+                        | btag::PARAMETER_STATUS
+                ) || expect.needs_whole(t))
         };
         let item = conn
             .scanner

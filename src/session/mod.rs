@@ -235,14 +235,25 @@ async fn checkout(
     tenant: &TenantRuntime,
     want: Option<&crate::server::StateKey>,
 ) -> Result<Pooled<ServerConn>, ErrorInfo> {
+    let (conn, _) = checkout_timed(proxy, tenant, want).await?;
+    Ok(conn)
+}
+
+/// [`checkout`], also returning how long it took (waiting, and connecting when it opened a
+/// connection): zero, without reading the clock, when an idle connection was at hand.
+async fn checkout_timed(
+    proxy: &ProxyConfig,
+    tenant: &TenantRuntime,
+    want: Option<&crate::server::StateKey>,
+) -> Result<(Pooled<ServerConn>, Duration), ErrorInfo> {
     let endpoint = &tenant.endpoint;
     let none = crate::server::StateKey {
         tenant: 0,
         client_settings: 0,
     };
-    let lease = endpoint
+    let (lease, waited) = endpoint
         .pool
-        .checkout(
+        .checkout_timed(
             tenant.pool_id,
             want.unwrap_or(&none),
             proxy.query_wait_timeout,
@@ -257,19 +268,22 @@ async fn checkout(
             )
         })?;
     match lease {
-        Lease::Ready(conn) => Ok(conn),
+        Lease::Ready(conn) => Ok((conn, waited)),
         Lease::Connect(permit) => {
+            let started = Instant::now();
             // Marked down by a recent failure: fail now rather than queue behind the
             // attempts that are already timing out (the permit goes back on drop).
             if let Err(retry_in) = endpoint.health.check(&endpoint.config) {
                 tracing::debug!(backend = %endpoint.config.backend, ?retry_in, "backend is down");
                 return Err(backend_down(&endpoint.config.backend));
             }
-            let conn = ServerConn::open(endpoint.config.clone(), proxy).await;
+            // Boxed: connecting is rare, and its state would otherwise be part of every
+            // transaction's future.
+            let conn = Box::pin(ServerConn::open(endpoint.config.clone(), proxy)).await;
             match conn {
                 Ok(conn) => {
                     endpoint.health.succeeded(&endpoint.config);
-                    Ok(permit.fulfil(conn))
+                    Ok((permit.fulfil(conn), waited + started.elapsed()))
                 }
                 Err(e) => {
                     endpoint.health.failed(&endpoint.config);
@@ -345,7 +359,9 @@ async fn run<S: ClientIo>(
     // A resumed session may have slept through a reload.
     refresh(ctx, &generation)?;
     let session_mode = generation.config.proxy.pool_mode == PoolMode::Session;
-    let mut link = Link::new(!session_mode);
+    // Boxed: it lives as long as the session, and inline it would make every idle
+    // session's future bigger (it is only used while linked).
+    let mut link = Box::new(Link::new(!session_mode));
     loop {
         // Idle: wait until the client has sent a message the link can act on (a whole one,
         // or the start of a streamed CopyData): half a Query must not hold a server
@@ -419,6 +435,7 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::pin!(linked);
         loop {
             tokio::select! {
+                biased;
                 end = &mut linked => break Some(end),
                 _ = entry.stop.stopped(), if !entry.stop.is_stopped() => {
                     if entry.stop_reason() == StopReason::Killed {
@@ -455,11 +472,10 @@ async fn timed_checkout(
     entry: &ClientEntry,
 ) -> Result<Pooled<ServerConn>, SessionError> {
     entry.set_state(ClientState::Waiting);
-    let started = Instant::now();
-    let conn = checkout(proxy, &ctx.tenant, Some(&ctx.wanted_state()))
+    let (conn, waited) = checkout_timed(proxy, &ctx.tenant, Some(&ctx.wanted_state()))
         .await
         .map_err(|e| SessionError::Refused(Box::new(e)))?;
-    ctx.tenant.stats.checkout_wait.observe(started.elapsed());
+    ctx.tenant.stats.checkout_wait.observe(waited);
     entry.set_state(ClientState::Active);
     Ok(conn)
 }

@@ -161,6 +161,13 @@ pub enum SqlStatement {
 
 /// Classifies a single-statement Query by its leading keyword(s).
 pub fn classify_sql(sql: &[u8]) -> SqlStatement {
+    // Most queries start with another keyword: no need to split words.
+    if sql
+        .first()
+        .is_some_and(|c| c.is_ascii_alphabetic() && !matches!(c | 0x20, b'p' | b'd'))
+    {
+        return SqlStatement::Other;
+    }
     let mut words = Words { rest: sql };
     let Some(first) = words.next() else {
         return SqlStatement::Other;

@@ -39,6 +39,11 @@ pub struct Prelude {
 pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Option<Prelude> {
     let want = ctx.wanted_state();
     let full = mode == SearchPathSync::Always || conn.state.as_ref() != Some(&want);
+    // The usual checkout: the state is known to be the client's, and so are the reported
+    // parameters.
+    if !full && ctx.params.same_tracked(&conn.params) {
+        return None;
+    }
     // `tracked`, and the connection holds another known state: reset only what that state
     // set and this one does not (a `RESET ALL` costs the server more than the SETs).
     let switch = (full && mode == SearchPathSync::Tracked && conn.state.is_some())
