@@ -1,5 +1,7 @@
 //! Reported run-time parameters (ParameterStatus) of a session.
 
+use std::sync::Arc;
+
 /// Parameters PostgreSQL reports that a client may change and the proxy re-applies at
 /// checkout (per client). Others (server_version, is_superuser, ...) are the server's.
 pub const TRACKED_PARAMS: [&str; 6] = [
@@ -13,15 +15,17 @@ pub const TRACKED_PARAMS: [&str; 6] = [
 
 /// A small ordered map of parameter name -> value (a few dozen entries at most). Clones
 /// share one copy until one of them changes a value (most clients never do), so thousands
-/// of idle clients do not each carry their own. The [`TRACKED_PARAMS`] are also indexed, and
+/// of idle clients do not each carry their own. Names and values are shared too, so the
+/// copy a change makes (every client that sets `application_name` at login) is one list of
+/// pointers, not a fresh string per parameter. The [`TRACKED_PARAMS`] are also indexed, and
 /// kept together in one byte string, so the check at every checkout is one comparison when
 /// nothing differs ([`Params::same_tracked`]) and six slice comparisons when something does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(std::sync::Arc<Entries>);
+pub struct Params(Arc<Entries>);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Entries {
-    all: Vec<(String, Vec<u8>)>,
+    all: Vec<(Arc<str>, Arc<[u8]>)>,
     /// Position in `all` of each of [`TRACKED_PARAMS`], if present.
     tracked: [Option<u8>; TRACKED_PARAMS.len()],
     /// The tracked values in order, each absent (`0`) or present (`1`, `u32` length, bytes):
@@ -53,14 +57,14 @@ impl Params {
         self.0
             .all
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
     }
 
     /// The value of `TRACKED_PARAMS[i]`.
     pub fn tracked(&self, i: usize) -> Option<&[u8]> {
         let at = self.0.tracked[i]?;
-        Some(self.0.all[usize::from(at)].1.as_slice())
+        Some(&self.0.all[usize::from(at)].1)
     }
 
     /// Whether both hold the same [`TRACKED_PARAMS`] (present or not, and values).
@@ -70,20 +74,20 @@ impl Params {
 
     /// Sets `name`; returns true when the value changed.
     pub fn set(&mut self, name: &str, value: &[u8]) -> bool {
-        match self.0.all.iter().position(|(n, _)| n == name) {
-            Some(i) if self.0.all[i].1.as_slice() == value => false,
+        match self.0.all.iter().position(|(n, _)| &**n == name) {
+            Some(i) if *self.0.all[i].1 == *value => false,
             Some(i) => {
-                let entries = std::sync::Arc::make_mut(&mut self.0);
-                entries.all[i].1 = value.to_vec();
+                let entries = Arc::make_mut(&mut self.0);
+                entries.all[i].1 = value.into();
                 if entries.tracked.contains(&u8::try_from(i).ok()) {
                     entries.rebuild_tracked_key();
                 }
                 true
             }
             None => {
-                let entries = std::sync::Arc::make_mut(&mut self.0);
+                let entries = Arc::make_mut(&mut self.0);
                 let at = entries.all.len();
-                entries.all.push((name.to_string(), value.to_vec()));
+                entries.all.push((name.into(), value.into()));
                 if let (Some(t), Ok(at)) = (
                     TRACKED_PARAMS.iter().position(|t| *t == name),
                     u8::try_from(at),
@@ -97,7 +101,7 @@ impl Params {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.0.all.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+        self.0.all.iter().map(|(n, v)| (&**n, &**v))
     }
 }
 
