@@ -52,16 +52,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr, so that `check` and `verifier` output on stdout stays clean.
+/// Logs go to stderr, so that `check` and `verifier` output on stdout stays clean. Colours
+/// only on a terminal (and without `NO_COLOR`): a log file or collector gets plain text,
+/// and a line costs less to format without the escape codes.
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && no_color_unset())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// <https://no-color.org/>: a non-empty `NO_COLOR` turns colours off.
+fn no_color_unset() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Loads the config; a bad file is reported as is (it already names file, key and problem).
