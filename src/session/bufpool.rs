@@ -1,7 +1,7 @@
-//! Client buffers between transactions: a client that goes idle hands its (empty) buffers
-//! to a per-thread free list and takes one back when its next message arrives. Idle clients
-//! hold no buffers at all, and a busy one neither allocates nor arms a timer per
-//! transaction (a free list hit is a `Vec` pop).
+//! Client buffers between transactions: a client that goes idle (or closes) hands its
+//! (empty) buffers to a per-thread free list and takes one back when its next message
+//! arrives. Idle clients hold no buffers at all, and a busy one neither allocates nor arms
+//! a timer per transaction (a free list hit is a `Vec` pop).
 
 use std::cell::RefCell;
 
@@ -37,7 +37,8 @@ pub fn give(buf: &mut BytesMut) {
     if !buf.try_reclaim(BUF_SIZE) || buf.capacity() > KEEP_CAPACITY {
         return;
     }
-    FREE.with(|free| {
+    // `try_with`: a client stream dropped while the thread exits just frees its buffer.
+    let _ = FREE.try_with(|free| {
         let mut free = free.borrow_mut();
         if free.len() < KEEP_COUNT {
             free.push(buf);

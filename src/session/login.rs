@@ -88,6 +88,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 .map_or(Ok(None), |i| Err(LoginError::anonymous(F::Protocol, i)))
         }
     };
+    client.reserve_write();
     if !admitted {
         let info = ErrorInfo::fatal("53300", "sorry, too many clients already");
         return Err(LoginError::anonymous(F::TooManyClients, info));
