@@ -58,6 +58,9 @@ impl Parkable for tokio::io::DuplexStream {
     }
 }
 
+/// See [`ClientStream::reserve_write`].
+const LOGIN_WRITE_ROOM: usize = 1024;
+
 pub struct ClientStream<S> {
     pub io: S,
     /// Unconsumed bytes read from the client.
@@ -103,10 +106,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
         self.fill().await
     }
 
-    /// Makes room in `wbuf` for the messages of a login (from the free list when it holds
-    /// none), so composing them does not grow a fresh buffer step by step.
+    /// Makes room in `wbuf` for the messages of a login (the largest is AuthenticationOk +
+    /// ParameterStatus block, about 0.5 KiB) in one allocation instead of growing it step
+    /// by step. Not a free-list buffer: logins in flight hold no more than they need.
     pub fn reserve_write(&mut self) {
-        bufpool::room(&mut self.wbuf, 1024);
+        self.wbuf.reserve(LOGIN_WRITE_ROOM);
     }
 
     /// Reads more bytes into `rbuf`; `Ok(0)` is EOF.
