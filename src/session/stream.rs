@@ -158,8 +158,12 @@ impl<S> ClientStream<S> {
 
 /// A closed client's buffers go back to the free list too, so the next login on this thread
 /// takes a warm buffer instead of allocating one (with `-C`-style clients, every time).
+/// Whatever they still hold (a Terminate, say) is of no use to anyone now.
 impl<S> Drop for ClientStream<S> {
     fn drop(&mut self) {
+        self.rbuf.clear();
+        self.wbuf.clear();
+        self.sbuf.clear();
         self.give_buffers();
     }
 }
