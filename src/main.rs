@@ -142,6 +142,7 @@ fn proxy(path: &Path) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        defer_accept(&listener);
         info!(%addr, config = %path.display(), "listening");
         let shutdown = CancellationToken::new();
         let proxy = pgtenant::Proxy::new(config, Some(path.to_path_buf()), shutdown.clone());
@@ -151,6 +152,38 @@ fn proxy(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     })
 }
+
+/// How long the kernel holds a connection that has sent nothing before handing it over
+/// anyway (PgBouncer's `tcp_defer_accept` default).
+#[cfg(target_os = "linux")]
+const DEFER_ACCEPT_SECS: libc::c_int = 45;
+
+/// `TCP_DEFER_ACCEPT`, as PgBouncer sets by default on Linux: the kernel hands a connection
+/// to `accept` only once the client has sent its first packet (PostgreSQL clients speak
+/// first). Accepting a client and reading its SSLRequest or StartupMessage then take one
+/// wake-up of the proxy instead of two, and a connection that never sends anything never
+/// takes a client slot. Failing to set it only costs that; the proxy goes on.
+#[cfg(target_os = "linux")]
+fn defer_accept(listener: &tokio::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    let secs = DEFER_ACCEPT_SECS;
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "could not set TCP_DEFER_ACCEPT");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn defer_accept(_listener: &tokio::net::TcpListener) {}
 
 /// One worker: a current-thread runtime (no work stealing, no cross-thread wakeups).
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
