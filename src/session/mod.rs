@@ -163,7 +163,7 @@ fn park_session<S: ClientIo>(s: Session<S>, lot: Arc<park::ParkLot>, shared: &Ar
         entry,
         permit,
     } = s;
-    let socket = match client.io.into_inner().into_std() {
+    let socket = match client.into_io().into_inner().into_std() {
         Ok(socket) => socket,
         Err(e) => {
             // Tokio could not let go of the socket (it is closed by now).

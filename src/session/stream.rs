@@ -154,6 +154,25 @@ impl<S> ClientStream<S> {
         bufpool::give(&mut self.wbuf);
         bufpool::give(&mut self.sbuf);
     }
+
+    /// The socket alone (parking): the buffers go back to the free list, as on drop. Only
+    /// between messages: whatever is still buffered is dropped.
+    pub fn into_io(self) -> S {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        this.rbuf.clear();
+        this.wbuf.clear();
+        this.sbuf.clear();
+        this.give_buffers();
+        // SAFETY: `this` is never used (nor dropped) again; every other field is dropped
+        // here, in place, once.
+        unsafe {
+            std::ptr::drop_in_place(&mut this.rbuf);
+            std::ptr::drop_in_place(&mut this.wbuf);
+            std::ptr::drop_in_place(&mut this.sbuf);
+            std::ptr::drop_in_place(&mut this.scanner);
+            std::ptr::read(&this.io)
+        }
+    }
 }
 
 /// A closed client's buffers go back to the free list too, so the next login on this thread
