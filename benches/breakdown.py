@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pgbench as pb  # noqa: E402
 from harness.scenarios import Bench, Options  # noqa: E402
-from harness.stack import PROXY_PASSWORD, Auth, Postgres, Reaper  # noqa: E402
+from harness.stack import Reaper  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 GROUPS = ("pooler", "postgres", "pgbench")
@@ -110,12 +110,8 @@ def main() -> int:
     args = ap.parse_args()
     systems = args.systems.split(",")
     reaper = Reaper()
-    bin_dir = pb.find_pg_bin()
     try:
-        pg = Postgres(reaper, bin_dir, max_connections=300)
-        pg.start()
-        auth = Auth.make("verifier", pb.scram_verifier(PROXY_PASSWORD))
-        pb.setup_database(pg, bin_dir, auth)
+        pg, bin_dir, auth = pb.start_database(reaper)
         opts = Options(seconds=args.seconds, pairs=1, quick=False, idle_clients=[], isolation_queries=0)
         bench = Bench(reaper, pg, f"{bin_dir}/pgbench", pb.ensure_pgbouncer(), args.pgtenant, auth, opts)
         bench.start_poolers()

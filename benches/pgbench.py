@@ -125,6 +125,16 @@ def setup_database(pg: Postgres, bin_dir: str, auth: Auth) -> None:
     """, user=APP_USER, db=APP_DB)
 
 
+def start_database(reaper: Reaper, max_connections: int = 300) -> tuple[Postgres, str, Auth]:
+    """A fresh PostgreSQL with the benchmark's database (for the smaller scripts here)."""
+    bin_dir = find_pg_bin()
+    pg = Postgres(reaper, bin_dir, max_connections=max_connections)
+    pg.start()
+    auth = Auth.make("verifier", scram_verifier(PROXY_PASSWORD))
+    setup_database(pg, bin_dir, auth)
+    return pg, bin_dir, auth
+
+
 def main() -> int:
     args = parse_args()
     which = sorted({int(x) for x in args.scenarios.split(",") if x.strip()})

@@ -138,6 +138,12 @@ fn register<S: ClientIo>(
     entry
 }
 
+/// The client has gone: off the console's list and its tenant's count.
+fn unregister(ctx: &ClientCtx, shared: &Shared) {
+    shared.clients.remove(&ctx.key);
+    ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
 /// The idle/linked loop until the client leaves (then cleanup), or until it is to park
 /// (then the lot it goes to).
 async fn live<S: ClientIo>(s: &mut Session<S>, shared: &Arc<Shared>) -> Option<Arc<park::ParkLot>> {
@@ -146,8 +152,7 @@ async fn live<S: ClientIo>(s: &mut Session<S>, shared: &Arc<Shared>) -> Option<A
     if let Ok(RunEnd::Park(lot)) = result {
         return Some(lot);
     }
-    shared.clients.remove(&s.ctx.key);
-    s.ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    unregister(&s.ctx, shared);
     if let Err(e) = result {
         // Boxed: the error and its message would otherwise take room in every session.
         Box::pin(report_end(&mut s.client, &s.ctx, e)).await;
@@ -169,8 +174,7 @@ fn park_session<S: ClientIo>(s: Session<S>, lot: Arc<park::ParkLot>, shared: &Ar
             // Tokio could not let go of the socket (it is closed by now).
             tracing::warn!(user = %ctx.user, tenant = %ctx.tenant.name, error = %e,
                 "could not park an idle client; closing it");
-            shared.clients.remove(&ctx.key);
-            ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+            unregister(&ctx, shared);
             return;
         }
     };
@@ -199,8 +203,7 @@ pub(crate) async fn resume(parked: park::Parked, entry: Arc<ClientEntry>, shared
         Err(e) => {
             tracing::warn!(user = %ctx.user, tenant = %ctx.tenant.name, error = %e,
                 "could not resume a parked client; closing it");
-            shared.clients.remove(&ctx.key);
-            ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+            unregister(&ctx, &shared);
             return;
         }
     };
