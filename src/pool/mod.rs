@@ -86,6 +86,21 @@ struct TenantSlot<C> {
     affinity_hits: u64,
 }
 
+impl<C> TenantSlot<C> {
+    /// Hands `grant` to the tenant's next waiter and counts the checkout (under the pool's
+    /// lock, so the count is right before the waiter can use it). Gives it back when no one
+    /// waits or that waiter has just given up.
+    fn hand_to_next(&mut self, grant: Grant<C>) -> Result<(), Grant<C>> {
+        let Some(waiter) = self.waiters.pop_front() else {
+            return Err(grant);
+        };
+        waiter.tx.send(grant)?;
+        self.in_use += 1;
+        self.checkouts += 1;
+        Ok(())
+    }
+}
+
 struct Inner<C> {
     idle: Vec<Idle<C>>,
     /// Connections counted against `size`: idle, in use and being opened.
@@ -299,19 +314,7 @@ impl<C: Poolable> Pool<C> {
         if slot.in_use >= share || slot.in_use >= slot.max {
             return Some(grant);
         }
-        let Some(waiter) = slot.waiters.pop_front() else {
-            return Some(grant);
-        };
-        slot.in_use += 1;
-        slot.checkouts += 1;
-        match waiter.tx.send(grant) {
-            Ok(()) => None,
-            Err(back) => {
-                slot.in_use -= 1;
-                slot.checkouts -= 1;
-                Some(back)
-            }
-        }
+        slot.hand_to_next(grant).err()
     }
 
     /// Hands `grant` to the next eligible waiter, round-robin across tenants and FIFO within
@@ -332,12 +335,7 @@ impl<C: Poolable> Pool<C> {
                 skipped += 1;
                 continue;
             }
-            let Some(waiter) = slot.waiters.pop_front() else {
-                continue;
-            };
-            slot.in_use += 1;
-            slot.checkouts += 1;
-            match waiter.tx.send(grant) {
+            match slot.hand_to_next(grant) {
                 Ok(()) => {
                     if !slot.waiters.is_empty() {
                         inner.ring.push_back(t);
@@ -346,8 +344,6 @@ impl<C: Poolable> Pool<C> {
                 }
                 Err(back) => {
                     // The waiter gave up in between; try the same tenant's next one.
-                    slot.in_use -= 1;
-                    slot.checkouts -= 1;
                     grant = back;
                     inner.ring.push_front(t);
                 }
