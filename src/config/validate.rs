@@ -108,10 +108,6 @@ fn proxy_config<T, U>(
     let timeout =
         |key: &str, value: &DurationText| nonzero_duration(&format!("proxy.{key}"), value);
     let count = |key: &str, value: usize| at_least_one(&format!("proxy.{key}"), value);
-    let idle_transaction_timeout = duration(
-        "proxy.idle_transaction_timeout",
-        &raw.idle_transaction_timeout,
-    )?;
     Ok(ProxyConfig {
         listen: socket_addr("proxy.listen", &raw.listen)?,
         pool_mode: choice("proxy.pool_mode", &raw.pool_mode)?,
@@ -126,12 +122,14 @@ fn proxy_config<T, U>(
         server_connect_timeout: timeout("server_connect_timeout", &raw.server_connect_timeout)?,
         server_idle_timeout: timeout("server_idle_timeout", &raw.server_idle_timeout)?,
         server_lifetime: timeout("server_lifetime", &raw.server_lifetime)?,
-        idle_transaction_timeout: Some(idle_transaction_timeout).filter(|d| !d.is_zero()),
-        park_idle_clients_after: Some(duration(
+        idle_transaction_timeout: duration_or_off(
+            "proxy.idle_transaction_timeout",
+            &raw.idle_transaction_timeout,
+        )?,
+        park_idle_clients_after: duration_or_off(
             "proxy.park_idle_clients_after",
             &raw.park_idle_clients_after,
-        )?)
-        .filter(|d| !d.is_zero()),
+        )?,
         shutdown_timeout: duration("proxy.shutdown_timeout", &raw.shutdown_timeout)?,
         metrics_listen: match raw.metrics_listen.as_deref() {
             None | Some("") => None,
@@ -474,6 +472,11 @@ fn duration(path: &str, value: &DurationText) -> Result<Duration, Problem> {
             value.0
         )
     })
+}
+
+/// A duration where `"0s"` means off (`None`).
+fn duration_or_off(path: &str, value: &DurationText) -> Result<Option<Duration>, Problem> {
+    Ok(Some(duration(path, value)?).filter(|d| !d.is_zero()))
 }
 
 fn nonzero_duration(path: &str, value: &DurationText) -> Result<Duration, Problem> {
