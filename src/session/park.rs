@@ -162,8 +162,7 @@ impl ParkLot {
     /// Resumes the session of `entry`, if it is parked.
     fn resume(&self, entry: Arc<ClientEntry>, shared: &Arc<Shared>) {
         if let Some(parked) = self.take(&entry) {
-            self.tracker
-                .spawn(super::resume(parked, entry, shared.clone()));
+            self.spawn_resumed(parked, entry, shared.clone());
         }
     }
 

@@ -155,14 +155,20 @@ impl<S> ClientStream<S> {
         bufpool::give(&mut self.sbuf);
     }
 
+    /// Drops whatever the buffers hold and hands them to the free list (the client is
+    /// gone, or parks between messages).
+    fn discard_buffers(&mut self) {
+        self.rbuf.clear();
+        self.wbuf.clear();
+        self.sbuf.clear();
+        self.give_buffers();
+    }
+
     /// The socket alone (parking): the buffers go back to the free list, as on drop. Only
     /// between messages: whatever is still buffered is dropped.
     pub fn into_io(self) -> S {
         let mut this = std::mem::ManuallyDrop::new(self);
-        this.rbuf.clear();
-        this.wbuf.clear();
-        this.sbuf.clear();
-        this.give_buffers();
+        this.discard_buffers();
         // SAFETY: `this` is never used (nor dropped) again; every other field is dropped
         // here, in place, once.
         unsafe {
@@ -180,9 +186,6 @@ impl<S> ClientStream<S> {
 /// Whatever they still hold (a Terminate, say) is of no use to anyone now.
 impl<S> Drop for ClientStream<S> {
     fn drop(&mut self) {
-        self.rbuf.clear();
-        self.wbuf.clear();
-        self.sbuf.clear();
-        self.give_buffers();
+        self.discard_buffers();
     }
 }
