@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::reliability::raw::{query, Raw};
 use crate::support::ops::{eventually, ops_toml, row_where, rows, sample, OpsProxy};
-use crate::support::{simple_value, Naming, ProxyOptions, PROXY_PASSWORD};
+use crate::support::{schema_tenant, tenant_of, Naming, ProxyOptions, PROXY_PASSWORD};
 
 /// Parks after 100 ms idle (sweeps every 50 ms, parks on the third): tests wait for it.
 fn parking() -> ProxyOptions {
@@ -26,12 +26,6 @@ async fn wait_parked(proxy: &OpsProxy, n: u64) {
         || async { parked(proxy).await == n },
     )
     .await;
-}
-
-async fn tenant_of(client: &tokio_postgres::Client) -> Option<String> {
-    simple_value(client, "SELECT tenant FROM whoami")
-        .await
-        .unwrap()
 }
 
 // Multi-threaded, as the proxy runs with `workers` > 1: parks and resumes cross threads.
@@ -121,10 +115,7 @@ async fn removing_a_tenant_closes_its_parked_clients() {
     let gone = proxy.connect("app", Naming::Options, "t4").await.unwrap();
     let kept = proxy.connect("app", Naming::Options, "t1").await.unwrap();
     wait_parked(&proxy, 2).await;
-    let text = ops_toml(&parking()).replace(
-        "\n[tenants.t4]\nbackend = \"main\"\nsearch_path = [\"t4\", \"public\"]\n",
-        "",
-    );
+    let text = ops_toml(&parking()).replace(&schema_tenant(4), "");
     proxy.write_config_text(&text);
     let summary = proxy.handle.reload().await.unwrap();
     assert_eq!(summary.tenants.removed, vec!["t4".to_string()], "{summary}");

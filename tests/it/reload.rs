@@ -6,18 +6,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::ops::{eventually, num, ops_toml, row_where, rows, write_atomically, OpsProxy};
-use crate::support::{connect, simple_value, Naming, ProxyOptions, PROXY_PASSWORD};
+use crate::support::{connect, schema_tenant, tenant_of, Naming, ProxyOptions, PROXY_PASSWORD};
 
 /// The standard config plus tenant `t8`, which reads schema t2.
 fn with_t8() -> ProxyOptions {
     ProxyOptions::default()
         .extra("[tenants.t8]\nbackend = \"main\"\nsearch_path = [\"t2\", \"public\"]\n")
-}
-
-async fn tenant_of(client: &tokio_postgres::Client) -> Option<String> {
-    simple_value(client, "select tenant from whoami")
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -159,14 +153,8 @@ async fn a_removed_tenants_clients_finish_their_transaction_and_are_closed() {
         .await
         .unwrap();
     let text = ops_toml(&ProxyOptions::default())
-        .replace(
-            "\n[tenants.t3]\nbackend = \"main\"\nsearch_path = [\"t3\", \"public\"]\n",
-            "",
-        )
-        .replace(
-            "\n[tenants.t4]\nbackend = \"main\"\nsearch_path = [\"t4\", \"public\"]\n",
-            "",
-        );
+        .replace(&schema_tenant(3), "")
+        .replace(&schema_tenant(4), "");
     proxy.write_config_text(&text);
     let summary = proxy.handle.reload().await.unwrap();
     assert_eq!(

@@ -223,9 +223,7 @@ impl ProxyOptions {
         text += "\n[users.app]\npassword = \"secret\"\ntenants = [\"*\"]\n";
         text += "\n[users.limited]\npassword = \"secret\"\ntenants = [\"t1\"]\n";
         for n in 1..=4 {
-            text += &format!(
-                "\n[tenants.t{n}]\nbackend = \"main\"\nsearch_path = [\"t{n}\", \"public\"]\n"
-            );
+            text += &schema_tenant(n);
         }
         for n in 1..=4 {
             text += &format!(
@@ -448,6 +446,19 @@ pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client, ConnectEr
 }
 
 /// The first column of the first row of a simple query's result, as text.
+/// The config block of schema tenant `t{n}` (`search_path = ["t{n}", "public"]`), as
+/// [`ProxyOptions::toml`] writes it for t1..t4.
+pub fn schema_tenant(n: u32) -> String {
+    format!("\n[tenants.t{n}]\nbackend = \"main\"\nsearch_path = [\"t{n}\", \"public\"]\n")
+}
+
+/// Which tenant the client's transactions run in (the `whoami` view of its schema).
+pub async fn tenant_of(client: &tokio_postgres::Client) -> Option<String> {
+    simple_value(client, "SELECT tenant FROM whoami")
+        .await
+        .unwrap()
+}
+
 pub async fn simple_value(
     client: &tokio_postgres::Client,
     sql: &str,
