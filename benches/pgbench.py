@@ -15,11 +15,11 @@ matplotlib (for the PNG) is pip-installed when missing, and the PNG is skipped i
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import report  # noqa: E402
 from harness.scenarios import SCENARIOS, Bench, Options  # noqa: E402
 from harness.stack import (  # noqa: E402
-    APP_DB, APP_USER, PROXY_PASSWORD, Auth, Postgres, Reaper, ensure_pgbouncer, find_pg_bin,
+    APP_DB, APP_USER, PROXY_PASSWORD, Auth, Postgres, Reaper, client_env, ensure_pgbouncer, find_pg_bin,
 )
 from harness.wire import scram_verifier  # noqa: E402
 
@@ -103,7 +103,7 @@ def build_pgtenant(args) -> str | None:
 
 def setup_database(pg: Postgres, bin_dir: str, auth: Auth) -> None:
     pg.psql(f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{auth.role_password}'; CREATE DATABASE {APP_DB} OWNER {APP_USER};")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env = client_env()
     print("pgbench -i -s 10", flush=True)
     r = subprocess.run([f"{bin_dir}/pgbench", "-i", "-s", "10", "-q", "-h", pg.dir, "-p", str(pg.port),
                         "-U", APP_USER, APP_DB], env=env, capture_output=True, text=True, timeout=900)
@@ -133,6 +133,22 @@ def start_database(reaper: Reaper, max_connections: int = 300) -> tuple[Postgres
     auth = Auth.make("verifier", scram_verifier(PROXY_PASSWORD))
     setup_database(pg, bin_dir, auth)
     return pg, bin_dir, auth
+
+
+def run_script(pg: Postgres, bin_dir: str, body: str, seconds: int, args: tuple[str, ...] = (),
+               **env: str) -> str:
+    """Runs the pgbench script `body` straight against `pg` (8 clients, a pool's worth) for
+    `seconds`; returns pgbench's report. `env`: extra variables, e.g. PGOPTIONS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "script.sql"
+        script.write_text(body)
+        r = subprocess.run(
+            [f"{bin_dir}/pgbench", "-n", *args, "-f", str(script), "-c", "8", "-j", "2",
+             "-T", str(seconds), "-h", "127.0.0.1", "-p", str(pg.port), "-U", APP_USER, APP_DB],
+            capture_output=True, text=True, env=client_env(PROXY_PASSWORD, **env), timeout=seconds * 10)
+    if r.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {r.stdout}\n{r.stderr}")
+    return r.stdout
 
 
 def main() -> int:

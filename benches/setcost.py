@@ -12,17 +12,14 @@ It bounds scenario 3 (tenant churn, `tracked` vs `always`): see docs/BENCHMARKS.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pgbench as pb  # noqa: E402
-from harness.stack import PROXY_PASSWORD, Reaper  # noqa: E402
+from harness.stack import Reaper  # noqa: E402
 
 SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = :aid"
 HEAD = "\\set aid random(1, 1000000)\n\\set t random(1, 64)\n"
@@ -45,25 +42,15 @@ def main() -> int:
     tps: dict[str, list[float]] = {name: [] for name in SCRIPTS}
     try:
         pg, bin_dir, _ = pb.start_database(reaper)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["PGPASSWORD"] = PROXY_PASSWORD
-        env["PGOPTIONS"] = "-c search_path=t1,public"
-        with tempfile.TemporaryDirectory() as tmp:
-            for rnd in range(args.rounds):
-                order = list(SCRIPTS.items())
-                for name, body in order if rnd % 2 == 0 else order[::-1]:
-                    script = Path(tmp) / "script.sql"
-                    script.write_text(body)
-                    r = subprocess.run(
-                        [f"{bin_dir}/pgbench", "-n", "-f", str(script), "-c", "8", "-j", "2",
-                         "-T", str(args.seconds), "-h", "127.0.0.1", "-p", str(pg.port),
-                         "-U", pb.APP_USER, pb.APP_DB],
-                        capture_output=True, text=True, env=env, timeout=args.seconds * 10)
-                    line = [ln for ln in r.stdout.splitlines() if ln.startswith("tps")]
-                    if r.returncode != 0 or not line:
-                        raise RuntimeError(f"pgbench failed: {r.stdout}\n{r.stderr}")
-                    tps[name].append(float(line[0].split()[2]))
-                    print(f"round {rnd + 1} {name:42s} {tps[name][-1]:9,.0f} TPS", flush=True)
+        for rnd in range(args.rounds):
+            order = list(SCRIPTS.items())
+            for name, body in order if rnd % 2 == 0 else order[::-1]:
+                out = pb.run_script(pg, bin_dir, body, args.seconds, PGOPTIONS="-c search_path=t1,public")
+                line = [ln for ln in out.splitlines() if ln.startswith("tps")]
+                if not line:
+                    raise RuntimeError(f"no TPS from pgbench: {out}")
+                tps[name].append(float(line[0].split()[2]))
+                print(f"round {rnd + 1} {name:42s} {tps[name][-1]:9,.0f} TPS", flush=True)
         base = statistics.median(tps[next(iter(SCRIPTS))])
         print("\nmedians (and against the SELECT alone):")
         for name, values in tps.items():

@@ -13,17 +13,14 @@ transaction before the previous one is answered); see docs/BENCHMARKS.md, Analys
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pgbench as pb  # noqa: E402
 from breakdown import measured  # noqa: E402
-from harness.stack import PROXY_PASSWORD, Reaper  # noqa: E402
+from harness.stack import Reaper  # noqa: E402
 
 QUERY = "SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"
 SCRIPTS = {
@@ -40,27 +37,18 @@ def main() -> int:
     reaper = Reaper()
     try:
         pg, bin_dir, _ = pb.start_database(reaper)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["PGPASSWORD"] = PROXY_PASSWORD
-        with tempfile.TemporaryDirectory() as tmp:
-            for rnd in range(args.rounds):
-                for name, body in SCRIPTS.items():
-                    script = Path(tmp) / f"{name}.sql"
-                    script.write_text(body)
-                    cmd = [f"{bin_dir}/pgbench", "-n", "-M", "extended", "-f", str(script), "-c", "8",
-                           "-j", "2", "-T", str(args.seconds), "-h", "127.0.0.1", "-p", str(pg.port),
-                           "-U", pb.APP_USER, pb.APP_DB]
-                    # Sampled while it runs: backends exit with their clients, taking their CPU along.
-                    r, totals = measured(lambda: subprocess.run(
-                        cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10))
-                    cpu, sleeps = totals["postgres"][0], totals["postgres"][1]
-                    done = [ln for ln in r.stdout.splitlines() if "actually processed" in ln]
-                    if r.returncode != 0 or not done:
-                        raise RuntimeError(f"pgbench failed: {r.stdout}\n{r.stderr}")
-                    queries = 4 * int(done[0].split(":")[1].split("/")[0])
-                    print(f"round {rnd + 1} {name:9s}: PostgreSQL {cpu / queries * 1e6:5.1f} µs "
-                          f"and {sleeps / queries:.2f} sleeps per query ({queries:,} queries)",
-                          flush=True)
+        for rnd in range(args.rounds):
+            for name, body in SCRIPTS.items():
+                # Sampled while it runs: backends exit with their clients, taking their CPU along.
+                out, totals = measured(lambda: pb.run_script(pg, bin_dir, body, args.seconds, ("-M", "extended")))
+                cpu, sleeps = totals["postgres"][0], totals["postgres"][1]
+                done = [ln for ln in out.splitlines() if "actually processed" in ln]
+                if not done:
+                    raise RuntimeError(f"no count from pgbench: {out}")
+                queries = 4 * int(done[0].split(":")[1].split("/")[0])
+                print(f"round {rnd + 1} {name:9s}: PostgreSQL {cpu / queries * 1e6:5.1f} µs "
+                      f"and {sleeps / queries:.2f} sleeps per query ({queries:,} queries)",
+                      flush=True)
     finally:
         reaper.cleanup()
     return 0

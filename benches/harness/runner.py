@@ -10,7 +10,6 @@ tenant's `search_path` in `PGOPTIONS` instead (or nothing: `direct-public`).
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import statistics
 import subprocess
@@ -19,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .stack import APP_DB, APP_USER
+from .stack import APP_DB, APP_USER, client_env
 from .wire import Connection, PgError
 
 
@@ -66,8 +65,7 @@ _CONNECT = re.compile(r"^initial connection time = ([\d.]+) ms", re.M)
 
 
 def _env(target: Target, tenant: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["PGPASSWORD"] = target.password
+    env = client_env(target.password)
     opts = target.pgoptions(tenant)
     if opts:
         env["PGOPTIONS"] = opts

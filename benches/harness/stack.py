@@ -128,6 +128,17 @@ class Reaper:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def client_env(password: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a PostgreSQL client (psql, pgbench): ours without any PG*
+    variable, so nothing of the caller's (PGHOST, PGOPTIONS, ...) leaks in, plus PGPASSWORD
+    when given and `extra` (e.g. PGOPTIONS)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    if password is not None:
+        env["PGPASSWORD"] = password
+    env.update(extra)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -270,7 +281,7 @@ class Postgres:
         self.start()
 
     def psql(self, sql: str, user: str = "postgres", db: str = "postgres") -> str:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env = client_env()
         r = subprocess.run(
             ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", self.dir,
              "-p", str(self.port), "-U", user, "-d", db],
