@@ -107,6 +107,7 @@ pub fn render(shared: &Shared) -> String {
     let mut w = Writer::default();
     render_proxy(&mut w, shared, generation.id);
     render_servers(&mut w, &generation.registry);
+    render_pinned(&mut w, &generation.registry);
     if generation.config.proxy.metrics_tenant_labels {
         render_tenants(&mut w, &tenants);
     } else {
@@ -157,6 +158,30 @@ fn render_proxy(w: &mut Writer, shared: &Shared, generation: u64) {
             &[("reason", reason.as_str())],
             n,
         );
+    }
+}
+
+/// Pinned clients per tenant and reason (the clients, not the reasons, are few: every
+/// tenant and reason is listed, so a pin that ends shows as 0).
+fn render_pinned(w: &mut Writer, registry: &crate::tenant::Registry) {
+    use crate::protocol::sql::pin;
+    w.family(
+        "pgtenant_clients_pinned",
+        "gauge",
+        "Clients kept on their server connection by session objects, by tenant and reason.",
+    );
+    let mut names: Vec<&String> = registry.tenants.keys().collect();
+    names.sort();
+    for name in names {
+        let stats = &registry.tenants[name].stats;
+        for (i, reason) in pin::NAMES.iter().enumerate() {
+            let n = stats.pinned_by[i].load(Ordering::Relaxed);
+            w.sample(
+                "pgtenant_clients_pinned",
+                &[("tenant", name.as_str()), ("reason", reason)],
+                n as u64,
+            );
+        }
     }
 }
 

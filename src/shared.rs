@@ -170,6 +170,9 @@ pub struct ClientEntry {
     pub stop: Stop,
     /// The session itself while it is parked (see [`crate::session::park`]).
     pub parked: Mutex<Option<crate::session::park::Parked>>,
+    /// Why the client is pinned to its server connection ([`crate::protocol::sql::pin`]
+    /// bits; 0: not pinned).
+    pub pins: std::sync::atomic::AtomicU8,
 }
 
 impl ClientEntry {
@@ -189,6 +192,7 @@ impl ClientEntry {
             state: AtomicU8::new(ClientState::Idle as u8),
             stop: Stop::default(),
             parked: Mutex::new(None),
+            pins: Default::default(),
         }
     }
 

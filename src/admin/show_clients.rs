@@ -11,6 +11,7 @@ pub fn run(shared: &Shared) -> Table {
         ("port", Type::Int8),
         ("state", Type::Text),
         ("parked", Type::Bool),
+        ("pinned", Type::Text),
         ("application_name", Type::Text),
         ("connected_s", Type::Int8),
         ("server_pid", Type::Int8),
@@ -26,6 +27,8 @@ pub fn run(shared: &Shared) -> Table {
             c.peer.map(|p| u64::from(p.port())).into(),
             c.state().as_str().into(),
             (c.state() == ClientState::Parked).into(),
+            crate::protocol::sql::pin::describe(c.pins.load(std::sync::atomic::Ordering::Relaxed))
+                .into(),
             (&*c.application_name).into(),
             c.since.elapsed().as_secs().into(),
             server_pid.into(),

@@ -95,6 +95,9 @@ pub struct ProxyConfig {
     pub max_message_size: usize,
     /// Per-server-connection LRU size of prepared statements (transaction mode).
     pub max_prepared_statements: usize,
+    /// Per tenant: how many clients session objects (temp tables, session advisory locks,
+    /// LISTEN, WITH HOLD cursors, SQL PREPARE) may keep on their server connection at once.
+    pub max_pinned_clients: usize,
     /// Threads serving clients (resolved: `workers = 0` in the file is half the cores, at
     /// least one). One means a single-threaded runtime: a client, its server connection and
     /// every wakeup between them stay on one thread.

@@ -51,6 +51,8 @@ pub(super) struct RawProxy {
     pub metrics_tenant_labels: bool,
     pub max_message_size: usize,
     pub max_prepared_statements: usize,
+    /// Per tenant: clients that may be pinned to a server connection at once.
+    pub max_pinned_clients: usize,
     /// Threads serving clients; 0 = automatic (half the cores, at least one).
     pub workers: usize,
 }
@@ -79,6 +81,7 @@ impl Default for RawProxy {
             metrics_tenant_labels: true,
             max_message_size: 1 << 30,
             max_prepared_statements: 200,
+            max_pinned_clients: 100,
             workers: 0,
         }
     }

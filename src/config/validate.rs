@@ -138,6 +138,7 @@ fn proxy_config<T, U>(
         metrics_tenant_labels: raw.metrics_tenant_labels,
         max_message_size: count("max_message_size", raw.max_message_size)?,
         max_prepared_statements: count("max_prepared_statements", raw.max_prepared_statements)?,
+        max_pinned_clients: raw.max_pinned_clients,
         workers: match raw.workers {
             0 => auto_workers(),
             n => n,

@@ -182,6 +182,28 @@ fn decode_auth(b: &[u8]) -> Result<AuthRequest<'_>, &'static str> {
     })
 }
 
+/// The columns of a DataRow (`D`), `None` for NULL.
+pub fn data_row(message: &[u8]) -> Result<Vec<Option<&[u8]>>, &'static str> {
+    const BAD: &str = "bad DataRow";
+    let b = body(message);
+    let count = u16::from_be_bytes([*b.first().ok_or(BAD)?, *b.get(1).ok_or(BAD)?]);
+    let mut rest = &b[2..];
+    let mut out = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let len = rest.get(..4).ok_or(BAD)?;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        rest = &rest[4..];
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| BAD)?;
+        out.push(Some(rest.get(..len).ok_or(BAD)?));
+        rest = &rest[len..];
+    }
+    Ok(out)
+}
+
 /// True for CommandComplete tags after which the proxy no longer knows the session state.
 pub fn tag_changes_session_state(tag: &[u8]) -> bool {
     tag == b"SET" || tag == b"RESET" || tag.starts_with(b"DISCARD")
@@ -223,6 +245,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(decode(b"Z\0\0\0\x05Q").is_err());
+        assert_eq!(
+            data_row(b"D\0\0\0\x0f\0\x02\0\0\0\x01a\xff\xff\xff\xff").unwrap(),
+            vec![Some(&b"a"[..]), None]
+        );
+        assert!(data_row(b"D\0\0\0\x0a\0\x02\0\0\0\x09").is_err());
     }
 
     #[test]

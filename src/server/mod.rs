@@ -224,3 +224,62 @@ pub async fn send_cancel(endpoint: &EndpointConfig, key: (i32, i32)) -> io::Resu
     stream.write_all(&buf).await?;
     stream.shutdown().await
 }
+
+/// What a query the proxy runs for itself returned (see [`ServerConn::own_query`]).
+#[derive(Debug, Default)]
+pub struct OwnQuery {
+    /// Text columns of each row.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// SQLSTATE of the first error, if any.
+    pub error: Option<String>,
+    /// Notifications that arrived meanwhile: the linked client's, to be passed on.
+    pub notifications: Vec<BytesMut>,
+    /// The transaction status the query left.
+    pub status: Option<crate::protocol::backend::TxStatus>,
+}
+
+impl ServerConn {
+    /// Runs `sql` (a simple Query of the proxy's own) and reads until its ReadyForQuery;
+    /// nothing of it reaches a client. Reported parameters are recorded.
+    pub async fn own_query(&mut self, sql: &str) -> Result<OwnQuery, ServerError> {
+        use crate::protocol::backend::{self, Backend};
+        let mut out = BytesMut::new();
+        crate::protocol::encode::query(&mut out, sql);
+        self.write_all(&out).await?;
+        let mut result = OwnQuery::default();
+        loop {
+            let msg = self.read_message().await?;
+            let decoded = backend::decode(&msg).map_err(|e| ServerError::Protocol(e.into()))?;
+            match decoded {
+                Backend::ReadyForQuery(status) => {
+                    result.status = Some(status);
+                    return Ok(result);
+                }
+                Backend::Error(fields) => {
+                    if matches!(fields.severity(), b"FATAL" | b"PANIC") {
+                        self.broken = true;
+                    }
+                    result
+                        .error
+                        .get_or_insert_with(|| fields.code().to_string());
+                }
+                Backend::ParameterStatus { name, value } => {
+                    let name = String::from_utf8_lossy(name).into_owned();
+                    self.params.set(&name, value);
+                }
+                Backend::Other(crate::protocol::btag::DATA_ROW) => {
+                    let row = backend::data_row(&msg)
+                        .map_err(|e| ServerError::Protocol(e.into()))?
+                        .into_iter()
+                        .map(|c| c.map(|v| String::from_utf8_lossy(v).into_owned()))
+                        .collect();
+                    result.rows.push(row);
+                }
+                Backend::Other(crate::protocol::btag::NOTIFICATION_RESPONSE) => {
+                    result.notifications.push(msg);
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -121,27 +121,26 @@ impl CancelSlot {
     }
 }
 
-thread_local! {
-    /// The (shared) empty list of a client's own setting names.
-    static NO_NAMES: Arc<[String]> = Arc::new([]);
-}
-
 pub struct ClientCtx {
     /// Shared with the client's console entry.
     pub user: Arc<str>,
     pub tenant: Arc<TenantRuntime>,
     /// Reported parameter values as this client knows them.
     pub params: Params,
-    /// The client's own settings as SQL (empty when none).
+    /// Reported parameter values as of login: what `RESET ALL` returns the client to.
+    pub login_params: Params,
+    /// The client's own startup settings (`-c name=value`) as SQL (empty when none).
     pub settings_sql: String,
-    /// Their names (`None`: none, the usual case, with nothing allocated).
-    own_setting_names: Option<Arc<[String]>>,
+    /// Those settings (`None`: none, the usual case, with nothing allocated).
+    startup_settings: Option<Arc<[(String, String)]>>,
     settings_hash: u64,
     /// Whether the client's settings have been applied once without error.
     pub settings_verified: bool,
     pub key: (i32, i32),
     /// Named prepared statements (transaction mode).
     pub stmts: super::prepared::ClientStatements,
+    /// What the client's session holds beyond its defaults (see [`super::vsession`]).
+    pub vs: super::vsession::VSession,
 }
 
 impl ClientCtx {
@@ -158,25 +157,54 @@ impl ClientCtx {
         ClientCtx {
             user: user.into(),
             tenant,
+            login_params: params.clone(),
             params,
             settings_verified: settings_sql.is_empty(),
             settings_sql,
-            own_setting_names: (!info.settings.is_empty())
-                .then(|| info.settings.iter().map(|(name, _)| name.clone()).collect()),
+            startup_settings: (!info.settings.is_empty()).then(|| info.settings.clone().into()),
             settings_hash: h.finish(),
             key,
             stmts: Default::default(),
+            vs: Default::default(),
         }
     }
 
-    /// What the state [`ClientCtx::wanted_state`] names sets.
+    /// The client's startup settings.
+    pub fn startup_settings(&self) -> &[(String, String)] {
+        self.startup_settings.as_deref().unwrap_or(&[])
+    }
+
+    /// What the state [`ClientCtx::wanted_state`] names sets: the tenant's settings, then
+    /// the client's startup settings and its own (captured) ones.
     pub fn setting_names(&self) -> SettingNames {
+        let snapshot = self.vs.snapshot();
+        let client: Arc<[String]> = if self.startup_settings.is_none() && snapshot.is_none() {
+            NO_NAMES.with(|none| none.clone())
+        } else {
+            self.startup_settings()
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .chain(snapshot.into_iter().flat_map(|s| s.names()))
+                .map(String::from)
+                .collect()
+        };
         SettingNames {
             tenant: self.tenant.setting_names.clone(),
-            client: match &self.own_setting_names {
-                Some(names) => names.clone(),
-                None => NO_NAMES.with(|none| none.clone()),
-            },
+            client,
+        }
+    }
+
+    /// The names the client's defaults set (for [`super::vsession`]); `login_user` is the
+    /// server login.
+    pub fn defaults(&self, login_user: &str) -> super::vsession::Defaults {
+        super::vsession::Defaults {
+            tenant: self.tenant.setting_names.clone(),
+            startup: self
+                .startup_settings()
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect(),
+            login_user: login_user.to_string(),
         }
     }
 
@@ -184,9 +212,14 @@ impl ClientCtx {
     pub fn wanted_state(&self) -> StateKey {
         StateKey {
             tenant: self.tenant.state_id,
-            client_settings: self.settings_hash,
+            client_settings: self.settings_hash ^ self.vs.settings_hash().rotate_left(17),
         }
     }
+}
+
+thread_local! {
+    /// The (shared) empty list of a client's own setting names.
+    static NO_NAMES: Arc<[String]> = Arc::new([]);
 }
 
 #[cfg(test)]

@@ -14,18 +14,19 @@ use super::expect::{Entry, Expect, Kind, Step, StmtRef, Synth};
 use super::prepared::{self, SqlStatement};
 use super::stream::ClientStream;
 use super::sync::{self, Prelude, Reply};
+use super::vsession;
 use crate::protocol::backend::{self, tag_changes_session_state, Backend, TxStatus};
 use crate::protocol::encode::{self, ErrorInfo};
-use crate::protocol::frontend::{self, is_known_tag, mentions_set_config, Frontend};
+use crate::protocol::frontend::{self, is_known_tag, Frontend};
+use crate::protocol::sql::{self as sqlscan, Effects, Resets};
 use crate::protocol::{btag, ftag, Scanned};
 use crate::server::ServerConn;
 
-/// Sent instead of SQL `PREPARE` in transaction mode: the server raises a clear error (with
-/// the transaction semantics of a real error) instead of creating a statement on a shared
-/// connection.
-const PREPARE_REFUSED: &str = "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', \
-MESSAGE = 'SQL PREPARE is not supported by pgtenant in transaction pooling mode', \
-HINT = 'Use protocol-level prepared statements (what drivers do), or pool_mode = \"session\".'; END $pgtenant$";
+/// Sent instead of a statement that would pin a client beyond `max_pinned_clients`: the
+/// server raises a clear error, with the transaction semantics of a real one.
+const PIN_REFUSED: &str = "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'configuration_limit_exceeded', \
+MESSAGE = 'too many pinned clients for this tenant (max_pinned_clients)', \
+HINT = 'Temp tables, session advisory locks, LISTEN, WITH HOLD cursors and SQL PREPARE keep a client on its server connection; end them (DISCARD ALL) or raise max_pinned_clients.'; END $pgtenant$";
 
 /// Bookkeeping of one link.
 #[derive(Debug)]
@@ -43,6 +44,35 @@ pub struct Link {
     /// Part of a streamed client message (CopyData) has been forwarded: the server stream is
     /// mid-message, so the connection can be neither released nor reused.
     pub client_mid_message: bool,
+    /// What the session must settle once the server has answered everything.
+    pending: Pending,
+    /// Client messages handled in this link.
+    messages: u32,
+    /// An error reached the client since the last ReadyForQuery.
+    unit_error: bool,
+    /// Session objects the client's statements in this link may have made (until a census
+    /// says which exist).
+    maybe_pins: u8,
+    /// Largest number of pinned clients the tenant may have.
+    pub max_pinned: usize,
+}
+
+/// Work the link owes the virtual session (see [`super::vsession`]).
+#[derive(Debug, Default)]
+struct Pending {
+    /// Settings may have changed: read them before the connection goes back.
+    capture: bool,
+    /// Session objects may have appeared or gone: count them.
+    census: bool,
+    /// Settings the unit being run returns to the connection's defaults; while `hold` is
+    /// set, no further client message is sent: the client's defaults go back first (if
+    /// the unit succeeded).
+    fixup: Resets,
+    hold: bool,
+    /// The last unit (up to its ReadyForQuery) had an error: PostgreSQL undid it.
+    failed: bool,
+    /// The link so far is one plain `SET` Query (its text): remembered once it succeeded.
+    sole_set: Option<Box<[u8]>>,
 }
 
 /// How a link ended.
@@ -99,6 +129,11 @@ impl Link {
             server_fatal: false,
             pooled,
             client_mid_message: false,
+            pending: Pending::default(),
+            messages: 0,
+            unit_error: false,
+            maybe_pins: 0,
+            max_pinned: usize::MAX,
         }
     }
 
@@ -111,6 +146,10 @@ impl Link {
         self.status = TxStatus::Idle;
         self.server_fatal = false;
         self.client_mid_message = false;
+        self.pending = Pending::default();
+        self.messages = 0;
+        self.unit_error = false;
+        self.maybe_pins = 0;
     }
 
     /// Nothing outstanding and no transaction open.
@@ -118,8 +157,24 @@ impl Link {
         self.expect.is_empty() && !self.unsynced && self.status == TxStatus::Idle
     }
 
-    fn released(&self) -> bool {
-        self.pooled && self.is_idle() && !self.client_mid_message
+    /// Statements of this link may have made session objects no census has counted yet.
+    pub fn may_hold_objects(&self) -> bool {
+        self.pending.census || self.maybe_pins != 0
+    }
+
+    /// Nothing outstanding at all: the session may settle its pending work.
+    fn quiet(&self) -> bool {
+        self.is_idle() && !self.client_mid_message && !self.pending.hold
+    }
+
+    /// Whether the connection may go back to the pool (transaction mode, nothing owed or
+    /// pending, no session object keeping the client on it).
+    fn released(&self, ctx: &ClientCtx) -> bool {
+        self.pooled
+            && self.quiet()
+            && !self.pending.capture
+            && !self.pending.census
+            && ctx.vs.pins() == 0
     }
 }
 
@@ -130,11 +185,15 @@ fn forget_state(conn: &mut ServerConn, link: &mut Link) {
     link.pending_state = None;
 }
 
+/// How much a client may send ahead while its link holds further messages back.
+const HOLD_READ_LIMIT: usize = 1 << 20;
+
 /// Runs one link: applies `prelude`, forwards what the client has buffered, then relays until
 /// the link ends.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
+    entry: &crate::shared::ClientEntry,
     conn: &mut ServerConn,
     link: &mut Link,
     prelude: Option<Prelude>,
@@ -155,10 +214,20 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     if terminated {
         return Ok(LinkEnd::ClientGone);
     }
-    if link.released() {
-        return Ok(LinkEnd::Released);
-    }
     loop {
+        if link.pending.hold && link.expect.is_empty() {
+            resolve_fixup(client, ctx, conn, link).await?;
+            if client_to_server(client, ctx, conn, link).await? {
+                return Ok(LinkEnd::ClientGone);
+            }
+            continue;
+        }
+        if link.quiet() && (link.pending.capture || link.pending.census) {
+            settle(client, ctx, entry, conn, link).await?;
+        }
+        if link.released(ctx) {
+            return Ok(LinkEnd::Released);
+        }
         reserve(&mut conn.rbuf);
         super::bufpool::room(&mut client.rbuf, 4096);
         let idle_in_tx = link.expect.owed() == 0 && link.status != TxStatus::Idle;
@@ -168,6 +237,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 _ => std::future::pending().await,
             }
         };
+        let read_client = !link.pending.hold || client.rbuf.len() < HOLD_READ_LIMIT;
         // Biased: no random branch order per wakeup (the server first: its replies free the
         // connection; the client's next message waits for them anyway).
         tokio::select! {
@@ -179,19 +249,154 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 server_to_client(client, ctx, conn, link).await?;
             }
-            r = client.io.read_buf(&mut client.rbuf) => {
+            r = client.io.read_buf(&mut client.rbuf), if read_client => {
                 if !matches!(r, Ok(n) if n > 0) {
                     return Ok(LinkEnd::ClientGone);
                 }
-                if client_to_server(client, ctx, conn, link).await? {
+                if !link.pending.hold && client_to_server(client, ctx, conn, link).await? {
                     return Ok(LinkEnd::ClientGone);
                 }
             }
             _ = timer => return Err(LinkError::IdleInTransaction),
         }
-        if link.released() {
-            return Ok(LinkEnd::Released);
+    }
+}
+
+/// After a unit that returned settings to the connection's defaults (see
+/// [`Pending::fixup`]): puts the client's own defaults back, unless the unit failed (then
+/// PostgreSQL undid it), and tells the client what changed.
+async fn resolve_fixup<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &mut ClientCtx,
+    conn: &mut ServerConn,
+    link: &mut Link,
+) -> Result<(), LinkError> {
+    link.pending.hold = false;
+    let resets = std::mem::take(&mut link.pending.fixup);
+    if link.pending.failed || link.status == TxStatus::Failed {
+        return Ok(());
+    }
+    let sql = sync::fixup_sql(&resets, ctx);
+    if sql.is_empty() {
+        return Ok(());
+    }
+    let result = own_query(client, conn, &sql).await?;
+    if let Some(code) = result.error {
+        tracing::warn!(tenant = %ctx.tenant.name, code, "could not restore a client's defaults after RESET");
+        conn.broken = true;
+        return Err(LinkError::ServerProtocol(format!(
+            "could not restore the session's defaults ({code})"
+        )));
+    }
+    sync::tell_params(conn, ctx, &mut client.wbuf);
+    client
+        .flush()
+        .await
+        .map_err(|_| LinkError::ServerLost { told: false })
+}
+
+/// Runs a query of the proxy's own while the client is linked, passing on the client's
+/// notifications that arrive meanwhile.
+async fn own_query<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    conn: &mut ServerConn,
+    sql: &str,
+) -> Result<crate::server::OwnQuery, LinkError> {
+    let result = conn.own_query(sql).await.map_err(|_| {
+        conn.broken = true;
+        LinkError::ServerLost { told: false }
+    })?;
+    for n in &result.notifications {
+        client.wbuf.extend_from_slice(n);
+    }
+    Ok(result)
+}
+
+/// The server has answered everything: read the session's settings (a capture) and count
+/// its objects (a census), as the transaction may have changed them; the client is then
+/// pinned or not, and the connection's state is the client's, known.
+async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &mut ClientCtx,
+    entry: &crate::shared::ClientEntry,
+    conn: &mut ServerConn,
+    link: &mut Link,
+) -> Result<(), LinkError> {
+    let capture = std::mem::take(&mut link.pending.capture);
+    let census = std::mem::take(&mut link.pending.census);
+    let sole_set = link.pending.sole_set.take();
+    if !link.pooled {
+        // Session mode: the client keeps its connection, which is its session.
+        return Ok(());
+    }
+    let defaults = ctx.defaults(&conn.endpoint.user);
+    let mut sql = String::new();
+    if capture {
+        sql.push_str(&ctx.vs.capture_sql(&defaults));
+        sql.push(';');
+    }
+    if census {
+        sql.push_str(vsession::CENSUS_SQL);
+    }
+    let result = own_query(client, conn, &sql).await?;
+    if !client.wbuf.is_empty() {
+        let _ = client.flush().await;
+    }
+    if let Some(code) = result.error {
+        // E.g. a statement_timeout too short for the query: the proxy cannot know the
+        // session, so the connection goes (and whatever it held with it).
+        tracing::warn!(tenant = %ctx.tenant.name, code, "could not read a client's session state; closing its server connection");
+        conn.broken = true;
+        forget_state(conn, link);
+        update_pins(ctx, entry, 0);
+        return Ok(());
+    }
+    let (settings, counts): (Vec<_>, Vec<_>) =
+        result.rows.into_iter().partition(|row| row.len() == 2);
+    if capture {
+        let rows = settings
+            .into_iter()
+            .filter_map(|mut row| {
+                let value = row.pop()?;
+                Some((row.pop()??, value))
+            })
+            .collect();
+        ctx.vs.captured(rows, &defaults);
+        conn.state = Some(ctx.wanted_state());
+        conn.applied = ctx.setting_names();
+        conn.reported_search_path = conn.params.get("search_path").map(|v| v.to_vec());
+        match sole_set {
+            Some(text) if !link.pending.failed && link.status == TxStatus::Idle => {
+                ctx.vs.remember_set(&text, &ctx.params)
+            }
+            _ => ctx.vs.forget_memo(),
         }
+    }
+    if census {
+        let row: Vec<Option<&[u8]>> = counts
+            .first()
+            .map(|r| r.iter().map(|c| c.as_deref().map(str::as_bytes)).collect())
+            .unwrap_or_default();
+        update_pins(ctx, entry, vsession::census_pins(&row));
+    }
+    Ok(())
+}
+
+/// Records the client's session objects: its pins, the console's and the metrics' view,
+/// and one log line when it is pinned or unpinned.
+fn update_pins(ctx: &mut ClientCtx, entry: &crate::shared::ClientEntry, pins: u8) {
+    let old = ctx.vs.pins();
+    if old == pins {
+        return;
+    }
+    ctx.vs.set_pins(pins);
+    entry.pins.store(pins, std::sync::atomic::Ordering::Relaxed);
+    ctx.tenant.stats.repin(old, pins);
+    let reason = sqlscan::pin::describe(pins);
+    if pins == 0 {
+        tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, was = %sqlscan::pin::describe(old), "client unpinned");
+    } else {
+        tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, reason = %reason, "client pinned to its server connection");
     }
 }
 
@@ -330,6 +535,11 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 out.at = off;
                 on_client_message(msg, ctx, conn, link, &mut out)?;
+                if link.pending.hold {
+                    // The rest waits until the client's defaults are back.
+                    off += len;
+                    break;
+                }
                 len
             }
         };
@@ -368,15 +578,21 @@ fn on_client_message(
 ) -> Result<(), LinkError> {
     let decoded = frontend::decode(msg).map_err(client_protocol)?;
     ctx.tenant.stats.on_client_message(&decoded);
+    link.messages += 1;
+    if link.messages > 1 {
+        link.pending.sole_set = None;
+    }
     let malformed = || client_protocol(format!("malformed message of type {}", msg[0] as char));
     let client_entry = |kind| Entry::Client { kind, stmt: None };
     match decoded {
         Frontend::Query { sql } => {
-            if mentions_set_config(sql) {
-                forget_state(conn, link);
+            let fx = sqlscan::effects(sql);
+            if link.messages == 1 && fx.plain_set && link.status == TxStatus::Idle {
+                link.pending.sole_set = Some(sql.into());
             }
+            note_effects(&fx, ctx, conn, link);
             match link.pooled.then(|| prepared::classify_sql(sql)) {
-                Some(SqlStatement::Deallocate(name)) => {
+                Some(SqlStatement::Deallocate(name)) if !server_deallocates(ctx, link, &name) => {
                     let tag = match name {
                         Some(name) => {
                             ctx.stmts.remove(&name);
@@ -390,15 +606,22 @@ fn on_client_message(
                     link.expect.push(Entry::Synth(Synth::QueryDone { tag }));
                     return Ok(());
                 }
-                Some(SqlStatement::Prepare) => encode::query(out.buf(), PREPARE_REFUSED),
+                _ if refuse_pin(&fx, ctx, link) => encode::query(out.buf(), PIN_REFUSED),
                 _ => out.forward(msg),
             }
             link.expect.push(client_entry(Kind::Query));
+            if !fx.resets.is_none() {
+                merge_resets(&mut link.pending.fixup, fx.resets);
+                link.pending.hold = true;
+            }
         }
         Frontend::Parse { name, sql } => {
             link.unsynced = true;
-            if mentions_set_config(sql) {
-                forget_state(conn, link);
+            let fx = sqlscan::effects(sql);
+            note_effects(&fx, ctx, conn, link);
+            if !fx.resets.is_none() {
+                // Put back at the next Sync (see `Frontend::Sync`).
+                merge_resets(&mut link.pending.fixup, fx.resets);
             }
             if !link.pooled || name.is_empty() {
                 out.forward(msg);
@@ -475,6 +698,9 @@ fn on_client_message(
             link.unsynced = false;
             out.forward(msg);
             link.expect.push_sync();
+            if !link.pending.fixup.is_none() {
+                link.pending.hold = true;
+            }
         }
         Frontend::FunctionCall => {
             out.forward(msg);
@@ -493,6 +719,63 @@ fn on_client_message(
         Frontend::Terminate => {}
     }
     Ok(())
+}
+
+/// Records what a statement's text says it may do to the session: settings to read back
+/// once the server is idle, session objects to count.
+fn note_effects(fx: &Effects, ctx: &mut ClientCtx, conn: &mut ServerConn, link: &mut Link) {
+    if fx.is_empty() {
+        return;
+    }
+    if fx.settings || fx.calls {
+        forget_state(conn, link);
+        link.pending.capture = true;
+        ctx.vs.note(fx);
+    }
+    if fx.pins != 0 || fx.releases || fx.calls {
+        link.pending.census = true;
+        link.maybe_pins |= fx.pins;
+    }
+}
+
+fn merge_resets(into: &mut Resets, more: Resets) {
+    *into = match (std::mem::take(into), more) {
+        (Resets::All, _) | (_, Resets::All) => Resets::All,
+        (Resets::None, r) | (r, Resets::None) => r,
+        (Resets::Names(mut a), Resets::Names(b)) => {
+            for n in b {
+                if !a.contains(&n) {
+                    a.push(n);
+                }
+            }
+            Resets::Names(a)
+        }
+    };
+}
+
+/// Whether a `DEALLOCATE` goes to the server: the client has SQL-prepared statements there
+/// and it does not name one of its protocol-level statements (those the proxy maps).
+fn server_deallocates(ctx: &ClientCtx, link: &Link, name: &Option<Vec<u8>>) -> bool {
+    let prepared = (ctx.vs.pins() | link.maybe_pins) & sqlscan::pin::PREPARE != 0;
+    prepared && name.as_ref().is_none_or(|n| ctx.stmts.get(n).is_none())
+}
+
+/// Whether a statement that would pin a client not yet pinned is over its tenant's
+/// `max_pinned_clients`.
+fn refuse_pin(fx: &Effects, ctx: &ClientCtx, link: &mut Link) -> bool {
+    if !link.pooled || fx.pins == 0 || ctx.vs.pins() != 0 || link.maybe_pins & !fx.pins != 0 {
+        return false;
+    }
+    let pinned = ctx
+        .tenant
+        .stats
+        .pinned
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if pinned < link.max_pinned {
+        return false;
+    }
+    link.maybe_pins &= !fx.pins;
+    true
 }
 
 /// The server statement a client's statement name maps to (named statements in
@@ -628,16 +911,19 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     let mut off = 0;
     loop {
         let expect = &link.expect;
+        // The prelude's replies are all swallowed, rows included (its SELECTs).
+        let swallowing = expect.prelude_pending();
         let inspect = |t: u8| {
-            t != btag::DATA_ROW
-                && t != btag::COPY_DATA
-                && (matches!(
-                    t,
-                    btag::READY_FOR_QUERY
-                        | btag::COMMAND_COMPLETE
-                        | btag::ERROR_RESPONSE
-                        | btag::PARAMETER_STATUS
-                ) || expect.needs_whole(t))
+            swallowing
+                || t != btag::DATA_ROW
+                    && t != btag::COPY_DATA
+                    && (matches!(
+                        t,
+                        btag::READY_FOR_QUERY
+                            | btag::COMMAND_COMPLETE
+                            | btag::ERROR_RESPONSE
+                            | btag::PARAMETER_STATUS
+                    ) || expect.needs_whole(t))
         };
         let item = conn
             .scanner
@@ -727,25 +1013,25 @@ fn on_forwarded(
     match backend::decode(msg)? {
         Backend::ReadyForQuery(status) => {
             ctx.tenant.stats.on_ready_for_query(status);
-            link.status = status
+            link.status = status;
+            link.pending.failed = std::mem::take(&mut link.unit_error);
         }
         Backend::CommandComplete(tag) => {
             if tag_changes_session_state(tag) {
                 forget_state(conn, link);
+                link.pending.capture = true;
+            }
+            if tag_may_touch_objects(tag) {
+                link.pending.census = true;
             }
             if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                 conn.prepared.clear();
-                if tag == b"DISCARD ALL" {
-                    ctx.stmts.clear();
-                }
-            } else if tag == b"PREPARE" && link.pooled {
-                // A SQL-level statement slipped through (e.g. inside a multi-statement
-                // query): it must not outlive this client, so the connection goes.
-                conn.broken = true;
+                ctx.stmts.clear();
             }
         }
         Backend::Error(fields) => {
             forget_state(conn, link);
+            link.unit_error = true;
             if matches!(fields.severity(), b"FATAL" | b"PANIC") {
                 conn.broken = true;
                 link.server_fatal = true;
@@ -754,7 +1040,9 @@ fn on_forwarded(
         Backend::ParameterStatus { name, value } => {
             let name = String::from_utf8_lossy(name).into_owned();
             if name == "search_path" && conn.reported_search_path.as_deref() != Some(value) {
+                // PostgreSQL 18 reports every change, even from a function: read it back.
                 forget_state(conn, link);
+                link.pending.capture = true;
             }
             conn.params.set(&name, value);
             if ctx.params.get(&name).is_some() {
@@ -764,4 +1052,25 @@ fn on_forwarded(
         _ => {}
     }
     Ok(())
+}
+
+/// CommandComplete tags of statements that may create or drop session objects (temp
+/// objects, cursors, SQL prepared statements, LISTEN), or run code that may: the server's
+/// word, whatever the scanner saw in the text.
+fn tag_may_touch_objects(tag: &[u8]) -> bool {
+    const EXACT: [&[u8]; 7] = [
+        b"LISTEN",
+        b"UNLISTEN",
+        b"DECLARE CURSOR",
+        b"PREPARE",
+        b"DO",
+        b"CALL",
+        b"DEALLOCATE",
+    ];
+    EXACT.contains(&tag)
+        || tag.starts_with(b"CREATE ")
+        || tag.starts_with(b"DROP ")
+        || tag.starts_with(b"CLOSE CURSOR")
+        || tag.starts_with(b"DISCARD")
+        || tag.starts_with(b"DEALLOCATE")
 }

@@ -12,6 +12,7 @@ pub mod park;
 pub mod prepared;
 pub mod stream;
 pub mod sync;
+pub mod vsession;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -138,10 +139,11 @@ fn register<S: ClientIo>(
     entry
 }
 
-/// The client has gone: off the console's list and its tenant's count.
+/// The client has gone: off the console's list and its tenant's counts.
 fn unregister(ctx: &ClientCtx, shared: &Shared) {
     shared.clients.remove(&ctx.key);
     ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    ctx.tenant.stats.repin(ctx.vs.pins(), 0);
 }
 
 /// The idle/linked loop until the client leaves (then cleanup), or until it is to park
@@ -378,6 +380,9 @@ async fn run<S: ClientIo>(
         if client.rbuf[0] == crate::protocol::ftag::TERMINATE {
             return Ok(RunEnd::Left);
         }
+        if !session_mode && answer_repeated_set(client, ctx).await {
+            continue;
+        }
         // A reload since the last checkout: this client's tenant, afresh.
         if shared.generation_id() != generation.id {
             generation = shared.current();
@@ -398,6 +403,37 @@ async fn run<S: ClientIo>(
             return Ok(RunEnd::Left);
         }
     }
+}
+
+/// A plain `SET` the client repeats in the state it left last time (apps that set their
+/// schema at the start of every request or transaction): running it again would change
+/// nothing, so the proxy answers it itself, with no server connection. True when answered.
+async fn answer_repeated_set<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &ClientCtx,
+) -> bool {
+    let buf = &client.rbuf;
+    if buf[0] != crate::protocol::ftag::QUERY || buf.len() < 6 {
+        return false;
+    }
+    let len = 1 + u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if buf.len() < len {
+        return false;
+    }
+    let sql = &buf[5..len - 1];
+    if !ctx.vs.is_repeated_set(sql, &ctx.params) {
+        return false;
+    }
+    encode::command_complete(&mut client.wbuf, "SET");
+    encode::ready_for_query(&mut client.wbuf, TxStatus::Idle);
+    bytes::Buf::advance(&mut client.rbuf, len);
+    ctx.tenant.stats.queries.fetch_add(1, Ordering::Relaxed);
+    ctx.tenant
+        .stats
+        .transactions
+        .fetch_add(1, Ordering::Relaxed);
+    let _ = client.flush().await;
+    true
 }
 
 /// One checkout: the pause gate, a server connection, the prelude, the link until it ends.
@@ -424,12 +460,14 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         .cancel
         .set(Some((conn.endpoint.clone(), conn.backend_key)));
     link.reset();
+    link.max_pinned = proxy.max_pinned_clients;
     // KILL cuts the link; shutdown and removal let the transaction finish (the idle loop
     // ends the session afterwards).
     let end = {
         let linked = linked::run(
             client,
             ctx,
+            entry,
             &mut conn,
             link,
             prelude,
@@ -453,11 +491,13 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     match end {
         Some(Ok(LinkEnd::Released)) => Ok(true),
         Some(Ok(LinkEnd::ClientGone)) => {
-            finish_session(conn, link, session_mode).await?;
+            let pinned = ctx.vs.pins() != 0 || link.may_hold_objects();
+            finish_session(conn, link, session_mode, pinned).await?;
             Ok(false)
         }
         Some(Err(e)) => {
-            abandon(conn, link).await;
+            let pinned = ctx.vs.pins() != 0 || link.may_hold_objects();
+            abandon(conn, link, pinned).await;
             Err(e.into())
         }
         None => {
@@ -632,32 +672,36 @@ async fn wait_while_paused<S: AsyncRead + AsyncWrite + Unpin>(
     waited
 }
 
-/// The client has left: make sure nothing of its transaction reaches the next client.
+/// The client has left: make sure nothing of its session reaches the next client.
 async fn finish_session(
     mut conn: Pooled<ServerConn>,
     link: &Link,
     session_mode: bool,
+    pinned: bool,
 ) -> Result<(), SessionError> {
-    if session_mode && link.is_idle() && !link.client_mid_message {
-        // Session mode: the connection goes back with no state at all.
+    if (session_mode || pinned) && link.is_idle() && !link.client_mid_message {
+        // Session mode, or session objects of the client's: the connection goes back with
+        // no state at all (DISCARD ALL also drops temp objects, locks, LISTENs, cursors and
+        // prepared statements).
         if reset(&mut conn, "DISCARD ALL").await {
             conn.state = None;
+            conn.prepared.clear();
             return Ok(());
         }
         conn.discard();
         return Ok(());
     }
-    abandon(conn, link).await;
+    abandon(conn, link, pinned).await;
     Ok(())
 }
 
 /// Returns a connection whose client left mid-link: idle -> as is; an open transaction with
 /// nothing in flight -> ROLLBACK and confirm idle; anything else (a query or COPY in
-/// flight, an unsynced extended batch) -> close it.
-async fn abandon(mut conn: Pooled<ServerConn>, link: &Link) {
+/// flight, an unsynced extended batch, session objects of the client's) -> close it.
+async fn abandon(mut conn: Pooled<ServerConn>, link: &Link, pinned: bool) {
     // Whatever happened, the proxy no longer vouches for this connection's state.
     conn.state = None;
-    if conn.broken || link.client_mid_message {
+    if conn.broken || link.client_mid_message || pinned {
         conn.discard();
         return;
     }
@@ -672,29 +716,14 @@ async fn abandon(mut conn: Pooled<ServerConn>, link: &Link) {
     conn.discard();
 }
 
-/// Runs `sql` and reads until ReadyForQuery `I`, within [`CLEANUP_TIMEOUT`]. False on any
+/// Runs `sql` and reads until ReadyForQuery `I`, within [`CLEANUP_TIMEOUT`], recording the
+/// parameters it reports (a `DISCARD ALL` puts DateStyle, TimeZone... back). False on any
 /// error (the caller closes the connection).
 async fn reset(conn: &mut ServerConn, sql: &str) -> bool {
-    let work = async {
-        let mut out = bytes::BytesMut::new();
-        encode::query(&mut out, sql);
-        conn.write_all(&out).await.ok()?;
-        let mut ok = true;
-        loop {
-            let msg = conn.read_message().await.ok()?;
-            match crate::protocol::backend::decode(&msg).ok()? {
-                crate::protocol::backend::Backend::Error(_) => ok = false,
-                crate::protocol::backend::Backend::ReadyForQuery(s) => {
-                    return Some(ok && s == TxStatus::Idle)
-                }
-                _ => {}
-            }
-        }
-    };
-    matches!(
-        tokio::time::timeout(CLEANUP_TIMEOUT, work).await,
-        Ok(Some(true))
-    )
+    match tokio::time::timeout(CLEANUP_TIMEOUT, conn.own_query(sql)).await {
+        Ok(Ok(r)) => r.error.is_none() && r.status == Some(TxStatus::Idle),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -20,9 +20,11 @@ use bytes::BytesMut;
 use postgres_protocol::escape::escape_literal;
 
 use super::client::ClientCtx;
+use super::vsession::CLEANUP_SQL;
 use crate::config::SearchPathSync;
 use crate::protocol::backend::{self, Backend};
 use crate::protocol::encode;
+use crate::protocol::sql::Resets;
 use crate::server::{ServerConn, StateKey, TRACKED_PARAMS};
 
 pub struct Prelude {
@@ -54,6 +56,13 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
     };
     let mut sql = String::new();
     if full {
+        let other_tenant = conn.state.as_ref().is_none_or(|s| s.tenant != want.tenant);
+        if other_tenant || mode == SearchPathSync::Always {
+            // Whatever the last client left (a temp table, a lock, a cursor made where no
+            // scanner sees it) goes before another tenant's client, after an unknown one,
+            // and before anyone in `always` mode.
+            sql.push_str(CLEANUP_SQL);
+        }
         match &switch {
             Some((old, new)) => {
                 for name in old.iter().filter(|n| !new.contains(n)) {
@@ -62,10 +71,14 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
                     sql.push(';');
                 }
             }
-            None => sql.push_str("RESET ALL;"),
+            // RESET ALL leaves the roles alone (PostgreSQL marks them GUC_NO_RESET_ALL).
+            None => sql.push_str("RESET ALL;SET SESSION AUTHORIZATION DEFAULT;"),
         }
         sql.push_str(&ctx.tenant.state_sql);
         sql.push_str(&ctx.settings_sql);
+        if let Some(snapshot) = ctx.vs.snapshot() {
+            sql.push_str(&snapshot.sql);
+        }
     }
     for (i, name) in TRACKED_PARAMS.iter().enumerate() {
         let Some(value) = ctx.params.tracked(i) else {
@@ -143,6 +156,60 @@ pub fn finish(
     ctx.tenant
         .settings_verified
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    tell_params(conn, ctx, out);
+}
+
+/// What puts back the client's defaults after a statement returned settings to the
+/// connection's defaults (`RESET`, `SET x TO DEFAULT`, `RESET ALL`, `DISCARD ALL`): the
+/// tenant's `search_path` and settings, the client's startup settings and the reported
+/// parameters it logged in with. Empty when the connection's default is the client's.
+pub fn fixup_sql(resets: &Resets, ctx: &ClientCtx) -> String {
+    let mut sql = String::new();
+    let tenant = &ctx.tenant.config;
+    let put_param = |sql: &mut String, name: &str| {
+        if let Some(value) = ctx.login_params.get(name) {
+            sql.push_str("SET ");
+            sql.push_str(name);
+            sql.push_str(" TO ");
+            sql.push_str(&escape_literal(&String::from_utf8_lossy(value)));
+            sql.push(';');
+        }
+    };
+    match resets {
+        Resets::None => {}
+        Resets::All => {
+            sql.push_str(&ctx.tenant.state_sql);
+            sql.push_str(&ctx.settings_sql);
+            for name in TRACKED_PARAMS {
+                put_param(&mut sql, name);
+            }
+        }
+        Resets::Names(names) => {
+            for name in names {
+                if name == "search_path" {
+                    sql.push_str(crate::tenant::registry::search_path_sql(tenant).as_str());
+                } else if let Some((n, v)) = tenant
+                    .settings
+                    .iter()
+                    .chain(ctx.startup_settings())
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                {
+                    sql.push_str(&crate::tenant::registry::settings_sql(&[(
+                        n.clone(),
+                        v.clone(),
+                    )]));
+                } else if let Some(tracked) = crate::server::tracked_name(name) {
+                    put_param(&mut sql, tracked);
+                }
+            }
+        }
+    }
+    sql
+}
+
+/// Tells the client each reported parameter whose value on its connection differs from
+/// what it was told (after the proxy's own statements changed some).
+pub fn tell_params(conn: &ServerConn, ctx: &mut ClientCtx, out: &mut BytesMut) {
     for name in TRACKED_PARAMS {
         if let Some(value) = conn.params.get(name) {
             if ctx.params.get(name).is_some_and(|v| v != value) {

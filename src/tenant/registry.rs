@@ -152,6 +152,13 @@ pub fn same_tenant(a: &TenantConfig, b: &TenantConfig) -> bool {
 /// The statements that give a connection this tenant's state. Schema names are always
 /// quoted as identifiers, values as literals; setting names were validated at load.
 pub fn state_sql(tenant: &TenantConfig) -> String {
+    let mut sql = search_path_sql(tenant);
+    sql.push_str(&settings_sql(&tenant.settings));
+    sql
+}
+
+/// `SET search_path TO "a","b";` for the tenant.
+pub fn search_path_sql(tenant: &TenantConfig) -> String {
     let mut sql = String::from("SET search_path TO ");
     if tenant.search_path.is_empty() {
         sql.push_str("''");
@@ -164,7 +171,6 @@ pub fn state_sql(tenant: &TenantConfig) -> String {
         sql.push_str(&quoted.join(","));
     }
     sql.push(';');
-    sql.push_str(&settings_sql(&tenant.settings));
     sql
 }
 

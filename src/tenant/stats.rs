@@ -163,9 +163,31 @@ pub struct TenantStats {
     /// From wanting a server connection to holding one (pool wait and connect; not pause).
     pub checkout_wait: Histogram,
     pub login_failures: LoginFailures,
+    /// Clients pinned to their server connection, in all and by reason
+    /// ([`crate::protocol::sql::pin`] order).
+    pub pinned: AtomicUsize,
+    pub pinned_by: [AtomicUsize; 5],
 }
 
 impl TenantStats {
+    /// A client's pins went from `old` to `new` (bits of [`crate::protocol::sql::pin`]).
+    pub fn repin(&self, old: u8, new: u8) {
+        if (old == 0) != (new == 0) {
+            if new == 0 {
+                self.pinned.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                self.pinned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for (i, bit) in crate::protocol::sql::pin::ALL.iter().enumerate() {
+            match (old & bit != 0, new & bit != 0) {
+                (false, true) => self.pinned_by[i].fetch_add(1, Ordering::Relaxed),
+                (true, false) => self.pinned_by[i].fetch_sub(1, Ordering::Relaxed),
+                _ => 0,
+            };
+        }
+    }
+
     /// Counts a client message (called for every whole message sent while linked).
     #[inline]
     pub fn on_client_message(&self, msg: &Frontend<'_>) {

@@ -1,0 +1,387 @@
+//! Virtual sessions in transaction mode: each client's own settings and session objects
+//! live on as on a direct connection, whichever server connection serves it, and never
+//! reach another client. Clients share a pool of one or two server connections, so every
+//! check below crosses a connection that another client used in between.
+
+use std::time::Duration;
+
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::support::clients::superuser;
+use crate::support::ops::eventually;
+use crate::support::{connect, simple_value, tenant_of, Naming, ProxyOptions, TestProxy};
+
+async fn client(proxy: &TestProxy, tenant: &str) -> Client {
+    proxy
+        .connect("app", Naming::Options, tenant)
+        .await
+        .unwrap_or_else(|e| panic!("connect as {tenant}: {e}"))
+}
+
+async fn value(client: &Client, sql: &str) -> Option<String> {
+    simple_value(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn exec(client: &Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn code_of(client: &Client, sql: &str) -> String {
+    let e = client
+        .batch_execute(sql)
+        .await
+        .expect_err("the statement fails");
+    e.code().expect("a server error").code().to_string()
+}
+
+#[tokio::test]
+async fn settings_persist_for_their_client_alone() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let a = client(&proxy, "t1").await;
+    let b = client(&proxy, "t2").await;
+    exec(&a, "SET statement_timeout = '7s'").await;
+    exec(&a, "SELECT set_config('app.x', 'from-a', false)").await;
+    exec(&a, "SET search_path TO t3").await;
+    // b runs on the same (only) server connection in between.
+    assert_eq!(
+        value(&b, "SHOW statement_timeout").await.as_deref(),
+        Some("0")
+    );
+    // A custom setting's name stays defined on the connection (PostgreSQL keeps
+    // placeholders for the backend's life), empty: never a's value (README "Known limits").
+    assert_eq!(
+        value(&b, "SELECT coalesce(current_setting('app.x', true), '')")
+            .await
+            .as_deref(),
+        Some("")
+    );
+    assert_eq!(tenant_of(&b).await.as_deref(), Some("t2"));
+    assert_eq!(
+        value(&a, "SHOW statement_timeout").await.as_deref(),
+        Some("7s")
+    );
+    assert_eq!(
+        value(&a, "SELECT current_setting('app.x', true)")
+            .await
+            .as_deref(),
+        Some("from-a")
+    );
+    assert_eq!(tenant_of(&a).await.as_deref(), Some("t3"));
+    // RESET goes back to the client's own default: its tenant's, not the connection's ''.
+    exec(&a, "RESET search_path").await;
+    assert_eq!(tenant_of(&a).await.as_deref(), Some("t1"));
+    exec(&a, "SET search_path TO t4").await;
+    exec(&a, "RESET ALL").await;
+    assert_eq!(tenant_of(&a).await.as_deref(), Some("t1"));
+    assert_eq!(
+        value(&a, "SHOW statement_timeout").await.as_deref(),
+        Some("0")
+    );
+    exec(&a, "SET search_path TO t4").await;
+    exec(&a, "DISCARD ALL").await;
+    assert_eq!(tenant_of(&a).await.as_deref(), Some("t1"));
+    assert_eq!(tenant_of(&b).await.as_deref(), Some("t2"));
+}
+
+#[tokio::test]
+async fn settings_follow_transaction_semantics() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let a = client(&proxy, "t1").await;
+    let b = client(&proxy, "t2").await;
+    async fn work_mem(c: &Client) -> String {
+        value(c, "SHOW work_mem").await.unwrap()
+    }
+    let default = work_mem(&a).await;
+    exec(&a, "BEGIN; SET work_mem = '5MB'; ROLLBACK").await;
+    assert_eq!(work_mem(&a).await, default);
+    exec(&a, "BEGIN; SET work_mem = '6MB'; COMMIT").await;
+    assert_eq!(work_mem(&b).await, default);
+    assert_eq!(work_mem(&a).await, "6MB");
+    exec(&a, "BEGIN; SET LOCAL work_mem = '7MB'; COMMIT").await;
+    assert_eq!(work_mem(&a).await, "6MB");
+    assert_eq!(
+        code_of(&a, "SET work_mem = '8MB'; SELECT 1/0").await,
+        "22012"
+    );
+    assert_eq!(
+        work_mem(&a).await,
+        "6MB",
+        "a failed implicit transaction undoes its SET"
+    );
+    exec(
+        &a,
+        "BEGIN; SAVEPOINT s; SET work_mem = '9MB'; ROLLBACK TO SAVEPOINT s; COMMIT",
+    )
+    .await;
+    assert_eq!(work_mem(&a).await, "6MB");
+    exec(&a, "BEGIN; RESET work_mem; ROLLBACK").await;
+    assert_eq!(
+        work_mem(&a).await,
+        "6MB",
+        "a rolled-back RESET changes nothing"
+    );
+    assert_eq!(work_mem(&b).await, default);
+}
+
+#[tokio::test]
+async fn a_role_stays_with_the_client_that_set_it() {
+    let su = superuser().await;
+    su.batch_execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sessions_role') \
+         THEN CREATE ROLE sessions_role; END IF; END $$; GRANT sessions_role TO app",
+    )
+    .await
+    .unwrap();
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let a = client(&proxy, "t1").await;
+    let b = client(&proxy, "t2").await;
+    exec(&a, "SET ROLE sessions_role").await;
+    assert_eq!(
+        value(&b, "SELECT current_user").await.as_deref(),
+        Some("app")
+    );
+    assert_eq!(
+        value(&a, "SELECT current_user || '/' || session_user")
+            .await
+            .as_deref(),
+        Some("sessions_role/app")
+    );
+    assert_eq!(
+        value(&b, "SELECT current_user || '/' || session_user")
+            .await
+            .as_deref(),
+        Some("app/app")
+    );
+    exec(&a, "RESET ROLE").await;
+    assert_eq!(
+        value(&a, "SELECT current_user").await.as_deref(),
+        Some("app")
+    );
+}
+
+#[tokio::test]
+async fn an_app_that_sets_its_own_schema_reads_only_it() {
+    // No tenant named: default_tenant; each client sets its schema once after connecting
+    // (16 clients, 4 schemas, pool 2), then again before each "request" of a few
+    // transactions (django-tenants).
+    let proxy = TestProxy::start_with(
+        ProxyOptions::default()
+            .pool_size(2)
+            .proxy_line("default_tenant = \"t1\""),
+    );
+    let conn = format!(
+        "host=127.0.0.1 port={} user=app password=secret dbname=app",
+        proxy.port()
+    );
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let conn = conn.clone();
+        tasks.push(tokio::spawn(async move {
+            let schema = format!("t{}", i % 4 + 1);
+            let c = connect(&conn).await.expect("connect");
+            let mut wrong = 0;
+            let mut reads = 0;
+            let once = i % 2 == 0;
+            if once {
+                exec(&c, &format!("SET search_path TO {schema}")).await;
+            }
+            for n in 0..200 {
+                if !once && n % 4 == 0 {
+                    exec(&c, &format!("SET search_path TO {schema}, public")).await;
+                }
+                let got = tenant_of(&c).await;
+                reads += 1;
+                if got.as_deref() != Some(schema.as_str()) {
+                    wrong += 1;
+                }
+            }
+            (reads, wrong)
+        }));
+    }
+    let (mut reads, mut wrong) = (0, 0);
+    for t in tasks {
+        let (r, w) = t.await.unwrap();
+        reads += r;
+        wrong += w;
+    }
+    assert_eq!(reads, 3200);
+    assert_eq!(wrong, 0, "{wrong} of {reads} reads saw another schema");
+}
+
+#[tokio::test]
+async fn temp_objects_pin_their_client_and_reach_no_one_else() {
+    let su = superuser().await;
+    su.batch_execute(
+        "CREATE OR REPLACE FUNCTION public.sessions_make_temp(v text) RETURNS void \
+         LANGUAGE plpgsql AS $$ BEGIN \
+         EXECUTE format('CREATE TEMP TABLE whoami AS SELECT %L::text AS tenant', v); END $$",
+    )
+    .await
+    .unwrap();
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(2));
+    let makers = [
+        "CREATE TEMP TABLE whoami AS SELECT 'temp-a'::text AS tenant",
+        "DO $$ BEGIN CREATE TEMP TABLE whoami AS SELECT 'temp-a'::text AS tenant; END $$",
+        "SELECT public.sessions_make_temp('temp-a')",
+    ];
+    for maker in makers {
+        let a = client(&proxy, "t1").await;
+        let others = [client(&proxy, "t2").await, client(&proxy, "t1").await];
+        exec(&a, maker).await;
+        for _ in 0..20 {
+            assert_eq!(tenant_of(&a).await.as_deref(), Some("temp-a"), "{maker}");
+            assert_eq!(
+                tenant_of(&others[0]).await.as_deref(),
+                Some("t2"),
+                "{maker}"
+            );
+            assert_eq!(
+                tenant_of(&others[1]).await.as_deref(),
+                Some("t1"),
+                "{maker}"
+            );
+        }
+        // Gone: the client is unpinned and reads its tenant's table again.
+        exec(&a, "DISCARD TEMP").await;
+        assert_eq!(tenant_of(&a).await.as_deref(), Some("t1"));
+        // Made again and left behind: the next clients never see it.
+        exec(&a, maker).await;
+        drop(a);
+        for _ in 0..10 {
+            let c = client(&proxy, "t1").await;
+            assert_eq!(tenant_of(&c).await.as_deref(), Some("t1"), "{maker}");
+            assert_eq!(
+                value(
+                    &c,
+                    "SELECT count(*)::text FROM pg_class WHERE relnamespace = pg_my_temp_schema()"
+                )
+                .await
+                .as_deref(),
+                Some("0")
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_session_lock_is_its_clients_and_goes_with_it() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(2));
+    let a = client(&proxy, "t1").await;
+    let b = client(&proxy, "t2").await;
+    exec(&a, "SELECT pg_advisory_lock(424242)").await;
+    for _ in 0..10 {
+        assert_eq!(
+            value(&b, "SELECT pg_try_advisory_lock(424243)::text")
+                .await
+                .as_deref(),
+            Some("true")
+        );
+        exec(&b, "SELECT pg_advisory_unlock(424243)").await;
+        assert_eq!(
+            value(&b, "SELECT pg_try_advisory_lock(424242)::text")
+                .await
+                .as_deref(),
+            Some("false"),
+            "another client never holds a's lock"
+        );
+    }
+    drop(a);
+    let su = std::sync::Arc::new(superuser().await);
+    eventually(Duration::from_secs(10), "a's lock released", || {
+        let su = su.clone();
+        async move {
+            value(
+                &su,
+                "SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory' AND objid = 424242",
+            )
+            .await
+            .as_deref()
+                == Some("0")
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sql_prepare_and_hold_cursors_work_and_unpin() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(2));
+    let a = client(&proxy, "t1").await;
+    let b = client(&proxy, "t2").await;
+    exec(&a, "PREPARE p (int) AS SELECT ($1 + 1)::text").await;
+    assert_eq!(tenant_of(&b).await.as_deref(), Some("t2"));
+    assert_eq!(value(&a, "EXECUTE p(41)").await.as_deref(), Some("42"));
+    assert_eq!(code_of(&b, "EXECUTE p(1)").await, "26000");
+    exec(&a, "DEALLOCATE p").await;
+    assert_eq!(code_of(&a, "EXECUTE p(1)").await, "26000");
+    exec(
+        &a,
+        "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT g::text FROM generate_series(1, 3) g; COMMIT",
+    )
+    .await;
+    assert_eq!(tenant_of(&b).await.as_deref(), Some("t2"));
+    assert_eq!(value(&a, "FETCH c").await.as_deref(), Some("1"));
+    assert_eq!(code_of(&b, "FETCH c").await, "34000");
+    assert_eq!(value(&a, "FETCH c").await.as_deref(), Some("2"));
+    exec(&a, "CLOSE c").await;
+    // Unpinned: with a pool of one, b is served while a is connected.
+    let proxy1 = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let a = client(&proxy1, "t1").await;
+    let b = client(&proxy1, "t2").await;
+    exec(&a, "PREPARE q AS SELECT 1").await;
+    exec(&a, "DEALLOCATE q").await;
+    assert_eq!(tenant_of(&b).await.as_deref(), Some("t2"));
+}
+
+#[tokio::test]
+async fn listen_delivers_a_clients_own_notifications() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(2));
+    let (a, mut connection) =
+        tokio_postgres::connect(&proxy.connect_str("app", Naming::Options, "t1"), NoTls)
+            .await
+            .expect("connect");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send(format!("{}:{}", n.channel(), n.payload()));
+            }
+        }
+    });
+    let b = client(&proxy, "t2").await;
+    exec(&a, "LISTEN sessions_chan").await;
+    let su = superuser().await;
+    for i in 0..5 {
+        exec(&b, "NOTIFY other_chan, 'not-for-a'").await;
+        exec(&su, &format!("NOTIFY sessions_chan, 'n{i}'")).await;
+    }
+    for i in 0..5 {
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a notification within 10 s");
+        assert_eq!(got.as_deref(), Some(format!("sessions_chan:n{i}").as_str()));
+    }
+    exec(&a, "UNLISTEN *").await;
+    assert_eq!(tenant_of(&a).await.as_deref(), Some("t1"));
+}
+
+#[tokio::test]
+async fn two_phase_commit_is_forwarded() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let a = client(&proxy, "t1").await;
+    // The shared test server has max_prepared_transactions = 0: PostgreSQL's own refusal
+    // (55000), not the proxy's (0A000), shows the statement reached it.
+    assert_eq!(
+        code_of(&a, "BEGIN; SELECT 1; PREPARE TRANSACTION 'sessions_tx'").await,
+        "55000"
+    );
+    exec(&a, "ROLLBACK").await;
+    assert_eq!(
+        code_of(&a, "COMMIT PREPARED 'sessions_none'").await,
+        "42704"
+    );
+}
