@@ -2,7 +2,8 @@
 PostgreSQL connections and through pgtenant, and every observation must be equal.
 
 Each client runs `SET`/`RESET`/`set_config`/`DISCARD ALL`/transactions/savepoints/`SET LOCAL`/
-roles/failing multi-statement queries (generated from `--seed`). After every statement both
+roles/failing multi-statement queries (generated from `--seed`); in session mode also
+prepared statements, WITH HOLD cursors, temporary tables and LISTEN. After every statement both
 sides observe the statement's outcome, the transaction status, the `current_setting` of every
 setting in the pool (plus `current_user`/`session_user`) and the ParameterStatus values libpq
 was told. Direct side: one PostgreSQL session per client, started as pgtenant starts a client
@@ -15,8 +16,10 @@ clients through pgtenant, which in the suite has `pool_size = 1`.
   --mode session: the clients run one after another (connect, run, leave; sometimes inside a
     transaction), so state left by one client shows up in the next one's observations.
 
-Prints `observations=N differences=M` (an observation is everything seen after one statement
-or connect; it differs if any of its fields does), counts per field, and for every field the
+Prints `observations=N differences=M new_differences=K` (an observation is everything seen
+after one statement or connect; it differs if any of its fields does; it is a new difference if
+a field differs that did not in the client's previous observation, so K counts the events where
+state went wrong rather than their consequences), counts per field, and for every field the
 first observation where it differed, with the client's preceding statements, so a seed
 reproduces it. Exit 1 on any difference or fewer than --min-observations observations.
 
@@ -103,7 +106,17 @@ def option_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
-def observation_sql(prepared: bool) -> str:
+# Session-scoped objects, observed in session mode only (in transaction mode they pin a client
+# to its server connection, which with one server connection would stall the other clients).
+SESSION_OBJECTS = {
+    "prepared statements": "(SELECT count(*) FROM pg_prepared_statements)",
+    "open cursors": "(SELECT count(*) FROM pg_cursors)",
+    "temporary relations": "(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())",
+    "listened channels": "(SELECT count(*) FROM pg_listening_channels())",
+}
+
+
+def observation_sql(objects: bool) -> str:
     cols = []
     for name in OBSERVED:
         if name in CUSTOM:
@@ -111,15 +124,15 @@ def observation_sql(prepared: bool) -> str:
         else:
             cols.append(f"current_setting({lit(name)})")
     cols += ["current_user", "session_user"]
-    if prepared:
-        cols.append("(SELECT count(*) FROM pg_prepared_statements)")
+    if objects:
+        cols += SESSION_OBJECTS.values()
     return "SELECT " + ", ".join(cols)
 
 
-def observation_fields(prepared: bool) -> list:
+def observation_fields(objects: bool) -> list:
     fields = [f"setting {n}" for n in OBSERVED] + ["current_user", "session_user"]
-    if prepared:
-        fields.append("prepared statements")
+    if objects:
+        fields += SESSION_OBJECTS
     return fields
 
 
@@ -202,7 +215,12 @@ class Generator:
         ])
 
     def session_objects(self) -> str:
-        return self.rng.choice(["PREPARE vs_p AS SELECT 1", "DEALLOCATE vs_p", "DEALLOCATE ALL", "EXECUTE vs_p"])
+        return self.rng.choice([
+            "PREPARE vs_p AS SELECT 1", "DEALLOCATE vs_p", "DEALLOCATE ALL", "EXECUTE vs_p",
+            "DECLARE vs_c CURSOR WITH HOLD FOR SELECT 1", "CLOSE vs_c", "CLOSE ALL",
+            "CREATE TEMP TABLE vs_tmp (a int)", "DROP TABLE IF EXISTS vs_tmp",
+            "LISTEN vs_channel", "UNLISTEN *",
+        ])
 
     def pick(self, table) -> str:
         total = sum(w for w, _ in table)
@@ -233,7 +251,7 @@ class Generator:
                 (2, lambda: "\\reconnect"),
             ]
             if self.session_mode:
-                table.append((3, self.session_objects))
+                table.append((5, self.session_objects))
             return self.pick(table)
         if tx == INTRANS:
             return self.pick([
@@ -362,11 +380,13 @@ class Run:
         self.rng = random.Random(args.seed)
         self.gen = Generator(self.rng, args.mode)
         self.tenants = args.tenants.split(",")
-        self.prepared = args.mode == "session"
-        self.obs_sql = observation_sql(self.prepared)
-        self.fields = observation_fields(self.prepared)
+        objects = args.mode == "session"
+        self.obs_sql = observation_sql(objects)
+        self.fields = observation_fields(objects)
         self.observations = 0
         self.differing = 0
+        self.new_differences = 0  # observations where a field starts to differ for its client
+        self.last_differing = {}  # client -> fields that differed in its previous observation
         self.resyncs = 0
         self.field_counts = {}
         self.first_by_field = {}
@@ -383,6 +403,7 @@ class Run:
         self.history.setdefault(client, []).append((self.step, f"\\connect {describe_spec(spec)}"))
         direct = Side(self.args.direct, "direct", spec)
         proxy = Side(self.args.proxy, self.args.proxy_naming, spec)
+        self.last_differing.pop(client, None)  # a new session: every difference is new
         self.compare(client, "\\connect", direct, proxy, "OK", "OK")
         return [direct, proxy]
 
@@ -391,8 +412,12 @@ class Run:
         seen_p = {"outcome": out_p, **proxy.observe(self.obs_sql, self.fields)}
         self.observations += 1
         differing = [f for f in seen_d.keys() | seen_p.keys() if seen_d.get(f) != seen_p.get(f)]
+        previous = self.last_differing.get(client, set())
+        self.last_differing[client] = set(differing)
         if not differing:
             return
+        if not set(differing) <= previous:
+            self.new_differences += 1
         self.differing += 1
         record = {
             "client": client, "step": self.step, "statement": stmt, "fields": sorted(differing),
@@ -464,7 +489,8 @@ class Run:
         a = self.args
         print(f"differential: mode={a.mode} seed={a.seed} clients={a.clients} steps={a.steps} "
               f"tenants={a.tenants} proxy_naming={a.proxy_naming}", file=out)
-        print(f"observations={self.observations} differences={self.differing} resyncs={self.resyncs}", file=out)
+        print(f"observations={self.observations} differences={self.differing} "
+              f"new_differences={self.new_differences} resyncs={self.resyncs}", file=out)
         outcomes = sorted(self.direct_outcomes.items(), key=lambda kv: (-kv[1], kv[0]))
         print("statements (direct side): " + ", ".join(f"{k}={n}" for k, n in outcomes), file=out)
         for field, n in sorted(self.field_counts.items(), key=lambda kv: (-kv[1], kv[0])):

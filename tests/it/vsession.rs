@@ -162,7 +162,8 @@ async fn transaction_mode_clients_keep_their_own_settings() {
 
 /// Twelve clients one after another on the one server connection (some leave inside a
 /// transaction): each one starts as on a fresh direct connection, nothing of the previous
-/// client (settings, role, reported parameters, prepared statements) shows.
+/// client (settings, role, reported parameters, prepared statements, WITH HOLD cursors,
+/// temporary tables, LISTEN) shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_clients_start_clean_and_keep_their_settings() {
     let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1).pool_mode("session"));
