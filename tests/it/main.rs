@@ -15,3 +15,4 @@ mod protocol;
 mod reliability;
 mod reload;
 mod sessions;
+mod vsession;

@@ -3,6 +3,9 @@
 
 CREATE ROLE app LOGIN PASSWORD 'app_pw';
 CREATE ROLE tenant_t7 LOGIN PASSWORD 't7_pw';
+-- Virtual sessions (tests/it/vsession.rs): a role the server login `app` may SET ROLE to.
+CREATE ROLE vs_role NOLOGIN;
+GRANT vs_role TO app;
 CREATE DATABASE app OWNER app;
 CREATE DATABASE app_t5 OWNER app;
 CREATE DATABASE app_t6 OWNER app;
