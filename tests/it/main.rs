@@ -14,3 +14,4 @@ mod prepared;
 mod protocol;
 mod reliability;
 mod reload;
+mod selfcheck;

@@ -8,6 +8,7 @@
 
 pub mod clients;
 pub mod ops;
+pub mod watch;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use pgtenant::config::Config;
 use pgtenant::localpg::{LocalPgOptions, LocalPostgres};
+use pgtenant::{Proxy, ProxyHandle};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -245,11 +247,16 @@ impl ProxyOptions {
     }
 }
 
-/// The proxy running in-process on the test's tokio runtime. Dropping it cancels it.
+/// The proxy running in-process on the test's tokio runtime. Dropping it cancels it;
+/// [`TestProxy::stop`] also waits for it to drain. Either way, a panic or an ERROR logged in
+/// the proxy's tasks during the test fails the test (see [`watch`]).
 pub struct TestProxy {
     addr: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    /// Reloads, stops, injects faults.
+    pub handle: ProxyHandle,
+    watch: watch::Watch,
     /// The config text it runs with (printed when a test fails to start it).
     pub config_text: String,
 }
@@ -279,15 +286,35 @@ impl TestProxy {
             .expect("nonblocking listener");
         let listener =
             tokio::net::TcpListener::from_std(std_listener).expect("listener into tokio");
-        let addr = listener.local_addr().expect("listener address");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(pgtenant::run(listener, Arc::new(config), shutdown.clone()));
+        let proxy = Proxy::new(Arc::new(config), None, shutdown.clone());
+        TestProxy::serve(proxy, listener, shutdown, config_text)
+    }
+
+    /// Runs `proxy` (made with `shutdown`) on `listener`, watching its tasks.
+    pub fn serve(
+        proxy: Proxy,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+        config_text: String,
+    ) -> TestProxy {
+        let watch = watch::Watch::start();
+        let addr = listener.local_addr().expect("listener address");
+        let handle = proxy.handle();
+        let task = tokio::spawn(proxy.serve(listener));
         TestProxy {
             addr,
             shutdown,
             task: Some(task),
+            handle,
+            watch,
             config_text,
         }
+    }
+
+    /// What went wrong inside the proxy's tasks so far (panics, ERROR logs).
+    pub fn incidents(&self) -> Vec<String> {
+        self.watch.incidents()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -362,19 +389,27 @@ impl TestProxy {
         connect(&self.connect_str(user, naming, tenant)).await
     }
 
-    /// Cancels the proxy and waits for `run` to return.
+    /// Cancels the proxy, waits for it to drain (at most `shutdown_timeout`) and fails the
+    /// test if anything went wrong inside its tasks.
     pub async fn stop(mut self) -> std::io::Result<()> {
         self.shutdown.cancel();
-        match self.task.take() {
+        let result = match self.task.take() {
             Some(task) => task.await.map_err(std::io::Error::other)?,
             None => Ok(()),
-        }
+        };
+        self.watch.check();
+        result
     }
 }
 
 impl Drop for TestProxy {
+    /// Cancels the proxy and fails the test if anything went wrong inside its tasks so far
+    /// (`stop` has checked already when it ran: `task` is then gone).
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if self.task.is_some() {
+            self.watch.check();
+        }
     }
 }
 

@@ -62,7 +62,6 @@ impl OpsProxy {
         let config = Config::load(&config_path)
             .unwrap_or_else(|e| panic!("test config does not load: {e}\n---\n{config_text}"));
         let (proxy_listener, metrics_listener) = (listener(), listener());
-        let addr = proxy_listener.local_addr().expect("listener address");
         let metrics_addr = metrics_listener.local_addr().expect("metrics address");
         let shutdown = CancellationToken::new();
         let proxy = Proxy::new(
@@ -72,14 +71,8 @@ impl OpsProxy {
         )
         .with_metrics_listener(metrics_listener);
         let handle = proxy.handle();
-        let task = tokio::spawn(proxy.serve(proxy_listener));
         OpsProxy {
-            proxy: TestProxy {
-                addr,
-                shutdown,
-                task: Some(task),
-                config_text,
-            },
+            proxy: TestProxy::serve(proxy, proxy_listener, shutdown, config_text),
             handle,
             metrics_addr,
             config_path,
