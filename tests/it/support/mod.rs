@@ -19,6 +19,7 @@ use pgtenant::config::Config;
 use pgtenant::localpg::{LocalPgOptions, LocalPostgres};
 use pgtenant::{Proxy, ProxyHandle};
 use tokio::task::JoinHandle;
+use tokio_postgres::error::DbError;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
@@ -478,6 +479,96 @@ pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client, ConnectEr
         Ok(Err(e)) => Err(ConnectError::Postgres(e)),
         Err(_) => Err(ConnectError::TimedOut),
     }
+}
+
+/// A client whose connection task's end the test can read. A FATAL sent between queries
+/// (KILL, a removed tenant, a timeout) ends tokio-postgres's connection task with that
+/// error, and the client's next query sees only "connection closed"; a FATAL that answers a
+/// query is that query's error. [`Watched::closing_error`] finds it either way.
+pub struct Watched {
+    pub client: tokio_postgres::Client,
+    ended: JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl std::ops::Deref for Watched {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+}
+
+/// Connects like [`connect`], keeping the connection task's result.
+pub async fn connect_watched(conn_str: &str) -> Result<Watched, ConnectError> {
+    let connecting = tokio_postgres::connect(conn_str, NoTls);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok((client, connection))) => Ok(Watched {
+            client,
+            ended: tokio::spawn(connection),
+        }),
+        Ok(Err(e)) => Err(ConnectError::Postgres(e)),
+        Err(_) => Err(ConnectError::TimedOut),
+    }
+}
+
+impl Watched {
+    /// The ErrorResponse that closed the connection: `query_err` itself when the query got
+    /// it, else the one that ended the connection task. Fails the test when the connection
+    /// closed with no ErrorResponse at all.
+    pub async fn closing_error(self, query_err: &tokio_postgres::Error) -> DbError {
+        self.end(query_err)
+            .await
+            .unwrap_or_else(|why| panic!("closed with no ErrorResponse: {why}"))
+    }
+
+    /// Asserts that the connection closed with no ErrorResponse at all.
+    pub async fn closed_without_error(self, query_err: &tokio_postgres::Error) {
+        if let Ok(db) = self.end(query_err).await {
+            panic!(
+                "expected a close with no ErrorResponse, got {} {}: {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            );
+        }
+    }
+
+    /// The closing ErrorResponse, or what happened instead.
+    async fn end(self, query_err: &tokio_postgres::Error) -> Result<DbError, String> {
+        if let Some(db) = query_err.as_db_error() {
+            return Ok(db.clone());
+        }
+        let ended = tokio::time::timeout(CONNECT_TIMEOUT, self.ended)
+            .await
+            .unwrap_or_else(|_| panic!("the connection did not end: {}", describe(query_err)))
+            .expect("connection task");
+        let why = format!("query: {}", describe(query_err));
+        match ended {
+            Err(e) => e
+                .as_db_error()
+                .cloned()
+                .ok_or_else(|| format!("{why}; connection: {}", describe(&e))),
+            Ok(()) => Err(why),
+        }
+    }
+}
+
+/// Asserts that `db` is exactly `code` with `message`.
+pub fn assert_db_error(db: &DbError, code: &str, message: &str) {
+    assert_eq!(
+        (db.code().code(), db.message()),
+        (code, message),
+        "{} {}: {}",
+        db.severity(),
+        db.code().code(),
+        db.message()
+    );
+}
+
+/// The server error in `e` (failing the test if `e` is not one), e.g. to compare its
+/// SQLSTATE: `assert_eq!(db_error(&e).code().code(), "42P01")`.
+pub fn db_error(e: &tokio_postgres::Error) -> &DbError {
+    e.as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got: {}", describe(e)))
 }
 
 /// The first column of the first row of a simple query's result, as text.
