@@ -571,6 +571,25 @@ pub fn db_error(e: &tokio_postgres::Error) -> &DbError {
         .unwrap_or_else(|| panic!("expected an ErrorResponse, got: {}", describe(e)))
 }
 
+/// Waits for a condition: polls `check` every 20 ms until it holds, and returns how long
+/// that took; fails the test naming `what` if it does not hold within `within`. The one way
+/// tests wait (STYLE 20): for a condition, never for a fixed time.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = tokio::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
 /// The first column of the first row of a simple query's result, as text.
 /// The config block of schema tenant `t{n}` (`search_path = ["t{n}", "public"]`), as
 /// [`ProxyOptions::toml`] writes it for t1..t4.
