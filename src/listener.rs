@@ -3,6 +3,7 @@
 //! [`ProxyHandle`] reloads it (SIGHUP in `main.rs`, tests in-process) or stops it.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,6 +127,13 @@ async fn accept_loop(
                 backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
                 let permit = clients.clone().try_acquire_owned().ok();
+                if shared.panic_next_client.swap(false, Ordering::Relaxed) {
+                    tracker.spawn(async move {
+                        let _client = stream;
+                        panic!("injected panic (ProxyHandle::panic_next_client)");
+                    });
+                    continue;
+                }
                 tracker.spawn(session::serve(stream, shared.clone(), permit));
             }
             Err(e) => {
@@ -158,6 +166,14 @@ impl ProxyHandle {
     /// What `/metrics` would answer now.
     pub fn metrics_text(&self) -> String {
         crate::metrics::render(&self.shared)
+    }
+
+    /// Test hook: the next client accepted gets a task that panics (its connection closes
+    /// with no message), as a bug in a session would. The test suite uses it to show that
+    /// it notices panics in the proxy's tasks.
+    #[doc(hidden)]
+    pub fn panic_next_client(&self) {
+        self.shared.panic_next_client.store(true, Ordering::Relaxed);
     }
 
     /// Stops accepting clients and drains (as SIGTERM does).

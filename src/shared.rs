@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -260,6 +260,10 @@ pub struct Shared {
     pub started: Instant,
     /// Where idle sessions park; set when the proxy starts serving.
     park_lot: std::sync::OnceLock<Arc<crate::session::park::ParkLot>>,
+    /// Test hook ([`crate::ProxyHandle::panic_next_client`]): the next accepted client's
+    /// task panics, so the test suite can show that it notices a panicking session.
+    #[doc(hidden)]
+    pub panic_next_client: AtomicBool,
 }
 
 impl Shared {
@@ -284,6 +288,7 @@ impl Shared {
             reload_lock: Mutex::new(()),
             started: Instant::now(),
             park_lot: std::sync::OnceLock::new(),
+            panic_next_client: AtomicBool::new(false),
         }
     }
 

@@ -1,13 +1,15 @@
 //! The bodies of pgtenant's fuzz targets, one function per target, shared by the libFuzzer
 //! binaries in `fuzz_targets/` (run by `cargo fuzz`, see `scripts/fuzz`) and by this crate's
 //! `cargo test`, which replays the seeds, the regression inputs and a stretch of
-//! pseudo-random inputs on any toolchain.
+//! pseudo-random inputs on any toolchain ([`replay`]). The main crate compiles this file
+//! too (`tests/fuzz_replay.rs`), so `scripts/test` replays the saved inputs as well.
 //!
 //! Each target checks properties, not only "does not panic": the frame scanner reports the
 //! same frames whatever the read boundaries, a decoded startup packet re-encodes to the same
 //! bytes, a renamed Bind keeps its framing, and no fuzzed SCRAM/md5 exchange ever logs in.
 
 use std::cell::RefCell;
+use std::path::Path;
 
 use bytes::BytesMut;
 use pgtenant::config::{AuthMethod, ScramVerifier, TenantAllow, UserConfig, UserSecret};
@@ -139,14 +141,19 @@ pub fn startup(data: &[u8]) {
                 Ok(Some((request.clone(), len)))
             );
             assert_eq!(startup::decode(&data[..len - 1]), Ok(None));
-            if let StartupRequest::Startup { params } = request {
+            if let StartupRequest::Startup { params, minor } = request {
+                assert_eq!(minor, u16::from_be_bytes([data[6], data[7]]));
                 let pairs: Vec<(&str, &str)> = params
                     .iter()
                     .map(|(n, v)| (n.as_str(), v.as_str()))
                     .collect();
                 let mut again = BytesMut::new();
                 encode::startup_message(&mut again, &pairs);
-                assert_eq!(&again[..], &data[..len], "startup packet re-encodes");
+                // The encoder speaks 3.0; any 3.x minor version decodes (and is negotiated
+                // down by the session), so the rest must match byte for byte.
+                let mut as_3_0 = data[..len].to_vec();
+                as_3_0[6..8].copy_from_slice(&[0, 0]);
+                assert_eq!(&again[..], &as_3_0[..], "startup packet re-encodes");
                 let _ = read_startup(params);
             }
         }
@@ -246,8 +253,8 @@ fn fuzz_user() -> UserConfig {
         secret: UserSecret::Scram(ScramVerifier {
             iterations: 4096,
             salt: b"pgtenant-fuzz-salt".to_vec(),
-            stored_key: (0..32).map(|i| i * 7 + 3).collect(),
-            server_key: (0..32).map(|i| i * 11 + 5).collect(),
+            stored_key: (0..32u32).map(|i| (i * 7 + 3) as u8).collect(),
+            server_key: (0..32u32).map(|i| (i * 11 + 5) as u8).collect(),
         }),
         tenants: TenantAllow::All,
     }
@@ -306,6 +313,105 @@ pub fn scram(data: &[u8]) {
         result
     });
     assert!(result.is_err(), "a fuzzed exchange logged in");
+}
+
+// --- Replaying saved inputs without libFuzzer (this crate's `cargo test`, and the main
+// crate's `tests/fuzz_replay.rs`, which `scripts/test` runs) ---
+
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name of its directories under `seeds/`, `regressions/`, `corpus/`.
+pub const TARGETS: [(&str, Target); 5] = [
+    ("frames", frames),
+    ("startup", startup),
+    ("backend_decode", backend_decode),
+    ("frontend_decode", frontend_decode),
+    ("scram", scram),
+];
+
+/// The files in `dir` (none if it does not exist), sorted by name.
+pub fn inputs(dir: &Path) -> Vec<Vec<u8>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.file_name().is_none_or(|n| n != ".keep"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .collect()
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// One mutation of `seed`: flip, overwrite with an interesting byte, insert, delete,
+/// truncate, or splice in a run of another length field.
+fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+    let mut v = seed.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(v.len() + 1);
+        match rng.below(6) {
+            0 if at < v.len() => v[at] ^= 1 << rng.below(8),
+            1 if at < v.len() => v[at] = [0, 0xff, 0x7f, 0x80, b'=', b',', 4][rng.below(7)],
+            2 => v.insert(at, rng.next() as u8),
+            3 if at < v.len() => {
+                v.remove(at);
+            }
+            4 => v.truncate(at),
+            _ => {
+                let len = [0i32, 3, 4, 5, -1, i32::MAX, 10_001][rng.below(7)];
+                let at = at.min(v.len());
+                v.splice(at..at, len.to_be_bytes());
+            }
+        }
+    }
+    v
+}
+
+/// Runs every target over its saved inputs, from `root` (this crate's directory): the seeds,
+/// every input kept under `regressions/<target>/` (crashes found by `scripts/fuzz`) and the
+/// local corpus `corpus/<target>/` if there is one (not in git), then `mutations`
+/// pseudo-random mutations of the seeds. Returns one summary line per target.
+pub fn replay(root: &Path, mutations: usize) -> Vec<String> {
+    let mut summary = Vec::new();
+    for (name, target) in TARGETS {
+        let seeds = inputs(&root.join("seeds").join(name));
+        assert!(!seeds.is_empty(), "no seeds for {name}");
+        let regressions = inputs(&root.join("regressions").join(name));
+        let corpus = inputs(&root.join("corpus").join(name));
+        for input in seeds.iter().chain(&regressions).chain(&corpus) {
+            target(input);
+        }
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ name.len() as u64);
+        for _ in 0..mutations {
+            let seed = &seeds[rng.below(seeds.len())];
+            target(&mutate(&mut rng, seed));
+        }
+        summary.push(format!(
+            "{name}: {} seeds, {} regressions, {} corpus inputs, {mutations} mutations",
+            seeds.len(),
+            regressions.len(),
+            corpus.len()
+        ));
+    }
+    summary
 }
 
 #[cfg(test)]

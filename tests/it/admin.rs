@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use crate::support::ops::{eventually, num, row_where, rows, OpsProxy, ADMIN_USER};
-use crate::support::{connect, pg, simple_value, Naming, ProxyOptions, PROXY_PASSWORD};
+use crate::support::{
+    assert_db_error, connect, connect_watched, pg, simple_value, Naming, ProxyOptions,
+    PROXY_PASSWORD,
+};
 
 /// Tenants in the standard test config.
 const TENANTS: usize = 11;
@@ -318,12 +321,14 @@ async fn pause_lets_linked_transactions_finish() {
         .unwrap();
     r.unwrap();
     let tenants = rows(&admin, "SHOW TENANTS").await;
+    assert_eq!(tenants.len(), TENANTS);
     assert!(
         tenants.iter().all(|t| t.get("paused") == Some("t")),
         "bare PAUSE pauses all"
     );
     admin.simple_query("RESUME").await.unwrap();
     let tenants = rows(&admin, "SHOW TENANTS").await;
+    assert_eq!(tenants.len(), TENANTS);
     assert!(tenants.iter().all(|t| t.get("paused") == Some("f")));
     simple_value(&t1, "select 1").await.unwrap();
 }
@@ -331,16 +336,42 @@ async fn pause_lets_linked_transactions_finish() {
 #[tokio::test]
 async fn kill_disconnects_one_tenants_clients() {
     let proxy = OpsProxy::start(ProxyOptions::default());
-    let a = proxy.connect("app", Naming::Options, "t1").await.unwrap();
-    let b = proxy.connect("app", Naming::User, "t1").await.unwrap();
-    b.simple_query("BEGIN; SELECT 1").await.unwrap();
+    let a = connect_watched(&proxy.connect_str("app", Naming::Options, "t1"))
+        .await
+        .unwrap();
+    let b = connect_watched(&proxy.connect_str("app", Naming::User, "t1"))
+        .await
+        .unwrap();
+    b.simple_query("BEGIN").await.unwrap();
+    let b_backend = simple_value(&b, "SELECT pg_backend_pid()")
+        .await
+        .unwrap()
+        .unwrap();
     let other = proxy.connect("app", Naming::Options, "t2").await.unwrap();
     let admin = proxy.admin().await;
     admin.simple_query("KILL t1").await.unwrap();
-    for c in [&a, &b] {
-        let e = c.simple_query("select 1").await.expect_err("killed");
-        assert!(c.is_closed() || e.is_closed() || e.code().is_some(), "{e}");
-    }
+    // Idle: told, as PostgreSQL tells a terminated backend's client.
+    let e = a.simple_query("select 1").await.expect_err("killed");
+    assert_db_error(
+        &a.closing_error(&e).await,
+        "57P01",
+        "terminating connection due to administrator command",
+    );
+    // Linked (in a transaction): the link is cut with nothing more sent, since the client
+    // stream may be mid-message (`SessionError::Killed { linked: true }`).
+    let e = b.simple_query("select 1").await.expect_err("killed");
+    b.closed_without_error(&e).await;
+    // Its transaction did not survive: the server connection that held it is closed.
+    let su = crate::support::clients::superuser().await;
+    eventually(Duration::from_secs(5), "b's server backend is gone", || {
+        let su = &su;
+        let pid = b_backend.clone();
+        async move {
+            let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
+            simple_value(su, &sql).await.unwrap().as_deref() == Some("0")
+        }
+    })
+    .await;
     eventually(Duration::from_secs(5), "t1's clients are gone", || async {
         rows(&admin, "SHOW CLIENTS")
             .await

@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::types::Type;
 
-use crate::support::{connect, describe, simple_value, ConnectError, ProxyOptions};
+use crate::support::{
+    connect, connect_watched, describe, simple_value, ConnectError, ProxyOptions,
+};
 
 /// How long one raw exchange may take before the test calls it a hang.
 const RAW_TIMEOUT: Duration = Duration::from_secs(10);
@@ -252,14 +254,19 @@ impl Wire {
 /// Env var that makes [`isolated_proxy_process`] run a proxy with the config it holds.
 const ISOLATED_CONFIG_ENV: &str = "PGTENANT_IT_ISOLATED_PROXY_CONFIG";
 const PORT_LINE: &str = "ISOLATED_PROXY_PORT=";
+/// What the child prints for each panic in its tasks (one line).
+const PANIC_LINE: &str = "ISOLATED_PROXY_PANIC=";
 
 /// A proxy in a child process (this test binary again, running only
 /// [`isolated_proxy_process`]). A proxy task that never yields would freeze a runtime shared
 /// with the test, so the test would hang instead of failing, and keep burning CPU for the
-/// rest of the run; a child process is simply killed when the test ends.
+/// rest of the run; a child process is simply killed when the test ends. A panic in one of
+/// the child's tasks fails the test when the proxy is dropped, as with a `TestProxy`.
 pub(crate) struct IsolatedProxy {
     addr: std::net::SocketAddr,
     child: std::process::Child,
+    /// Reads the child's stdout to its end, collecting its [`PANIC_LINE`]s.
+    output: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl IsolatedProxy {
@@ -268,6 +275,7 @@ impl IsolatedProxy {
         let pg = crate::support::pg();
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "hostile::isolated_proxy_process", "--nocapture"])
+            .arg("--ignored")
             .args(["--test-threads", "1"])
             .env(ISOLATED_CONFIG_ENV, options.toml(pg.host(), pg.port()))
             .stdin(std::process::Stdio::piped())
@@ -291,11 +299,17 @@ impl IsolatedProxy {
                 }
             }
         };
-        // Keep reading (and discarding) its output so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        // Keep reading its output so it never blocks on a full pipe; keep the panics.
+        let output = std::thread::spawn(move || {
+            lines
+                .map_while(Result::ok)
+                .filter_map(|l| Some(l[l.find(PANIC_LINE)? + PANIC_LINE.len()..].to_string()))
+                .collect()
+        });
         IsolatedProxy {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             child,
+            output: Some(output),
         }
     }
 
@@ -327,16 +341,41 @@ impl Drop for IsolatedProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let panics = match self.output.take().map(|t| t.join()) {
+            Some(Ok(panics)) => panics,
+            _ => Vec::new(),
+        };
+        if !panics.is_empty() {
+            let text = format!(
+                "the isolated proxy panicked inside its own tasks during this test:\n  {}",
+                panics.join("\n  ")
+            );
+            if std::thread::panicking() {
+                eprintln!("{text}");
+            } else {
+                panic!("{text}");
+            }
+        }
     }
 }
 
-/// Not a test of its own: the body of an [`IsolatedProxy`] child process. Without the env
-/// var (a normal test run) it does nothing.
+/// Not a test of its own: the body of an [`IsolatedProxy`] child process (run with
+/// `--ignored`), hence ignored in a normal run. Without the env var it does nothing.
 #[test]
+#[ignore = "the body of IsolatedProxy's child process, not a test"]
 fn isolated_proxy_process() {
     let Ok(config_text) = std::env::var(ISOLATED_CONFIG_ENV) else {
         return;
     };
+    // Each panic in a task as one line on stdout, for the parent's IsolatedProxy to see.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if tokio::task::try_id().is_some() {
+            let text = info.to_string().replace('\n', " ");
+            println!("{PANIC_LINE}{text}");
+        }
+        previous(info);
+    }));
     // The parent holds our stdin: when it goes away, so do we.
     std::thread::spawn(|| {
         let mut buf = [0u8; 1];
@@ -675,15 +714,12 @@ async fn message_over_max_message_size_is_08p01() {
     assert!(!reply.messages.iter().any(|m| m.tag == b'D'), "{reply:?}");
 
     // Through tokio-postgres: the error reaches the client.
-    let victim = proxy.connect("t1").await.unwrap();
+    let victim = connect_watched(&proxy.connect_str("t1")).await.unwrap();
     let err = victim
         .simple_query(&sql_of(100_000))
         .await
         .expect_err("a 100 kB Query is over the limit");
-    eprintln!("100 kB query: {}", describe(&err));
-    if let Some(code) = err.code() {
-        assert_eq!(code.code(), "08P01");
-    }
+    assert_eq!(victim.closing_error(&err).await.code().code(), "08P01");
     // Bind is capped the same way (the proxy reads it whole to map statement names).
     let param = "b".repeat(60_000);
     let rows = other
@@ -691,15 +727,13 @@ async fn message_over_max_message_size_is_08p01() {
         .await
         .unwrap_or_else(|e| panic!("60 kB parameter: {}", describe(&e)));
     assert_eq!(rows[0].get::<_, i32>(0), 60_000);
-    let victim = proxy.connect("t1").await.unwrap();
+    let victim = connect_watched(&proxy.connect_str("t1")).await.unwrap();
     let param = "b".repeat(100_000);
     let err = victim
         .query_typed("SELECT length($1::text)", &[(&param, Type::TEXT)])
         .await
         .expect_err("a 100 kB Bind is over the limit");
-    if let Some(code) = err.code() {
-        assert_eq!(code.code(), "08P01");
-    }
+    assert_eq!(victim.closing_error(&err).await.code().code(), "08P01");
     assert_eq!(
         simple_value(&other, "SELECT tenant FROM whoami")
             .await
@@ -738,7 +772,11 @@ async fn newer_minor_protocol_version_is_negotiated_down() {
         assert!(n > 0, "PostgreSQL refused a 3.2 startup: {answer:?}");
         answer.extend_from_slice(&chunk[..n]);
     }
-    eprintln!(
+    // NegotiateProtocolVersion ('v') from a server that speaks only 3.0; 18 speaks 3.2.
+    let negotiates = pg.version_num() < 180_000;
+    assert_eq!(
+        answer[0] == b'v',
+        negotiates,
         "PostgreSQL {} answered a 3.2 startup with {:?} first",
         pg.version_num(),
         answer[0] as char
@@ -759,10 +797,17 @@ async fn newer_minor_protocol_version_is_negotiated_down() {
         .until_ready()
         .await
         .unwrap_or_else(|e| panic!("a protocol 3.2 startup was refused: {e}"));
-    if let Some(v) = got.iter().find(|m| m.tag == b'v') {
-        // NegotiateProtocolVersion: the newest minor version supported.
-        assert_eq!(&v.body[..4], &(3i32 << 16).to_be_bytes());
-    }
+    // The proxy speaks 3.0 only, so it negotiates down as PostgreSQL 15 does: one
+    // NegotiateProtocolVersion (newest version 3.0, no unrecognized options), first.
+    let negotiations: Vec<&Msg> = got.iter().filter(|m| m.tag == b'v').collect();
+    assert_eq!(negotiations.len(), 1, "{got:?}");
+    assert_eq!(
+        got[0].tag, b'v',
+        "NegotiateProtocolVersion comes first: {got:?}"
+    );
+    let mut body = (3i32 << 16).to_be_bytes().to_vec();
+    body.extend_from_slice(&0i32.to_be_bytes());
+    assert_eq!(negotiations[0].body, body);
     wire.send(&query("SELECT tenant FROM whoami")).await;
     let rows = wire.until_ready().await.unwrap();
     assert!(rows

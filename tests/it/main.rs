@@ -14,5 +14,6 @@ mod prepared;
 mod protocol;
 mod reliability;
 mod reload;
+mod selfcheck;
 mod sessions;
 mod vsession;

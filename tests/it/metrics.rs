@@ -120,12 +120,21 @@ async fn metrics_agree_with_show_stats() {
 async fn login_failures_are_counted_by_reason() {
     let proxy = OpsProxy::start(ProxyOptions::default());
     let wrong = proxy.connect_str_with_password("app", "wrong", Naming::Options, "t1");
-    assert!(crate::support::connect(&wrong).await.is_err());
-    assert!(proxy.connect("app", Naming::Options, "nope").await.is_err());
-    assert!(proxy
-        .connect("limited", Naming::Options, "t2")
-        .await
-        .is_err());
+    let code = |r: Result<_, crate::support::ConnectError>| {
+        r.expect_err("login refused").code().map(str::to_string)
+    };
+    assert_eq!(
+        code(crate::support::connect(&wrong).await).as_deref(),
+        Some("28P01")
+    );
+    assert_eq!(
+        code(proxy.connect("app", Naming::Options, "nope").await).as_deref(),
+        Some("3D000")
+    );
+    assert_eq!(
+        code(proxy.connect("limited", Naming::Options, "t2").await).as_deref(),
+        Some("28000")
+    );
     let text = proxy.scrape().await;
     for (series, n) in [
         ("pgtenant_login_failures_total{reason=\"password\"}", 1.0),

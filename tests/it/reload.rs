@@ -6,7 +6,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::ops::{eventually, num, ops_toml, row_where, rows, write_atomically, OpsProxy};
-use crate::support::{connect, schema_tenant, tenant_of, Naming, ProxyOptions, PROXY_PASSWORD};
+use crate::support::{
+    assert_db_error, connect, connect_watched, schema_tenant, tenant_of, Naming, ProxyOptions,
+    PROXY_PASSWORD,
+};
 
 /// The standard config plus tenant `t8`, which reads schema t2.
 fn with_t8() -> ProxyOptions {
@@ -145,8 +148,12 @@ async fn a_changed_search_path_applies_from_the_next_checkout() {
 #[tokio::test]
 async fn a_removed_tenants_clients_finish_their_transaction_and_are_closed() {
     let proxy = OpsProxy::start(ProxyOptions::default());
-    let busy = proxy.connect("app", Naming::Options, "t3").await.unwrap();
-    let idle = proxy.connect("app", Naming::Options, "t4").await.unwrap();
+    let busy = connect_watched(&proxy.connect_str("app", Naming::Options, "t3"))
+        .await
+        .unwrap();
+    let idle = connect_watched(&proxy.connect_str("app", Naming::Options, "t4"))
+        .await
+        .unwrap();
     let unaffected = proxy.connect("app", Naming::Options, "t1").await.unwrap();
     assert_eq!(tenant_of(&idle).await.as_deref(), Some("t4"));
     busy.simple_query("BEGIN; UPDATE whoami SET n = n")
@@ -170,6 +177,12 @@ async fn a_removed_tenants_clients_finish_their_transaction_and_are_closed() {
         || async { idle.is_closed() },
     )
     .await;
+    let e = idle.simple_query("select 1").await.expect_err("closed");
+    assert_db_error(
+        &idle.closing_error(&e).await,
+        "57P01",
+        "tenant \"t4\" was removed from the configuration",
+    );
     // The busy one finishes its transaction...
     assert_eq!(tenant_of(&busy).await.as_deref(), Some("t3"));
     busy.simple_query("COMMIT").await.unwrap();
@@ -178,9 +191,11 @@ async fn a_removed_tenants_clients_finish_their_transaction_and_are_closed() {
         .simple_query("select 1")
         .await
         .expect_err("closed after its transaction");
-    if let Some(db) = e.as_db_error() {
-        assert_eq!(db.code().code(), "57P01", "{}", db.message());
-    }
+    assert_db_error(
+        &busy.closing_error(&e).await,
+        "57P01",
+        "tenant \"t3\" was removed from the configuration",
+    );
     let err = proxy
         .connect("app", Naming::Options, "t3")
         .await
@@ -192,8 +207,7 @@ async fn a_removed_tenants_clients_finish_their_transaction_and_are_closed() {
 #[tokio::test]
 async fn a_removed_user_is_closed_at_its_next_checkout() {
     let proxy = OpsProxy::start(ProxyOptions::default());
-    let limited = proxy
-        .connect("limited", Naming::Options, "t1")
+    let limited = connect_watched(&proxy.connect_str("limited", Naming::Options, "t1"))
         .await
         .unwrap();
     let app = proxy.connect("app", Naming::Options, "t1").await.unwrap();
@@ -212,9 +226,11 @@ async fn a_removed_user_is_closed_at_its_next_checkout() {
         .simple_query("select 1")
         .await
         .expect_err("user removed");
-    if let Some(db) = e.as_db_error() {
-        assert_eq!(db.code().code(), "28000", "{}", db.message());
-    }
+    assert_db_error(
+        &limited.closing_error(&e).await,
+        "28000",
+        "user \"limited\" may no longer use tenant \"t1\"",
+    );
     assert_eq!(tenant_of(&app).await.as_deref(), Some("t1"));
 }
 

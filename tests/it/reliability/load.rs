@@ -38,16 +38,20 @@ async fn a_client_that_stops_reading_a_400_mb_result_holds_the_server_back() {
     let sql = format!("SELECT repeat('x', 1000) FROM generate_series(1, {ROWS})");
     raw.send(&query(&sql)).await;
     // Not reading: the server must end up blocked writing to the proxy.
-    let blocked = eventually(Duration::from_secs(10), || async {
-        let waits = admin
-            .query(
-                "SELECT coalesce(wait_event, '') FROM pg_stat_activity WHERE query = $1",
-                &[&sql],
-            )
-            .await
-            .expect("pg_stat_activity");
-        waits.iter().any(|r| r.get::<_, &str>(0) == "ClientWrite")
-    })
+    let blocked = eventually(
+        Duration::from_secs(10),
+        "the server blocks writing",
+        || async {
+            let waits = admin
+                .query(
+                    "SELECT coalesce(wait_event, '') FROM pg_stat_activity WHERE query = $1",
+                    &[&sql],
+                )
+                .await
+                .expect("pg_stat_activity");
+            waits.iter().any(|r| r.get::<_, &str>(0) == "ClientWrite")
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stalled_growth = peak.load(Ordering::SeqCst).saturating_sub(before);
@@ -55,7 +59,6 @@ async fn a_client_that_stops_reading_a_400_mb_result_holds_the_server_back() {
         "not reading: server blocked in ClientWrite after {blocked:?}; RSS {before} KiB, \
          growth {stalled_growth} KiB"
     );
-    assert!(blocked.is_some(), "the server never blocked writing");
 
     let started = Instant::now();
     let (rows, bytes, status) = raw.count_rows_until_ready().await;
@@ -204,6 +207,8 @@ async fn per_tenant_max_client_connections_refuses_only_that_tenant() {
 async fn a_noisy_tenant_cannot_starve_a_quiet_one() {
     let proxy = Arc::new(TestProxy::start_with(ProxyOptions::default().pool_size(2)));
     let stop = Arc::new(AtomicBool::new(false));
+    // Transactions the noisy tenant has completed.
+    let done = Arc::new(AtomicU64::new(0));
     let mut noisy = Vec::new();
     for _ in 0..20 {
         let c = proxy
@@ -211,6 +216,7 @@ async fn a_noisy_tenant_cannot_starve_a_quiet_one() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let stop = stop.clone();
+        let done = done.clone();
         noisy.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while !stop.load(Ordering::SeqCst) {
@@ -219,6 +225,7 @@ async fn a_noisy_tenant_cannot_starve_a_quiet_one() {
                     panic!("noisy client: {}", describe(&e));
                 }
                 latencies.push(started.elapsed());
+                done.fetch_add(1, Ordering::SeqCst);
             }
             latencies
         }));
@@ -227,14 +234,27 @@ async fn a_noisy_tenant_cannot_starve_a_quiet_one() {
         .connect("app", Naming::Options, "t2")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    // Let the flood build up its queue first.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The flood is on: every noisy client has had a turn, the rest of the time they queue.
+    eventually(
+        Duration::from_secs(30),
+        "the noisy tenant floods",
+        || async { done.load(Ordering::SeqCst) >= 40 },
+    )
+    .await;
     let mut quiet_latencies = Vec::new();
+    // For each quiet query: how many noisy transactions completed meanwhile. An ordering
+    // fact, not a latency: with round-robin hand-off between tenants' queues, the quiet
+    // client gets one of the two connections as soon as one is released, after at most the
+    // two noisy transactions that held them (a few more for counting at the edges); behind a
+    // single FIFO it would wait for most of the ~18 noisy clients queued ahead of it.
+    let mut overtaken = Vec::new();
     for _ in 0..50 {
         let started = Instant::now();
+        let before = done.load(Ordering::SeqCst);
         let seen = simple_value(&quiet, "SELECT tenant FROM whoami")
             .await
             .unwrap_or_else(|e| panic!("quiet client: {}", describe(&e)));
+        overtaken.push(done.load(Ordering::SeqCst) - before);
         quiet_latencies.push(started.elapsed());
         assert_eq!(seen.as_deref(), Some("t2"));
     }
@@ -253,7 +273,11 @@ async fn a_noisy_tenant_cannot_starve_a_quiet_one() {
         quiet_latencies.last().copied().unwrap_or_default(),
         noisy_latencies.len()
     );
-    assert!(q99 < Duration::from_secs(2), "quiet tenant p99 {q99:?}");
-    // Its fair share: it should not wait like one of twenty noisy clients does.
-    assert!(q50 <= n50, "quiet p50 {q50:?} vs noisy p50 {n50:?}");
+    overtaken.sort();
+    eprintln!("noisy transactions completed during each quiet one (sorted): {overtaken:?}");
+    let median = overtaken[overtaken.len() / 2];
+    assert!(
+        median <= 4,
+        "the quiet tenant waited behind the noisy tenant's queue: {overtaken:?}"
+    );
 }

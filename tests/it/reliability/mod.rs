@@ -16,8 +16,9 @@ mod restart;
 mod timeouts;
 mod vanish;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+pub(crate) use crate::support::eventually;
 use crate::support::{connect, describe, pg, pg_conn_str};
 
 /// Password of the server logins made by [`own_login`].
@@ -64,25 +65,6 @@ async fn activity(admin: &tokio_postgres::Client, user: &str) -> Vec<(i32, Strin
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect()
-}
-
-/// Polls `check` every 50 ms until it returns true or `limit` passes; returns how long it
-/// took, or `None` on time-out.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return Some(started.elapsed());
-        }
-        if started.elapsed() > limit {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The `p`-th percentile (0..=100) of `samples` (sorted here).

@@ -176,18 +176,18 @@ async fn server_restart_under_load_loses_at_most_the_in_flight_transaction() {
     run_blocking(&server, start);
     // As an app's health check would: wait until the proxy reaches the server again (it
     // fails fast for up to a couple of seconds after the last failed attempt).
-    let back = super::eventually(Duration::from_secs(10), || async {
-        match proxy.connect("app", Naming::Options, "t1").await {
-            Ok(c) => simple_value(&c, "SELECT 1").await.is_ok(),
-            Err(_) => false,
-        }
-    })
+    let back = super::eventually(
+        Duration::from_secs(10),
+        "the proxy reaches the restarted server",
+        || async {
+            match proxy.connect("app", Naming::Options, "t1").await {
+                Ok(c) => simple_value(&c, "SELECT 1").await.is_ok(),
+                Err(_) => false,
+            }
+        },
+    )
     .await;
     eprintln!("the proxy reached the server again {back:?} after it started");
-    assert!(
-        back.is_some(),
-        "the proxy never reached the restarted server"
-    );
     phase.store(AGAIN, Ordering::SeqCst);
 
     // The idle clients kept their proxy connections; their next transaction just works.

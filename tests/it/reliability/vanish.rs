@@ -109,30 +109,29 @@ async fn clients_vanishing_mid_startup_and_mid_scram_leave_nothing_behind() {
 /// The one server backend of `tenant`'s own login (pool_size 1), once it is the only one
 /// (a connection the proxy just closed may take a moment to exit).
 async fn only_backend(admin: &tokio_postgres::Client, tenant: &str) -> i32 {
-    let one = eventually(Duration::from_secs(5), || async {
-        activity(admin, tenant).await.len() == 1
-    })
+    eventually(
+        Duration::from_secs(5),
+        &format!("one backend of {tenant}"),
+        || async { activity(admin, tenant).await.len() == 1 },
+    )
     .await;
-    let backends = activity(admin, tenant).await;
-    assert!(one.is_some(), "{backends:?}");
-    backends[0].0
+    activity(admin, tenant).await[0].0
 }
 
 /// After a vanished client: its backend `pid` has gone away or sits idle, no backend of
 /// the tenant is left in a transaction or running, and a new client reads normally.
 async fn nothing_survives(proxy: &TestProxy, tenant: &str, pid: i32) {
     let admin = superuser().await;
-    let settled = eventually(Duration::from_secs(5), || async {
-        activity(&admin, tenant).await.iter().all(|(p, state)| {
-            (*p != pid || state == "idle") && state != "active" && !state.starts_with("idle in")
-        })
-    })
+    eventually(
+        Duration::from_secs(5),
+        &format!("backend {pid} does not survive its client"),
+        || async {
+            activity(&admin, tenant).await.iter().all(|(p, state)| {
+                (*p != pid || state == "idle") && state != "active" && !state.starts_with("idle in")
+            })
+        },
+    )
     .await;
-    let left = activity(&admin, tenant).await;
-    assert!(
-        settled.is_some(),
-        "backend {pid} survived its client: {left:?}"
-    );
     let next = proxy
         .connect("app", Naming::Options, tenant)
         .await

@@ -8,6 +8,7 @@
 
 pub mod clients;
 pub mod ops;
+pub mod watch;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -16,7 +17,9 @@ use std::time::Duration;
 
 use pgtenant::config::Config;
 use pgtenant::localpg::{LocalPgOptions, LocalPostgres};
+use pgtenant::{Proxy, ProxyHandle};
 use tokio::task::JoinHandle;
+use tokio_postgres::error::DbError;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
@@ -245,11 +248,16 @@ impl ProxyOptions {
     }
 }
 
-/// The proxy running in-process on the test's tokio runtime. Dropping it cancels it.
+/// The proxy running in-process on the test's tokio runtime. Dropping it cancels it;
+/// [`TestProxy::stop`] also waits for it to drain. Either way, a panic or an ERROR logged in
+/// the proxy's tasks during the test fails the test (see [`watch`]).
 pub struct TestProxy {
     addr: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    /// Reloads, stops, injects faults.
+    pub handle: ProxyHandle,
+    watch: watch::Watch,
     /// The config text it runs with (printed when a test fails to start it).
     pub config_text: String,
 }
@@ -279,15 +287,35 @@ impl TestProxy {
             .expect("nonblocking listener");
         let listener =
             tokio::net::TcpListener::from_std(std_listener).expect("listener into tokio");
-        let addr = listener.local_addr().expect("listener address");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(pgtenant::run(listener, Arc::new(config), shutdown.clone()));
+        let proxy = Proxy::new(Arc::new(config), None, shutdown.clone());
+        TestProxy::serve(proxy, listener, shutdown, config_text)
+    }
+
+    /// Runs `proxy` (made with `shutdown`) on `listener`, watching its tasks.
+    pub fn serve(
+        proxy: Proxy,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+        config_text: String,
+    ) -> TestProxy {
+        let watch = watch::Watch::start();
+        let addr = listener.local_addr().expect("listener address");
+        let handle = proxy.handle();
+        let task = tokio::spawn(proxy.serve(listener));
         TestProxy {
             addr,
             shutdown,
             task: Some(task),
+            handle,
+            watch,
             config_text,
         }
+    }
+
+    /// What went wrong inside the proxy's tasks so far (panics, ERROR logs).
+    pub fn incidents(&self) -> Vec<String> {
+        self.watch.incidents()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -362,19 +390,27 @@ impl TestProxy {
         connect(&self.connect_str(user, naming, tenant)).await
     }
 
-    /// Cancels the proxy and waits for `run` to return.
+    /// Cancels the proxy, waits for it to drain (at most `shutdown_timeout`) and fails the
+    /// test if anything went wrong inside its tasks.
     pub async fn stop(mut self) -> std::io::Result<()> {
         self.shutdown.cancel();
-        match self.task.take() {
+        let result = match self.task.take() {
             Some(task) => task.await.map_err(std::io::Error::other)?,
             None => Ok(()),
-        }
+        };
+        self.watch.check();
+        result
     }
 }
 
 impl Drop for TestProxy {
+    /// Cancels the proxy and fails the test if anything went wrong inside its tasks so far
+    /// (`stop` has checked already when it ran: `task` is then gone).
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if self.task.is_some() {
+            self.watch.check();
+        }
     }
 }
 
@@ -443,6 +479,115 @@ pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client, ConnectEr
         Ok(Err(e)) => Err(ConnectError::Postgres(e)),
         Err(_) => Err(ConnectError::TimedOut),
     }
+}
+
+/// A client whose connection task's end the test can read. A FATAL sent between queries
+/// (KILL, a removed tenant, a timeout) ends tokio-postgres's connection task with that
+/// error, and the client's next query sees only "connection closed"; a FATAL that answers a
+/// query is that query's error. [`Watched::closing_error`] finds it either way.
+pub struct Watched {
+    pub client: tokio_postgres::Client,
+    ended: JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl std::ops::Deref for Watched {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+}
+
+/// Connects like [`connect`], keeping the connection task's result.
+pub async fn connect_watched(conn_str: &str) -> Result<Watched, ConnectError> {
+    let connecting = tokio_postgres::connect(conn_str, NoTls);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok((client, connection))) => Ok(Watched {
+            client,
+            ended: tokio::spawn(connection),
+        }),
+        Ok(Err(e)) => Err(ConnectError::Postgres(e)),
+        Err(_) => Err(ConnectError::TimedOut),
+    }
+}
+
+impl Watched {
+    /// The ErrorResponse that closed the connection: `query_err` itself when the query got
+    /// it, else the one that ended the connection task. Fails the test when the connection
+    /// closed with no ErrorResponse at all.
+    pub async fn closing_error(self, query_err: &tokio_postgres::Error) -> DbError {
+        self.end(query_err)
+            .await
+            .unwrap_or_else(|why| panic!("closed with no ErrorResponse: {why}"))
+    }
+
+    /// Asserts that the connection closed with no ErrorResponse at all.
+    pub async fn closed_without_error(self, query_err: &tokio_postgres::Error) {
+        if let Ok(db) = self.end(query_err).await {
+            panic!(
+                "expected a close with no ErrorResponse, got {} {}: {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            );
+        }
+    }
+
+    /// The closing ErrorResponse, or what happened instead.
+    async fn end(self, query_err: &tokio_postgres::Error) -> Result<DbError, String> {
+        if let Some(db) = query_err.as_db_error() {
+            return Ok(db.clone());
+        }
+        let ended = tokio::time::timeout(CONNECT_TIMEOUT, self.ended)
+            .await
+            .unwrap_or_else(|_| panic!("the connection did not end: {}", describe(query_err)))
+            .expect("connection task");
+        let why = format!("query: {}", describe(query_err));
+        match ended {
+            Err(e) => e
+                .as_db_error()
+                .cloned()
+                .ok_or_else(|| format!("{why}; connection: {}", describe(&e))),
+            Ok(()) => Err(why),
+        }
+    }
+}
+
+/// Asserts that `db` is exactly `code` with `message`.
+pub fn assert_db_error(db: &DbError, code: &str, message: &str) {
+    assert_eq!(
+        (db.code().code(), db.message()),
+        (code, message),
+        "{} {}: {}",
+        db.severity(),
+        db.code().code(),
+        db.message()
+    );
+}
+
+/// The server error in `e` (failing the test if `e` is not one), e.g. to compare its
+/// SQLSTATE: `assert_eq!(db_error(&e).code().code(), "42P01")`.
+pub fn db_error(e: &tokio_postgres::Error) -> &DbError {
+    e.as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got: {}", describe(e)))
+}
+
+/// Waits for a condition: polls `check` every 20 ms until it holds, and returns how long
+/// that took; fails the test naming `what` if it does not hold within `within`. The one way
+/// tests wait (STYLE 20): for a condition, never for a fixed time.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = tokio::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
 }
 
 /// The first column of the first row of a simple query's result, as text.

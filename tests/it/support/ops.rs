@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 use tokio_util::sync::CancellationToken;
 
+pub use super::eventually;
 use super::{connect, pg, ProxyOptions, TestProxy, PROXY_PASSWORD};
 
 /// The console user (password `secret`), added to every [`OpsProxy`] config.
@@ -62,7 +63,6 @@ impl OpsProxy {
         let config = Config::load(&config_path)
             .unwrap_or_else(|e| panic!("test config does not load: {e}\n---\n{config_text}"));
         let (proxy_listener, metrics_listener) = (listener(), listener());
-        let addr = proxy_listener.local_addr().expect("listener address");
         let metrics_addr = metrics_listener.local_addr().expect("metrics address");
         let shutdown = CancellationToken::new();
         let proxy = Proxy::new(
@@ -72,14 +72,8 @@ impl OpsProxy {
         )
         .with_metrics_listener(metrics_listener);
         let handle = proxy.handle();
-        let task = tokio::spawn(proxy.serve(proxy_listener));
         OpsProxy {
-            proxy: TestProxy {
-                addr,
-                shutdown,
-                task: Some(task),
-                config_text,
-            },
+            proxy: TestProxy::serve(proxy, proxy_listener, shutdown, config_text),
             handle,
             metrics_addr,
             config_path,
@@ -171,22 +165,6 @@ pub fn num(row: &SimpleQueryRow, col: &str) -> u64 {
     let text = row.get(col).unwrap_or_else(|| panic!("{col} is NULL"));
     text.parse()
         .unwrap_or_else(|_| panic!("{col} = {text:?} is not a number"))
-}
-
-/// Polls `check` every 20 ms until it holds, for at most `within`.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Value of the sample `name{labels}` (labels exactly as printed) in exposition text.
