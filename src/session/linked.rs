@@ -64,9 +64,8 @@ struct Pending {
     capture: bool,
     /// Session objects may have appeared or gone: count them.
     census: bool,
-    /// Settings the unit being run returns to the connection's defaults; while `hold` is
-    /// set, no further client message is sent: the client's defaults go back first (if
-    /// the unit succeeded).
+    /// Settings the unit being run may return to the connection's defaults; while `hold`
+    /// is set, no further client message is sent: the client's defaults go back first.
     fixup: Resets,
     hold: bool,
     /// The last unit (up to its ReadyForQuery) had an error: PostgreSQL undid it.
@@ -262,9 +261,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// After a unit that returned settings to the connection's defaults (see
-/// [`Pending::fixup`]): puts the client's own defaults back, unless the unit failed (then
-/// PostgreSQL undid it), and tells the client what changed.
+/// After a unit that may have returned settings to the connection's defaults (see
+/// [`Pending::fixup`]): puts the client's own defaults back where the server says they
+/// were reset ([`sync::fixup_sql`]), and tells the client what changed.
 async fn resolve_fixup<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
@@ -272,10 +271,12 @@ async fn resolve_fixup<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link,
 ) -> Result<(), LinkError> {
     link.pending.hold = false;
-    let resets = std::mem::take(&mut link.pending.fixup);
-    if link.pending.failed || link.status == TxStatus::Failed {
+    if link.status == TxStatus::Failed {
+        // Nothing runs in an aborted transaction: put the defaults back after the next
+        // unit (the check is the server's, so running it later is as exact).
         return Ok(());
     }
+    let resets = std::mem::take(&mut link.pending.fixup);
     let sql = sync::fixup_sql(&resets, ctx);
     if sql.is_empty() {
         return Ok(());
@@ -610,8 +611,8 @@ fn on_client_message(
                 _ => out.forward(msg),
             }
             link.expect.push(client_entry(Kind::Query));
-            if !fx.resets.is_none() {
-                merge_resets(&mut link.pending.fixup, fx.resets);
+            merge_resets(&mut link.pending.fixup, fx.resets);
+            if !link.pending.fixup.is_none() {
                 link.pending.hold = true;
             }
         }

@@ -159,50 +159,100 @@ pub fn finish(
     tell_params(conn, ctx, out);
 }
 
-/// What puts back the client's defaults after a statement returned settings to the
-/// connection's defaults (`RESET`, `SET x TO DEFAULT`, `RESET ALL`, `DISCARD ALL`): the
-/// tenant's `search_path` and settings, the client's startup settings and the reported
+/// What puts back the client's defaults after statements that may have returned settings
+/// to the connection's defaults (`RESET`, `SET x TO DEFAULT`, `RESET ALL`, `DISCARD ALL`):
+/// the tenant's `search_path` and settings, the client's startup settings and the reported
 /// parameters it logged in with. Empty when the connection's default is the client's.
+///
+/// The server decides which it needs: a default the proxy applied has source `session`, so
+/// a setting whose source is something else was reset by the client's statement, and one
+/// still from `session` was not (the statement failed, was rolled back, or set it again).
+/// Custom settings are not in `pg_settings`: an empty one was reset.
 pub fn fixup_sql(resets: &Resets, ctx: &ClientCtx) -> String {
-    let mut sql = String::new();
+    let mut listed: Vec<(String, String)> = Vec::new();
+    let mut custom: Vec<(String, String)> = Vec::new();
     let tenant = &ctx.tenant.config;
-    let put_param = |sql: &mut String, name: &str| {
-        if let Some(value) = ctx.login_params.get(name) {
-            sql.push_str("SET ");
-            sql.push_str(name);
-            sql.push_str(" TO ");
-            sql.push_str(&escape_literal(&String::from_utf8_lossy(value)));
-            sql.push(';');
+    // As `SET search_path TO "a","b"` shows it: quoted only where needed (the server's own
+    // quote_ident), joined by ", ".
+    let search_path = || {
+        let items: Vec<String> = tenant.search_path.iter().map(|s| escape_literal(s)).collect();
+        format!(
+            "pg_catalog.array_to_string(ARRAY(SELECT pg_catalog.quote_ident(x) \
+             FROM pg_catalog.unnest(ARRAY[{}]::text[]) WITH ORDINALITY u(x, n) ORDER BY n), ', ')",
+            items.join(", ")
+        )
+    };
+    let mut add = |name: &str| {
+        let lower = name.to_ascii_lowercase();
+        if listed.iter().chain(custom.iter()).any(|(n, _)| *n == lower) {
+            return;
+        }
+        // Each value as an SQL expression.
+        let value = if lower == "search_path" {
+            Some(search_path())
+        } else if let Some((_, v)) = tenant
+            .settings
+            .iter()
+            .chain(ctx.startup_settings())
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some(escape_literal(v))
+        } else {
+            crate::server::tracked_name(name)
+                .and_then(|t| ctx.login_params.get(t))
+                .map(|v| escape_literal(&String::from_utf8_lossy(v)))
+        };
+        if let Some(value) = value {
+            if lower.contains('.') {
+                custom.push((lower, value));
+            } else {
+                listed.push((lower, value));
+            }
         }
     };
     match resets {
         Resets::None => {}
         Resets::All => {
-            sql.push_str(&ctx.tenant.state_sql);
-            sql.push_str(&ctx.settings_sql);
+            add("search_path");
+            for (name, _) in tenant.settings.iter().chain(ctx.startup_settings()) {
+                add(name);
+            }
             for name in TRACKED_PARAMS {
-                put_param(&mut sql, name);
+                add(name);
             }
         }
-        Resets::Names(names) => {
-            for name in names {
-                if name == "search_path" {
-                    sql.push_str(crate::tenant::registry::search_path_sql(tenant).as_str());
-                } else if let Some((n, v)) = tenant
-                    .settings
-                    .iter()
-                    .chain(ctx.startup_settings())
-                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                {
-                    sql.push_str(&crate::tenant::registry::settings_sql(&[(
-                        n.clone(),
-                        v.clone(),
-                    )]));
-                } else if let Some(tracked) = crate::server::tracked_name(name) {
-                    put_param(&mut sql, tracked);
-                }
+        Resets::Names(names) => names.iter().for_each(|n| add(n)),
+    }
+    let mut sql = String::new();
+    if !listed.is_empty() {
+        sql.push_str(
+            "SELECT pg_catalog.set_config(s.name, v.value, false) \
+             FROM pg_catalog.pg_settings s JOIN (VALUES ",
+        );
+        for (i, (name, value)) in listed.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
             }
+            sql.push('(');
+            sql.push_str(&escape_literal(name));
+            sql.push_str(", ");
+            sql.push_str(value);
+            sql.push(')');
         }
+        sql.push_str(
+            ") v(name, value) ON pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) v.name \
+             WHERE s.source OPERATOR(pg_catalog.<>) 'session';",
+        );
+    }
+    for (name, value) in custom {
+        let name = escape_literal(&name);
+        sql.push_str("SELECT pg_catalog.set_config(");
+        sql.push_str(&name);
+        sql.push_str(", ");
+        sql.push_str(&value);
+        sql.push_str(", false) WHERE pg_catalog.current_setting(");
+        sql.push_str(&name);
+        sql.push_str(", true) OPERATOR(pg_catalog.=) '';");
     }
     sql
 }
