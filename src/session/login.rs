@@ -221,6 +221,13 @@ async fn finish_login<S: AsyncRead + AsyncWrite + Unpin>(
     let server_params = endpoint_params(proxy, &tenant).await?;
     // Shared with every other client of the endpoint until this one differs.
     let mut params = server_params;
+    if reports_search_path(&params) {
+        // As a direct connection whose startup options set it (PostgreSQL 18+ reports it).
+        params.set(
+            "search_path",
+            spelled_search_path(&tenant.config.search_path).as_bytes(),
+        );
+    }
     for (name, value) in &info.reported {
         params.set(name, value.as_bytes());
     }
@@ -242,6 +249,43 @@ async fn finish_login<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|_| ErrorInfo::fatal("08006", "client went away"))?;
     Ok(ClientCtx::new(user, tenant, info, params, key))
+}
+
+/// Whether the server reports `search_path` (PostgreSQL 18 and later).
+fn reports_search_path(params: &Params) -> bool {
+    params
+        .get("server_version")
+        .and_then(|v| {
+            let digits: String = v
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .map(|&c| c as char)
+                .collect();
+            digits.parse::<u32>().ok()
+        })
+        .is_some_and(|major| major >= 18)
+}
+
+/// A `search_path` as the server shows it after `SET search_path TO "a","b"`: each name
+/// quoted only when it needs to be (lower-case letters, digits and `_` do not; keywords
+/// are not recognised here), joined by `", "`.
+pub fn spelled_search_path(schemas: &[String]) -> String {
+    let plain = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    schemas
+        .iter()
+        .map(|s| {
+            if plain(s) {
+                s.clone()
+            } else {
+                postgres_protocol::escape::escape_identifier(s)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The endpoint's reported parameters, from its first server connection (opened now if

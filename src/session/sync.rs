@@ -175,7 +175,11 @@ pub fn fixup_sql(resets: &Resets, ctx: &ClientCtx) -> String {
     // As `SET search_path TO "a","b"` shows it: quoted only where needed (the server's own
     // quote_ident), joined by ", ".
     let search_path = || {
-        let items: Vec<String> = tenant.search_path.iter().map(|s| escape_literal(s)).collect();
+        let items: Vec<String> = tenant
+            .search_path
+            .iter()
+            .map(|s| escape_literal(s))
+            .collect();
         format!(
             "pg_catalog.array_to_string(ARRAY(SELECT pg_catalog.quote_ident(x) \
              FROM pg_catalog.unnest(ARRAY[{}]::text[]) WITH ORDINALITY u(x, n) ORDER BY n), ', ')",
@@ -260,7 +264,8 @@ pub fn fixup_sql(resets: &Resets, ctx: &ClientCtx) -> String {
 /// Tells the client each reported parameter whose value on its connection differs from
 /// what it was told (after the proxy's own statements changed some).
 pub fn tell_params(conn: &ServerConn, ctx: &mut ClientCtx, out: &mut BytesMut) {
-    for name in TRACKED_PARAMS {
+    // search_path too where the server reports it (PostgreSQL 18+: the client has it).
+    for name in TRACKED_PARAMS.iter().chain(&["search_path"]) {
         if let Some(value) = conn.params.get(name) {
             if ctx.params.get(name).is_some_and(|v| v != value) {
                 encode::parameter_status(out, name.as_bytes(), value);
