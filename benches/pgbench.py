@@ -6,7 +6,7 @@
     python3 benches/pgbench.py --write-docs # also rewrite docs/BENCHMARKS.md
 
 It builds pgtenant (release), starts its own PostgreSQL, PgBouncer and pgtenant on random
-loopback ports, runs the scenarios of issue 4 (see benches/README.md), writes
+loopback ports, runs the scenarios of issues 4 and 14 (see benches/README.md), writes
 bench-results/<timestamp>/results.csv and scenario6.png, prints a Markdown summary, and
 stops everything it started, also on Ctrl-C. Python 3.11 standard library only;
 matplotlib (for the PNG) is pip-installed when missing, and the PNG is skipped if that fails.
@@ -57,7 +57,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="3 s runs and 500/2000 idle clients (smoke test)")
     p.add_argument("--seconds", type=int, help="pgbench -T per run (default 10, 3 with --quick)")
     p.add_argument("--pairs", type=int, default=3, help="rounds per scenario (default 3)")
-    p.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="comma-separated, e.g. 1,6")
+    p.add_argument("--scenarios", default="1,2,3,4,5,6,7,8",
+                   help="comma-separated, e.g. 1,2,7,8 (default: all; see benches/README.md)")
     p.add_argument("--idle-clients", help="scenario 7 client counts (default 2000,10000)")
     p.add_argument("--auth", choices=["verifier", "plain"], default="verifier",
                    help="how the poolers store the password (see harness/stack.py Auth; default verifier)")

@@ -10,6 +10,7 @@ tenant's `search_path` in `PGOPTIONS` instead (or nothing: `direct-public`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import statistics
 import subprocess
@@ -17,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .stack import APP_DB, APP_USER, client_env
 from .wire import Connection, PgError
@@ -27,7 +29,9 @@ class Target:
     name: str
     port: int
     password: str
-    # "proxy": names its tenant in options; "direct": search_path in options; "public": none.
+    # "proxy": names its tenant in options; "direct": search_path in options; "public"
+    # (direct on the public tables) and "none" (scenario 8: the app sets its own
+    # search_path): nothing in options.
     naming: str
 
     def pgoptions(self, tenant: str) -> str | None:
@@ -36,6 +40,10 @@ class Target:
         if self.naming == "direct":
             return f"-c search_path={tenant},public"
         return None
+
+    def bare(self) -> "Target":
+        """The same system, its clients naming neither tenant nor schema at login."""
+        return dataclasses.replace(self, naming="none")
 
 
 @dataclass
@@ -73,9 +81,10 @@ def _env(target: Target, tenant: str) -> dict[str, str]:
 
 
 def _args(pgbench: str, target: Target, clients: int, jobs: int, seconds: float,
-          extra: list[str], log_prefix: str | None, sampling: float | None) -> list[str]:
+          extra: list[str], log_prefix: str | None, sampling: float | None,
+          workload: list[str]) -> list[str]:
     args = [pgbench, "-h", "127.0.0.1", "-p", str(target.port), "-U", APP_USER,
-            "-n", "-S", "-c", str(clients), "-j", str(min(jobs, clients)), "-T", str(seconds)]
+            "-n", *workload, "-c", str(clients), "-j", str(min(jobs, clients)), "-T", str(seconds)]
     if log_prefix:
         args += ["-l", f"--log-prefix={log_prefix}"]
         if sampling and sampling < 1:
@@ -145,14 +154,21 @@ def _percentiles(log_dir: str) -> tuple[float | None, float | None]:
 
 def pgbench(pgbench_exe: str, target: Target, tenants: list[str], clients_each: int,
             jobs: int, seconds: int, extra: list[str] | None = None,
-            latency_log: bool = False, sampling: float | None = None) -> Run:
-    """Runs one pgbench process per tenant, all at once, and sums their TPS."""
+            latency_log: bool = False, sampling: float | None = None,
+            script: Callable[[str], str] | None = None) -> Run:
+    """Runs one pgbench process per tenant, all at once, and sums their TPS. The workload
+    is `-S`, or with `script` the pgbench script `script(tenant)` (`-f`)."""
     extra = extra or []
     with tempfile.TemporaryDirectory(prefix="pgbench-log-") as log_dir:
         procs = []
         for t in tenants:
             prefix = f"{log_dir}/pgbench_log_{t}" if latency_log else None
-            args = _args(pgbench_exe, target, clients_each, jobs, seconds, extra, prefix, sampling)
+            workload = ["-S"]
+            if script:
+                path = Path(log_dir) / f"script_{t}.sql"
+                path.write_text(script(t))
+                workload = ["-f", str(path)]
+            args = _args(pgbench_exe, target, clients_each, jobs, seconds, extra, prefix, sampling, workload)
             procs.append(subprocess.Popen(args, env=_env(target, t), cwd=log_dir,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         runs = []
@@ -205,7 +221,8 @@ class Isolation:
     samples: list[str] = field(default_factory=list)
 
 
-async def _isolation_client(target: Target, tenant: str, queries: int, out: Isolation) -> None:
+async def _isolation_client(target: Target, tenant: str, queries: int, out: Isolation,
+                             set_each: bool) -> None:
     want = tenant[1:]
     try:
         conn = await Connection.connect("127.0.0.1", target.port, APP_USER, APP_DB,
@@ -216,10 +233,16 @@ async def _isolation_client(target: Target, tenant: str, queries: int, out: Isol
         return
     try:
         # What an application on PgBouncer has to do, since PgBouncer drops `options`: set
-        # its schema once per connection. The same client runs against every system.
-        await conn.query(f'SET search_path TO "{tenant}", public')
+        # its schema once per connection, or (`set_each`, scenario 8) before every
+        # transaction. Each statement is its own Query, so its own (implicit) transaction.
+        # The same client runs against every system.
+        set_schema = f'SET search_path TO "{tenant}", public'
+        if not set_each:
+            await conn.query(set_schema)
         for _ in range(queries):
             try:
+                if set_each:
+                    await conn.query(set_schema)
                 rows = await conn.query("SELECT tenant_id FROM tenant_marker")
             except PgError as e:
                 out.errors += 1
@@ -236,13 +259,15 @@ async def _isolation_client(target: Target, tenant: str, queries: int, out: Isol
         await conn.close()
 
 
-def check_isolation(target: Target, tenants: list[str], clients_each: int, queries: int) -> Isolation:
-    """Every client reads its tenant's marker view `queries` times; counts wrong answers."""
+def check_isolation(target: Target, tenants: list[str], clients_each: int, queries: int,
+                    set_each: bool = False) -> Isolation:
+    """Every client reads its tenant's marker view `queries` times; counts wrong answers.
+    `set_each`: the client sends its `SET search_path` before every read, not once."""
     out = Isolation()
 
     async def main():
         await asyncio.gather(*(
-            _isolation_client(target, t, queries, out) for t in tenants for _ in range(clients_each)
+            _isolation_client(target, t, queries, out, set_each) for t in tenants for _ in range(clients_each)
         ))
 
     asyncio.run(asyncio.wait_for(main(), 600))

@@ -1,4 +1,4 @@
-"""The seven scenarios of issue 4, each run as rounds over the systems in alternating order
+"""The seven scenarios of issue 4 and scenario 8 of issue 14, each run as rounds over the systems in alternating order
 (A B C, C B A, A B C, ...), so that a machine that slows down or speeds up during a
 scenario affects every system alike; ratios are taken within a round, then the median.
 """
@@ -21,7 +21,16 @@ SCENARIOS = {
     5: "pgbench -M prepared -S, 1 tenant, 64 clients",
     6: "1, 8, 64, 256, 1000 clients: TPS and latency p50/p99",
     7: "RSS per idle logged-in client",
+    8: "the app sets its own search_path (SET before every transaction), 4 tenants x 16 clients",
 }
+
+
+def s8_script(tenant: str) -> str:
+    """Scenario 8's pgbench transaction for one tenant's clients: what an app written for
+    PgBouncer does (it names no tenant and sends its own `SET search_path` at the start of
+    every transaction), then the tenant-distinguishing read of the wrong-tenant check. In
+    autocommit, each statement is its own transaction."""
+    return f"SET search_path TO {tenant}, public;\nSELECT tenant_id FROM tenant_marker;\n"
 
 S6_CLIENTS = [1, 8, 64, 256, 1000]
 # PostgreSQL's max_connections for the 1000-client point (all three systems run it).
@@ -88,7 +97,8 @@ class Bench:
         if not self.pgtenant_exe:
             return
         for name, sync in (("pgtenant", "tracked"), ("pgtenant-always", "always")):
-            inst = PgTenant(self.reaper, self.pgtenant_exe, self.pg, self.auth, sync=sync, name=name)
+            inst = PgTenant(self.reaper, self.pgtenant_exe, self.pg, self.auth, sync=sync, name=name,
+                            default_tenant=True)
             try:
                 inst.start()
             except RuntimeError as e:
@@ -123,20 +133,25 @@ class Bench:
 
     # ---- helpers ---------------------------------------------------------------------
 
-    def _pgbench(self, target: str, tenants: list[str], clients: int, jobs: int, **kw) -> Run:
+    def target(self, system: str, bare: bool = False) -> Target:
+        """`bare`: its clients name no tenant (pgtenant then uses its default_tenant)."""
+        return self.targets[system].bare() if bare else self.targets[system]
+
+    def _pgbench(self, target: str, tenants: list[str], clients: int, jobs: int, bare: bool = False, **kw) -> Run:
         # pgbench's -T clock runs while it connects its clients (one after another per
         # thread, SCRAM each); its TPS leaves that time out. Extend -T by what the warm-up
         # measured so every system gets about `seconds` of measured work.
         secs = self.opts.seconds + self.connect_allowance.get(target, 0)
-        return runner.pgbench(self.pgbench_exe, self.targets[target], tenants, clients, jobs, secs, **kw)
+        return runner.pgbench(self.pgbench_exe, self.target(target, bare), tenants, clients, jobs, secs, **kw)
 
-    def warm_up(self, systems: list[str], tenants: list[str], clients: int, jobs: int, **kw) -> None:
+    def warm_up(self, systems: list[str], tenants: list[str], clients: int, jobs: int,
+                bare: bool = False, **kw) -> None:
         """An unrecorded short run per system; measures how long connecting takes."""
         base = 1 if self.opts.quick else 2
         secs = base + math.ceil(clients / max(1, jobs) * 0.05)
         self.connect_allowance = {}
         for s in systems:
-            run = runner.pgbench(self.pgbench_exe, self.targets[s], tenants, clients, jobs, secs, **kw)
+            run = runner.pgbench(self.pgbench_exe, self.target(s, bare), tenants, clients, jobs, secs, **kw)
             if run.connect_ms > 500:
                 self.connect_allowance[s] = math.ceil(run.connect_ms / 1000 * 1.5)
 
@@ -221,9 +236,11 @@ class Bench:
                     per = " ".join(f"{x:.3f}" for x in rs)
                     print(f"    {a}/{b}: per pair {per}; median {runner.median(rs):.3f}", flush=True)
 
-    def isolation(self, scenario: int, systems: list[str], tenants: list[str], clients_each: int) -> None:
+    def isolation(self, scenario: int, systems: list[str], tenants: list[str], clients_each: int,
+                  bare: bool = False, set_each: bool = False) -> None:
         for s in systems:
-            iso = runner.check_isolation(self.targets[s], tenants, clients_each, self.opts.isolation_queries)
+            iso = runner.check_isolation(self.target(s, bare), tenants, clients_each, self.opts.isolation_queries,
+                                         set_each=set_each)
             r = self.results
             r.add(scenario, "isolation", s, 0, "reads", iso.reads, "queries")
             r.add(scenario, "isolation", s, 0, "wrong_tenant_reads", iso.wrong, "queries")
@@ -309,6 +326,16 @@ class Bench:
                     per = mem.per_client(mem.idle_kb)
                     line.append(f"{kind} {per:,.0f} B/client" if per is not None else f"{kind} n/a")
                 print(f"    round {rnd + 1}: " + ", ".join(line), flush=True)
+
+    def s8(self) -> None:
+        # The app names no tenant (pgtenant: default_tenant, whose search_path is public's;
+        # direct: nothing in options either) and sets its own schema before every
+        # transaction, as on PgBouncer. The wrong-tenant check does the same.
+        tenants = [f"t{i}" for i in range(1, 5)]
+        systems = self.available(["direct", "pgbouncer", "pgtenant"], 8)
+        self.warm_up(systems, tenants, 16, 1, bare=True, script=s8_script)
+        self.rounds(8, "4x16", systems, lambda s: self._pgbench(s, tenants, 16, 1, bare=True, script=s8_script))
+        self.isolation(8, systems, tenants, 16, bare=True, set_each=True)
 
     def _record_memory(self, n: int, kind: str, rnd: int, mem: runner.Memory) -> None:
         r, p = self.results, str(n)

@@ -349,11 +349,19 @@ pidfile = {self.dir}/pgbouncer.pid
             return ""
 
 
+# The tenant of clients that name none (scenario 8: an app that sets its own search_path).
+# Its search_path is public's, so a read through it that the app's own SET did not steer
+# answers tenant 0: a wrong-tenant read.
+DEFAULT_TENANT = "shared"
+
+
 class PgTenant:
-    """pgtenant (release build) with `search_path_sync` set per instance."""
+    """pgtenant (release build) with `search_path_sync` set per instance. With
+    `default_tenant`, a tenant `shared` (search_path public) takes clients that name none."""
 
     def __init__(self, reaper: Reaper, exe: str, pg: Postgres, auth: Auth,
-                 sync: str = "tracked", tenants: int = 64, name: str = "pgtenant"):
+                 sync: str = "tracked", tenants: int = 64, name: str = "pgtenant",
+                 default_tenant: bool = False):
         self.reaper, self.exe, self.pg, self.sync = reaper, exe, pg, sync
         self.port = free_port()
         self.dir = f"{pg.dir}/{name}"
@@ -365,6 +373,7 @@ class PgTenant:
             'pool_mode = "transaction"',
             'auth = "scram-sha-256"',
             f'search_path_sync = "{sync}"',
+            *([f'default_tenant = "{DEFAULT_TENANT}"'] if default_tenant else []),
             "max_client_connections = 12000",
             "shutdown_timeout = \"5s\"",
             "",
@@ -383,6 +392,8 @@ class PgTenant:
         ]
         for i in range(1, tenants + 1):
             lines += [f"[tenants.t{i}]", 'backend = "main"', f'search_path = ["t{i}", "public"]', ""]
+        if default_tenant:
+            lines += [f"[tenants.{DEFAULT_TENANT}]", 'backend = "main"', 'search_path = ["public"]', ""]
         Path(self.config).write_text("\n".join(lines))
         self.proc: subprocess.Popen | None = None
 
