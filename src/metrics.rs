@@ -107,7 +107,11 @@ pub fn render(shared: &Shared) -> String {
     let mut w = Writer::default();
     render_proxy(&mut w, shared, generation.id);
     render_servers(&mut w, &generation.registry);
-    render_pinned(&mut w, &generation.registry);
+    render_pinned(
+        &mut w,
+        &generation.registry,
+        generation.config.proxy.metrics_tenant_labels,
+    );
     if generation.config.proxy.metrics_tenant_labels {
         render_tenants(&mut w, &tenants);
     } else {
@@ -163,7 +167,7 @@ fn render_proxy(w: &mut Writer, shared: &Shared, generation: u64) {
 
 /// Pinned clients per tenant and reason (the clients, not the reasons, are few: every
 /// tenant and reason is listed, so a pin that ends shows as 0).
-fn render_pinned(w: &mut Writer, registry: &crate::tenant::Registry) {
+fn render_pinned(w: &mut Writer, registry: &crate::tenant::Registry, by_tenant: bool) {
     use crate::protocol::sql::pin;
     w.family(
         "pgtenant_clients_pinned",
@@ -172,15 +176,18 @@ fn render_pinned(w: &mut Writer, registry: &crate::tenant::Registry) {
     );
     let mut names: Vec<&String> = registry.tenants.keys().collect();
     names.sort();
-    for name in names {
-        let stats = &registry.tenants[name].stats;
-        for (i, reason) in pin::NAMES.iter().enumerate() {
-            let n = stats.pinned_by[i].load(Ordering::Relaxed);
-            w.sample(
-                "pgtenant_clients_pinned",
-                &[("tenant", name.as_str()), ("reason", reason)],
-                n as u64,
-            );
+    let count = |name: &String, i: usize| {
+        registry.tenants[name].stats.pinned_by[i].load(Ordering::Relaxed) as u64
+    };
+    for (i, reason) in pin::NAMES.iter().enumerate() {
+        if by_tenant {
+            for name in &names {
+                let labels = [("tenant", name.as_str()), ("reason", *reason)];
+                w.sample("pgtenant_clients_pinned", &labels, count(name, i));
+            }
+        } else {
+            let total = names.iter().map(|n| count(n, i)).sum();
+            w.sample("pgtenant_clients_pinned", &[("reason", reason)], total);
         }
     }
 }

@@ -64,6 +64,14 @@ impl Resets {
     }
 }
 
+/// A sole `LISTEN channel`, `UNLISTEN channel` or `UNLISTEN *` (channel names folded as
+/// PostgreSQL folds identifiers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Listen(String),
+    Unlisten(Option<String>),
+}
+
 /// What one Query or Parse text does to session state, as far as its text tells.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Effects {
@@ -86,6 +94,8 @@ pub struct Effects {
     pub plain_set: bool,
     /// An SQL `PREPARE name AS ...` (not `PREPARE TRANSACTION`).
     pub sql_prepare: bool,
+    /// The text is exactly one `LISTEN`/`UNLISTEN` (which the proxy can serve itself).
+    pub listen: Option<Listen>,
     /// Runs code the scanner cannot see into (`DO`, `CALL`, a function it does not know
     /// as harmless): settings and session objects are asked of the server afterwards.
     pub calls: bool,
@@ -126,6 +136,9 @@ pub fn effects(sql: &[u8]) -> Effects {
         }
     }
     fx.plain_set = statements == 1 && last_plain_set;
+    if statements != 1 {
+        fx.listen = None;
+    }
     fx
 }
 
@@ -372,9 +385,12 @@ fn statement(t: &[Token<'_>], fx: &mut Effects) -> bool {
         match w.as_slice() {
             b"set_config" => {
                 fx.settings = true;
-                if let Some(Token::Str(name)) = t.get(i + 2) {
-                    fx.names
-                        .push(String::from_utf8_lossy(name).to_ascii_lowercase());
+                match t.get(i + 2) {
+                    Some(Token::Str(name)) => fx
+                        .names
+                        .push(String::from_utf8_lossy(name).to_ascii_lowercase()),
+                    // A name the text does not spell out: treated as unseen code.
+                    _ => fx.calls = true,
                 }
             }
             b"pg_advisory_lock"
@@ -432,6 +448,18 @@ fn statement(t: &[Token<'_>], fx: &mut Effects) -> bool {
         }
     } else if first.is("listen") {
         fx.pins |= pin::LISTEN;
+        if let (Some((name, 1)), 1) = (setting_name(rest), rest.len()) {
+            fx.listen = Some(Listen::Listen(name));
+        }
+    } else if first.is("unlisten") {
+        fx.releases = true;
+        fx.listen = match rest {
+            [Token::Punct(b'*')] => Some(Listen::Unlisten(None)),
+            _ => match (setting_name(rest), rest.len()) {
+                (Some((name, 1)), 1) => Some(Listen::Unlisten(Some(name))),
+                _ => None,
+            },
+        };
     } else if first.is("declare") {
         if rest.windows(2).any(|w| w[0].is("with") && w[1].is("hold")) {
             fx.pins |= pin::CURSOR;
@@ -441,11 +469,7 @@ fn statement(t: &[Token<'_>], fx: &mut Effects) -> bool {
             fx.pins |= pin::PREPARE;
             fx.sql_prepare = true;
         }
-    } else if first.is("unlisten")
-        || first.is("close")
-        || first.is("deallocate")
-        || first.is("drop")
-    {
+    } else if first.is("close") || first.is("deallocate") || first.is("drop") {
         fx.releases = true;
     }
     false

@@ -4,6 +4,7 @@
 
 mod health;
 mod login;
+pub mod notify;
 mod params;
 
 use std::io;

@@ -141,6 +141,15 @@ pub struct ClientCtx {
     pub stmts: super::prepared::ClientStatements,
     /// What the client's session holds beyond its defaults (see [`super::vsession`]).
     pub vs: super::vsession::VSession,
+    /// The channels it listens on through its endpoint's LISTEN connection.
+    pub listening: Option<Box<Listening>>,
+}
+
+/// A client's LISTENs served by the endpoint's hub ([`crate::server::notify`]).
+pub struct Listening {
+    pub inbox: crate::server::notify::Inbox,
+    pub notifications: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+    pub channels: Vec<String>,
 }
 
 impl ClientCtx {
@@ -166,6 +175,7 @@ impl ClientCtx {
             key,
             stmts: Default::default(),
             vs: Default::default(),
+            listening: None,
         }
     }
 
@@ -205,6 +215,26 @@ impl ClientCtx {
                 .map(|(n, _)| n.clone())
                 .collect(),
             login_user: login_user.to_string(),
+        }
+    }
+
+    /// The client's identity for its endpoint's LISTEN connection.
+    pub fn listener_id(&self) -> u64 {
+        (u64::from(self.key.0 as u32) << 32) | u64::from(self.key.1 as u32)
+    }
+
+    /// Stops listening on `channel` (every channel with `None`).
+    pub fn unlisten(&mut self, channel: Option<&str>) {
+        let id = self.listener_id();
+        let Some(listening) = self.listening.as_mut() else {
+            return;
+        };
+        self.tenant.endpoint.listen.unlisten(id, channel);
+        listening
+            .channels
+            .retain(|c| channel.is_some_and(|ch| ch != c));
+        if listening.channels.is_empty() {
+            self.listening = None;
         }
     }
 

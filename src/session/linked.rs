@@ -48,6 +48,10 @@ pub struct Link {
     pending: Pending,
     /// Client messages handled in this link.
     messages: u32,
+    /// Code ran that the scanner cannot see into: a capture reads the settings the client
+    /// may know of, but not custom ones the code made up, so the connection's state stays
+    /// unknown to everyone else (the next client's prelude resets everything).
+    opaque: bool,
     /// An error reached the client since the last ReadyForQuery.
     unit_error: bool,
     /// Session objects the client's statements in this link may have made (until a census
@@ -130,6 +134,7 @@ impl Link {
             client_mid_message: false,
             pending: Pending::default(),
             messages: 0,
+            opaque: false,
             unit_error: false,
             maybe_pins: 0,
             max_pinned: usize::MAX,
@@ -147,6 +152,7 @@ impl Link {
         self.client_mid_message = false;
         self.pending = Pending::default();
         self.messages = 0;
+        self.opaque = false;
         self.unit_error = false;
         self.maybe_pins = 0;
     }
@@ -183,6 +189,9 @@ fn forget_state(conn: &mut ServerConn, link: &mut Link) {
     conn.state = None;
     link.pending_state = None;
 }
+
+/// SQLSTATE of a statement canceled by `statement_timeout`.
+const QUERY_CANCELED: &str = "57014";
 
 /// How much a client may send ahead while its link holds further messages back.
 const HOLD_READ_LIMIT: usize = 1 << 20;
@@ -257,6 +266,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             _ = timer => return Err(LinkError::IdleInTransaction),
+            // A pinned client between transactions gets its LISTEN connection's
+            // notifications as a direct connection would.
+            Some(n) = super::next_notification(ctx), if link.quiet() && link.status == TxStatus::Idle => {
+                client.wbuf.extend_from_slice(&n);
+                let _ = client.flush().await;
+            }
         }
     }
 }
@@ -339,7 +354,16 @@ async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
     if census {
         sql.push_str(vsession::CENSUS_SQL);
     }
-    let result = own_query(client, conn, &sql).await?;
+    let mut result = own_query(client, conn, &sql).await?;
+    if result.error.as_deref() == Some(QUERY_CANCELED) {
+        // The client's own statement_timeout is shorter than the query: read it first,
+        // then run the query without it (its value then comes from the first row).
+        let retry = format!(
+            "SELECT 'statement_timeout', pg_catalog.current_setting('statement_timeout');\
+             BEGIN;SET LOCAL statement_timeout = 0;{sql};COMMIT"
+        );
+        result = own_query(client, conn, &retry).await?;
+    }
     if !client.wbuf.is_empty() {
         let _ = client.flush().await;
     }
@@ -363,7 +387,7 @@ async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
             })
             .collect();
         ctx.vs.captured(rows, &defaults);
-        conn.state = Some(ctx.wanted_state());
+        conn.state = (!link.opaque).then(|| ctx.wanted_state());
         conn.applied = ctx.setting_names();
         conn.reported_search_path = conn.params.get("search_path").map(|v| v.to_vec());
         match sole_set {
@@ -728,9 +752,17 @@ fn note_effects(fx: &Effects, ctx: &mut ClientCtx, conn: &mut ServerConn, link: 
     if fx.is_empty() {
         return;
     }
+    // UNLISTEN and DISCARD ALL end what the client listens on through the LISTEN
+    // connection too (served there, they are not seen by this server connection).
+    if fx.discard_all {
+        ctx.unlisten(None);
+    } else if let Some(sqlscan::Listen::Unlisten(channel)) = &fx.listen {
+        ctx.unlisten(channel.as_deref());
+    }
     if fx.settings || fx.calls {
         forget_state(conn, link);
         link.pending.capture = true;
+        link.opaque |= fx.calls;
         ctx.vs.note(fx);
     }
     if fx.pins != 0 || fx.releases || fx.calls {

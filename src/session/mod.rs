@@ -139,8 +139,9 @@ fn register<S: ClientIo>(
     entry
 }
 
-/// The client has gone: off the console's list and its tenant's counts.
-fn unregister(ctx: &ClientCtx, shared: &Shared) {
+/// The client has gone: off the console's list, its tenant's counts and its channels.
+fn unregister(ctx: &mut ClientCtx, shared: &Shared) {
+    ctx.unlisten(None);
     shared.clients.remove(&ctx.key);
     ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
     ctx.tenant.stats.repin(ctx.vs.pins(), 0);
@@ -154,7 +155,7 @@ async fn live<S: ClientIo>(s: &mut Session<S>, shared: &Arc<Shared>) -> Option<A
     if let Ok(RunEnd::Park(lot)) = result {
         return Some(lot);
     }
-    unregister(&s.ctx, shared);
+    unregister(&mut s.ctx, shared);
     if let Err(e) = result {
         // Boxed: the error and its message would otherwise take room in every session.
         Box::pin(report_end(&mut s.client, &s.ctx, e)).await;
@@ -166,7 +167,7 @@ async fn live<S: ClientIo>(s: &mut Session<S>, shared: &Arc<Shared>) -> Option<A
 fn park_session<S: ClientIo>(s: Session<S>, lot: Arc<park::ParkLot>, shared: &Arc<Shared>) {
     let Session {
         client,
-        ctx,
+        mut ctx,
         entry,
         permit,
     } = s;
@@ -176,7 +177,7 @@ fn park_session<S: ClientIo>(s: Session<S>, lot: Arc<park::ParkLot>, shared: &Ar
             // Tokio could not let go of the socket (it is closed by now).
             tracing::warn!(user = %ctx.user, tenant = %ctx.tenant.name, error = %e,
                 "could not park an idle client; closing it");
-            unregister(&ctx, shared);
+            unregister(&mut ctx, shared);
             return;
         }
     };
@@ -197,7 +198,7 @@ fn park_session<S: ClientIo>(s: Session<S>, lot: Arc<park::ParkLot>, shared: &Ar
 pub(crate) async fn resume(parked: park::Parked, entry: Arc<ClientEntry>, shared: Arc<Shared>) {
     let park::Parked {
         socket,
-        ctx,
+        mut ctx,
         permit,
     } = parked;
     let io = match tokio::net::TcpStream::from_std(socket) {
@@ -205,7 +206,7 @@ pub(crate) async fn resume(parked: park::Parked, entry: Arc<ClientEntry>, shared
         Err(e) => {
             tracing::warn!(user = %ctx.user, tenant = %ctx.tenant.name, error = %e,
                 "could not resume a parked client; closing it");
-            unregister(&ctx, &shared);
+            unregister(&mut ctx, &shared);
             return;
         }
     };
@@ -383,6 +384,9 @@ async fn run<S: ClientIo>(
         if !session_mode && answer_repeated_set(client, ctx).await {
             continue;
         }
+        if !session_mode && answer_listen(client, ctx, &generation.config.proxy).await {
+            continue;
+        }
         // A reload since the last checkout: this client's tenant, afresh.
         if shared.generation_id() != generation.id {
             generation = shared.current();
@@ -434,6 +438,93 @@ async fn answer_repeated_set<S: AsyncRead + AsyncWrite + Unpin>(
         .fetch_add(1, Ordering::Relaxed);
     let _ = client.flush().await;
     true
+}
+
+/// A sole `LISTEN`/`UNLISTEN` from an idle client: served by the endpoint's LISTEN
+/// connection ([`crate::server::notify`]), so a listener holds no server connection of its
+/// own. True when answered.
+async fn answer_listen<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &mut ClientCtx,
+    proxy: &ProxyConfig,
+) -> bool {
+    use crate::protocol::sql::{self, Listen};
+    let buf = &client.rbuf;
+    if buf[0] != crate::protocol::ftag::QUERY || buf.len() < 6 {
+        return false;
+    }
+    let len = 1 + u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if buf.len() < len {
+        return false;
+    }
+    let text = &buf[5..len - 1];
+    if !text.windows(6).any(|w| w.eq_ignore_ascii_case(b"listen")) {
+        return false;
+    }
+    let Some(op) = sql::effects(text).listen else {
+        return false;
+    };
+    bytes::Buf::advance(&mut client.rbuf, len);
+    let endpoint = ctx.tenant.endpoint.clone();
+    let tag = match op {
+        Listen::Listen(channel) => {
+            let id = ctx.listener_id();
+            let listening = ctx.listening.get_or_insert_with(|| {
+                let (inbox, notifications) = tokio::sync::mpsc::unbounded_channel();
+                Box::new(client::Listening {
+                    inbox,
+                    notifications,
+                    channels: Vec::new(),
+                })
+            });
+            let hub = &endpoint.listen;
+            match hub
+                .listen(&endpoint.config, proxy, id, &listening.inbox, &channel)
+                .await
+            {
+                Ok(()) => {
+                    if !listening.channels.contains(&channel) {
+                        listening.channels.push(channel);
+                    }
+                    "LISTEN"
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %ctx.tenant.name, error = %e, "LISTEN failed");
+                    if listening.channels.is_empty() {
+                        ctx.listening = None;
+                    }
+                    let info = ErrorInfo::error(
+                        "08006",
+                        format!(
+                            "could not listen: the LISTEN connection to backend \"{}\" failed",
+                            endpoint.config.backend
+                        ),
+                    );
+                    encode::error_response(&mut client.wbuf, &info);
+                    encode::ready_for_query(&mut client.wbuf, TxStatus::Idle);
+                    let _ = client.flush().await;
+                    return true;
+                }
+            }
+        }
+        Listen::Unlisten(channel) => {
+            ctx.unlisten(channel.as_deref());
+            "UNLISTEN"
+        }
+    };
+    encode::command_complete(&mut client.wbuf, tag);
+    encode::ready_for_query(&mut client.wbuf, TxStatus::Idle);
+    ctx.tenant.stats.queries.fetch_add(1, Ordering::Relaxed);
+    let _ = client.flush().await;
+    true
+}
+
+/// The next notification for a listening client (never, for one that does not listen).
+async fn next_notification(ctx: &mut ClientCtx) -> Option<bytes::Bytes> {
+    match ctx.listening.as_mut() {
+        Some(l) => l.notifications.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One checkout: the pause gate, a server connection, the prelude, the link until it ends.
@@ -538,7 +629,7 @@ enum Idle {
 /// when the park lot asks an idle session with nothing buffered to park.
 async fn wait_for_message<S: ClientIo>(
     client: &mut ClientStream<S>,
-    ctx: &ClientCtx,
+    ctx: &mut ClientCtx,
     entry: &ClientEntry,
     max_message: usize,
     shared: &Shared,
@@ -554,12 +645,17 @@ async fn wait_for_message<S: ClientIo>(
                 Ok(n) if n > 0 => {}
                 _ => return Ok(Idle::Left),
             },
+            Some(n) = next_notification(ctx) => {
+                client.wbuf.extend_from_slice(&n);
+                let _ = client.flush().await;
+            }
             _ = entry.stop.signalled() => {
                 if entry.stop.is_stopped() {
                     return Err(stopped(ctx, entry));
                 }
                 let parkable = client.rbuf.is_empty()
                     && !client.scanner.mid_message()
+                    && ctx.listening.is_none()
                     && client.io.parkable();
                 if entry.stop.take_park_request() && parkable {
                     if let Some(lot) = shared.park_lot() {

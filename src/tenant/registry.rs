@@ -28,6 +28,8 @@ pub struct Endpoint {
     /// Whether the last connection attempt failed (new connections then fail fast, with
     /// back-off, instead of queueing behind attempts that time out).
     pub health: crate::server::Health,
+    /// The endpoint's LISTEN connection, shared by its listening clients.
+    pub listen: Arc<crate::server::notify::ListenHub>,
 }
 
 /// One tenant as the sessions use it.
@@ -86,6 +88,7 @@ impl Registry {
                             config: Arc::new(ep),
                             params: tokio::sync::OnceCell::new(),
                             health: crate::server::Health::default(),
+                            listen: Default::default(),
                         }),
                     };
                     endpoints.push(e.clone());

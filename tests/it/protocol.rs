@@ -975,6 +975,12 @@ async fn transaction_mode_does_not_pass_state_on() {
         b.batch_execute("SELECT pg_sleep(0.05)")
             .await
             .unwrap_or_else(|e| panic!("{sync}: B got A's statement_timeout: {}", describe(&e)));
+        // A keeps its own (its session), as on a direct connection.
+        assert_eq!(
+            value(&a, "SHOW statement_timeout").await.as_deref(),
+            Some("1ms")
+        );
+        a.batch_execute("RESET statement_timeout").await.unwrap();
         assert_ne!(
             value(&b, "SHOW work_mem").await.as_deref(),
             Some("77MB"),

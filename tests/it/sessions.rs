@@ -337,14 +337,16 @@ async fn sql_prepare_and_hold_cursors_work_and_unpin() {
     assert_eq!(tenant_of(&b).await.as_deref(), Some("t2"));
 }
 
-#[tokio::test]
-async fn listen_delivers_a_clients_own_notifications() {
-    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(2));
-    let (a, mut connection) =
-        tokio_postgres::connect(&proxy.connect_str("app", Naming::Options, "t1"), NoTls)
+/// A client whose connection task forwards its notifications (`channel:payload`).
+async fn listener(
+    proxy: &TestProxy,
+    tenant: &str,
+) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (c, mut connection) =
+        tokio_postgres::connect(&proxy.connect_str("app", Naming::Options, tenant), NoTls)
             .await
             .expect("connect");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(m)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             if let AsyncMessage::Notification(n) = m {
@@ -352,19 +354,110 @@ async fn listen_delivers_a_clients_own_notifications() {
             }
         }
     });
-    let b = client(&proxy, "t2").await;
-    exec(&a, "LISTEN sessions_chan").await;
-    let su = superuser().await;
-    for i in 0..5 {
-        exec(&b, "NOTIFY other_chan, 'not-for-a'").await;
-        exec(&su, &format!("NOTIFY sessions_chan, 'n{i}'")).await;
+    (c, rx)
+}
+
+async fn backends_of_app(su: &Client) -> i64 {
+    su.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = 'app'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn listeners_get_their_own_notifications_without_holding_connections() {
+    // 8 listeners of 4 tenants on a pool of 2 that other clients keep busy.
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(2));
+    let mut listeners = Vec::new();
+    for i in 0..8 {
+        let tenant = format!("t{}", i % 4 + 1);
+        let (c, rx) = listener(&proxy, &tenant).await;
+        exec(&c, &format!("LISTEN chan_{i}")).await;
+        listeners.push((c, rx));
     }
-    for i in 0..5 {
+    let busy: Vec<_> = (0..4)
+        .map(|i| {
+            let conn = proxy.connect_str("app", Naming::Options, &format!("t{}", i + 1));
+            tokio::spawn(async move {
+                let c = connect(&conn).await.expect("connect");
+                for _ in 0..100 {
+                    c.batch_execute("SELECT pg_sleep(0.001)").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let notifier = client(&proxy, "t1").await;
+    for round in 0..5 {
+        for i in 0..8 {
+            exec(&notifier, &format!("NOTIFY chan_{i}, 'p{i}.{round}'")).await;
+        }
+    }
+    for (i, (c, rx)) in listeners.iter_mut().enumerate() {
+        for round in 0..5 {
+            let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a notification within 10 s");
+            assert_eq!(got, Some(format!("chan_{i}:p{i}.{round}")));
+        }
+        // Between queries too, and in the client's own tenant.
+        let expect = format!("t{}", i % 4 + 1);
+        assert_eq!(tenant_of(c).await.as_deref(), Some(expect.as_str()));
+    }
+    for b in busy {
+        b.await.unwrap();
+    }
+    for (i, (c, rx)) in listeners.iter_mut().enumerate() {
+        exec(c, "UNLISTEN *").await;
+        exec(&notifier, &format!("NOTIFY chan_{i}, 'late'")).await;
+        exec(c, "SELECT 1").await;
+        assert!(rx.try_recv().is_err(), "no notification after UNLISTEN");
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_listeners_hold_one_connection() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(2));
+    let su = superuser().await;
+    let before = backends_of_app(&su).await;
+    let mut listeners = Vec::new();
+    for i in 0..1000 {
+        let (c, rx) = listener(&proxy, "t1").await;
+        exec(&c, &format!("LISTEN many_{}", i % 10)).await;
+        listeners.push((c, rx));
+    }
+    let during = backends_of_app(&su).await;
+    assert!(
+        during - before <= 3,
+        "1,000 listeners opened {} server connections (pool of 2 + 1 LISTEN connection)",
+        during - before
+    );
+    exec(&su, "NOTIFY many_3, 'x'").await;
+    for (i, (_, rx)) in listeners
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| i % 10 == 3)
+    {
         let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
-            .expect("a notification within 10 s");
-        assert_eq!(got.as_deref(), Some(format!("sessions_chan:n{i}").as_str()));
+            .unwrap_or_else(|_| panic!("listener {i} got nothing"));
+        assert_eq!(got.as_deref(), Some("many_3:x"));
     }
+}
+
+#[tokio::test]
+async fn listen_inside_a_transaction_pins() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(2));
+    let (a, mut rx) = listener(&proxy, "t1").await;
+    exec(&a, "BEGIN; LISTEN pinned_chan; COMMIT").await;
+    let su = superuser().await;
+    exec(&su, "NOTIFY pinned_chan, 'ok'").await;
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a notification within 10 s");
+    assert_eq!(got.as_deref(), Some("pinned_chan:ok"));
     exec(&a, "UNLISTEN *").await;
     assert_eq!(tenant_of(&a).await.as_deref(), Some("t1"));
 }
