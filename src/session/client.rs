@@ -91,6 +91,11 @@ fn add_setting(info: &mut StartupInfo, name: String, value: String) -> Result<()
 /// PostgreSQL's spelling of common encoding names (the server corrects the rest at the
 /// first checkout, through ParameterStatus).
 fn normalize_encoding(value: &str) -> String {
+    // asyncpg sends `'utf-8'`, quotes included (PostgreSQL takes it so).
+    let value = value
+        .strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .unwrap_or(value);
     let upper = value.to_ascii_uppercase();
     match upper.as_str() {
         "UTF-8" | "UNICODE" | "UTF_8" => "UTF8".into(),
@@ -267,7 +272,7 @@ mod tests {
         let info = read_startup(p(&[
             ("user", "app.acme"),
             ("options", "-c tenant=acme -c statement_timeout=5s"),
-            ("client_encoding", "utf-8"),
+            ("client_encoding", "'utf-8'"),
             ("application_name", "psql"),
             ("extra_float_digits", "3"),
         ]))

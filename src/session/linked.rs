@@ -1065,6 +1065,16 @@ fn on_forwarded(
         Backend::Error(fields) => {
             forget_state(conn, link);
             link.unit_error = true;
+            if fields.code() == "0A000"
+                && fields
+                    .get(b'M')
+                    .is_some_and(|m| m.starts_with(b"cached plan must not change result type"))
+            {
+                // A statement the tenant's clients share went stale (DDL): the driver will
+                // prepare it again, and must get a fresh one, so this connection's cache
+                // goes with it.
+                conn.broken = true;
+            }
             if matches!(fields.severity(), b"FATAL" | b"PANIC") {
                 conn.broken = true;
                 link.server_fatal = true;

@@ -381,10 +381,14 @@ async fn run<S: ClientIo>(
         if client.rbuf[0] == crate::protocol::ftag::TERMINATE {
             return Ok(RunEnd::Left);
         }
-        if !session_mode && answer_repeated_set(client, ctx).await {
+        if !session_mode && answer_repeated_set(client, ctx) {
+            // A client that has gone away surfaces on its next read.
+            let _ = client.flush().await;
             continue;
         }
-        if !session_mode && answer_listen(client, ctx, &generation.config.proxy).await {
+        // Boxed: rare, and its state (opening the LISTEN connection) would otherwise make
+        // every idle session's future bigger.
+        if !session_mode && Box::pin(answer_listen(client, ctx, &generation.config.proxy)).await {
             continue;
         }
         // A reload since the last checkout: this client's tenant, afresh.
@@ -412,7 +416,7 @@ async fn run<S: ClientIo>(
 /// A plain `SET` the client repeats in the state it left last time (apps that set their
 /// schema at the start of every request or transaction): running it again would change
 /// nothing, so the proxy answers it itself, with no server connection. True when answered.
-async fn answer_repeated_set<S: AsyncRead + AsyncWrite + Unpin>(
+fn answer_repeated_set<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &ClientCtx,
 ) -> bool {
@@ -436,7 +440,6 @@ async fn answer_repeated_set<S: AsyncRead + AsyncWrite + Unpin>(
         .stats
         .transactions
         .fetch_add(1, Ordering::Relaxed);
-    let _ = client.flush().await;
     true
 }
 
@@ -645,10 +648,7 @@ async fn wait_for_message<S: ClientIo>(
                 Ok(n) if n > 0 => {}
                 _ => return Ok(Idle::Left),
             },
-            Some(n) = next_notification(ctx) => {
-                client.wbuf.extend_from_slice(&n);
-                let _ = client.flush().await;
-            }
+            Some(n) = next_notification(ctx) => client.wbuf.extend_from_slice(&n),
             _ = entry.stop.signalled() => {
                 if entry.stop.is_stopped() {
                     return Err(stopped(ctx, entry));
@@ -663,6 +663,11 @@ async fn wait_for_message<S: ClientIo>(
                     }
                 }
             }
+        }
+        if !client.wbuf.is_empty() {
+            // Boxed: only listening clients get here, and inline its state would make every
+            // idle session's future bigger.
+            let _ = Box::pin(client.flush()).await;
         }
     }
     Ok(Idle::Message)
