@@ -2,10 +2,12 @@
 //! transaction mode, `Idle <-> Linked(server)` until the client leaves -> cleanup.
 
 pub mod bufpool;
+mod cleanup;
 pub mod client;
 pub mod counted;
 pub mod expect;
 pub mod handshake;
+mod idle;
 pub mod linked;
 mod login;
 pub mod park;
@@ -23,13 +25,14 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::{PoolMode, ProxyConfig};
 use crate::pool::{Lease, Pooled};
-use crate::protocol::backend::TxStatus;
-use crate::protocol::encode::{self, ErrorInfo};
+use crate::protocol::encode::ErrorInfo;
 use crate::server::{ServerConn, ServerError};
 use crate::shared::{ClientEntry, ClientState, Generation, StopReason};
 use crate::tenant::{LoginFailure, TenantRuntime, TenantStats};
+use cleanup::{abandon, finish_session};
 use client::ClientCtx;
 use counted::{Counted, Peer};
+use idle::{answer_listen, answer_repeated_set};
 use linked::{Link, LinkEnd, LinkError};
 use login::{login, LoggedIn, LoginError};
 use stream::ClientStream;
@@ -41,8 +44,6 @@ pub use crate::shared::Shared;
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much a client waiting at a paused tenant may send ahead before the proxy stops reading.
 const PAUSED_READ_LIMIT: usize = 1 << 20;
-/// How long cleanup of an abandoned link may take before the connection is closed instead.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a session needs of its client socket.
 pub trait ClientIo:
@@ -413,123 +414,6 @@ async fn run<S: ClientIo>(
     }
 }
 
-/// A plain `SET` the client repeats in the state it left last time (apps that set their
-/// schema at the start of every request or transaction): running it again would change
-/// nothing, so the proxy answers it itself, with no server connection. True when answered.
-fn answer_repeated_set<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut ClientStream<S>,
-    ctx: &ClientCtx,
-) -> bool {
-    let buf = &client.rbuf;
-    if buf[0] != crate::protocol::ftag::QUERY || buf.len() < 6 {
-        return false;
-    }
-    let len = 1 + u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if buf.len() < len {
-        return false;
-    }
-    let sql = &buf[5..len - 1];
-    if !ctx.vs.is_repeated_set(sql, &ctx.params) {
-        return false;
-    }
-    encode::command_complete(&mut client.wbuf, "SET");
-    encode::ready_for_query(&mut client.wbuf, TxStatus::Idle);
-    bytes::Buf::advance(&mut client.rbuf, len);
-    ctx.tenant.stats.queries.fetch_add(1, Ordering::Relaxed);
-    ctx.tenant
-        .stats
-        .transactions
-        .fetch_add(1, Ordering::Relaxed);
-    true
-}
-
-/// A sole `LISTEN`/`UNLISTEN` from an idle client: served by the endpoint's LISTEN
-/// connection ([`crate::server::notify`]), so a listener holds no server connection of its
-/// own. True when answered.
-async fn answer_listen<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut ClientStream<S>,
-    ctx: &mut ClientCtx,
-    proxy: &ProxyConfig,
-) -> bool {
-    use crate::protocol::sql::{self, Listen};
-    let buf = &client.rbuf;
-    if buf[0] != crate::protocol::ftag::QUERY || buf.len() < 6 {
-        return false;
-    }
-    let len = 1 + u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if buf.len() < len {
-        return false;
-    }
-    let text = &buf[5..len - 1];
-    if !text.windows(6).any(|w| w.eq_ignore_ascii_case(b"listen")) {
-        return false;
-    }
-    let Some(op) = sql::effects(text).listen else {
-        return false;
-    };
-    bytes::Buf::advance(&mut client.rbuf, len);
-    let endpoint = ctx.tenant.endpoint.clone();
-    let tag = match op {
-        Listen::Listen(channel) => {
-            let id = ctx.listener_id();
-            let listening = ctx.listening.get_or_insert_with(|| {
-                let (inbox, notifications) = tokio::sync::mpsc::unbounded_channel();
-                Box::new(client::Listening {
-                    inbox,
-                    notifications,
-                    channels: Vec::new(),
-                })
-            });
-            let hub = &endpoint.listen;
-            match hub
-                .listen(&endpoint.config, proxy, id, &listening.inbox, &channel)
-                .await
-            {
-                Ok(()) => {
-                    if !listening.channels.contains(&channel) {
-                        listening.channels.push(channel);
-                    }
-                    "LISTEN"
-                }
-                Err(e) => {
-                    tracing::warn!(tenant = %ctx.tenant.name, error = %e, "LISTEN failed");
-                    if listening.channels.is_empty() {
-                        ctx.listening = None;
-                    }
-                    let info = ErrorInfo::error(
-                        "08006",
-                        format!(
-                            "could not listen: the LISTEN connection to backend \"{}\" failed",
-                            endpoint.config.backend
-                        ),
-                    );
-                    encode::error_response(&mut client.wbuf, &info);
-                    encode::ready_for_query(&mut client.wbuf, TxStatus::Idle);
-                    let _ = client.flush().await;
-                    return true;
-                }
-            }
-        }
-        Listen::Unlisten(channel) => {
-            ctx.unlisten(channel.as_deref());
-            "UNLISTEN"
-        }
-    };
-    encode::command_complete(&mut client.wbuf, tag);
-    encode::ready_for_query(&mut client.wbuf, TxStatus::Idle);
-    ctx.tenant.stats.queries.fetch_add(1, Ordering::Relaxed);
-    let _ = client.flush().await;
-    true
-}
-
-/// The next notification for a listening client (never, for one that does not listen).
-async fn next_notification(ctx: &mut ClientCtx) -> Option<bytes::Bytes> {
-    match ctx.listening.as_mut() {
-        Some(l) => l.notifications.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// One checkout: the pause gate, a server connection, the prelude, the link until it ends.
 /// `Ok(false)`: the session is over (the client left).
 async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
@@ -648,7 +532,7 @@ async fn wait_for_message<S: ClientIo>(
                 Ok(n) if n > 0 => {}
                 _ => return Ok(Idle::Left),
             },
-            Some(n) = next_notification(ctx) => client.wbuf.extend_from_slice(&n),
+            Some(n) = idle::next_notification(ctx) => client.wbuf.extend_from_slice(&n),
             _ = entry.stop.signalled() => {
                 if entry.stop.is_stopped() {
                     return Err(stopped(ctx, entry));
@@ -771,60 +655,6 @@ async fn wait_while_paused<S: AsyncRead + AsyncWrite + Unpin>(
     stats.paused_waiting.fetch_sub(1, Ordering::Relaxed);
     entry.set_state(ClientState::Idle);
     waited
-}
-
-/// The client has left: make sure nothing of its session reaches the next client.
-async fn finish_session(
-    mut conn: Pooled<ServerConn>,
-    link: &Link,
-    session_mode: bool,
-    pinned: bool,
-) -> Result<(), SessionError> {
-    if (session_mode || pinned) && link.is_idle() && !link.client_mid_message {
-        // Session mode, or session objects of the client's: the connection goes back with
-        // no state at all (DISCARD ALL also drops temp objects, locks, LISTENs, cursors and
-        // prepared statements).
-        if reset(&mut conn, "DISCARD ALL").await {
-            conn.state = None;
-            conn.prepared.clear();
-            return Ok(());
-        }
-        conn.discard();
-        return Ok(());
-    }
-    abandon(conn, link, pinned).await;
-    Ok(())
-}
-
-/// Returns a connection whose client left mid-link: idle -> as is; an open transaction with
-/// nothing in flight -> ROLLBACK and confirm idle; anything else (a query or COPY in
-/// flight, an unsynced extended batch, session objects of the client's) -> close it.
-async fn abandon(mut conn: Pooled<ServerConn>, link: &Link, pinned: bool) {
-    // Whatever happened, the proxy no longer vouches for this connection's state.
-    conn.state = None;
-    if conn.broken || link.client_mid_message || pinned {
-        conn.discard();
-        return;
-    }
-    if link.is_idle() {
-        return;
-    }
-    // Only when nothing at all is outstanding (no prelude, no reply of any kind) is the
-    // next ReadyForQuery surely the ROLLBACK's own.
-    if link.expect.is_empty() && !link.unsynced && reset(&mut conn, "ROLLBACK").await {
-        return;
-    }
-    conn.discard();
-}
-
-/// Runs `sql` and reads until ReadyForQuery `I`, within [`CLEANUP_TIMEOUT`], recording the
-/// parameters it reports (a `DISCARD ALL` puts DateStyle, TimeZone... back). False on any
-/// error (the caller closes the connection).
-async fn reset(conn: &mut ServerConn, sql: &str) -> bool {
-    match tokio::time::timeout(CLEANUP_TIMEOUT, conn.own_query(sql)).await {
-        Ok(Ok(r)) => r.error.is_none() && r.status == Some(TxStatus::Idle),
-        _ => false,
-    }
 }
 
 #[cfg(test)]
