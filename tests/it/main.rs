@@ -10,6 +10,7 @@ mod hostile;
 mod login;
 mod metrics;
 mod park;
+mod pinning;
 mod prepared;
 mod protocol;
 mod reliability;
