@@ -182,6 +182,15 @@ impl Token<'_> {
     fn is(&self, keyword: &str) -> bool {
         matches!(self, Token::Word(w) if w.eq_ignore_ascii_case(keyword.as_bytes()))
     }
+
+    /// A name as PostgreSQL folds it: an unquoted word in lower case, a quoted one as is.
+    fn name(&self) -> Option<Vec<u8>> {
+        match self {
+            Token::Word(w) => Some(w.to_ascii_lowercase()),
+            Token::Ident(w) => Some(w.to_vec()),
+            _ => None,
+        }
+    }
 }
 
 struct Lexer<'a> {
@@ -377,11 +386,14 @@ fn statement(t: &[Token<'_>], fx: &mut Effects) -> bool {
     };
     // Function calls anywhere in the statement.
     for (i, tok) in t.iter().enumerate() {
-        let Token::Word(w) = tok else { continue };
+        let Some(w) = tok.name() else { continue };
+        if w == b"pg_temp" && t.get(i + 1) == Some(&Token::Punct(b'.')) {
+            // `pg_temp.x` anywhere (CREATE ..., SELECT ... INTO pg_temp.x): counted after.
+            fx.pins |= pin::TEMP;
+        }
         if t.get(i + 1) != Some(&Token::Punct(b'(')) {
             continue;
         }
-        let w = w.to_ascii_lowercase();
         match w.as_slice() {
             b"set_config" => {
                 fx.settings = true;
@@ -400,7 +412,7 @@ fn statement(t: &[Token<'_>], fx: &mut Effects) -> bool {
             b"pg_advisory_unlock" | b"pg_advisory_unlock_shared" | b"pg_advisory_unlock_all" => {
                 fx.releases = true
             }
-            w if !harmless_call(w, &t[..i]) => fx.calls = true,
+            w if matches!(tok, Token::Ident(_)) || !harmless_call(w, &t[..i]) => fx.calls = true,
             _ => {}
         }
     }
@@ -436,14 +448,14 @@ fn statement(t: &[Token<'_>], fx: &mut Effects) -> bool {
             fx.resets = Resets::All;
         }
     } else if first.is("create") {
-        let temp = rest
+        // Whatever it creates (its tag may be `SELECT n`), the session's objects are
+        // counted after it: DDL is rare.
+        fx.releases = true;
+        if rest
             .iter()
             .take(4)
             .any(|t| t.is("temp") || t.is("temporary"))
-            || rest
-                .windows(2)
-                .any(|w| w[0].is("pg_temp") && w[1] == Token::Punct(b'.'));
-        if temp {
+        {
             fx.pins |= pin::TEMP;
         }
     } else if first.is("listen") {
@@ -883,6 +895,11 @@ mod tests {
             pin::TEMP
         );
         assert_eq!(fx("CREATE TABLE pg_temp.x (a int)").pins, pin::TEMP);
+        assert_eq!(fx("CREATE TABLE \"pg_temp\".x AS SELECT 1").pins, pin::TEMP);
+        assert_eq!(fx("SELECT 1 AS a INTO pg_temp.x").pins, pin::TEMP);
+        assert_eq!(fx("SELECT \"pg_advisory_lock\"(1)").pins, pin::ADVISORY);
+        assert!(fx("SELECT \"MyFunc\"(1)").calls);
+        assert!(fx("create table t (a int)").releases);
         assert_eq!(fx("select 1 as a into temp t").pins, pin::TEMP);
         assert_eq!(fx("select pg_advisory_lock(1)").pins, pin::ADVISORY);
         assert_eq!(

@@ -89,23 +89,30 @@ pub fn server_stmt(tenant: u64, sql: &[u8], types: &[u8]) -> Stmt {
     };
     let name = format!("{SERVER_PREFIX}{:016x}{:016x}", digest(1), digest(2));
     let mut parse = BytesMut::with_capacity(5 + name.len() + sql.len() + types.len() + 2);
-    parse.put_u8(ftag::PARSE);
-    parse.put_i32(0);
-    parse.put_slice(name.as_bytes());
-    parse.put_u8(0);
-    parse.put_slice(sql);
-    parse.put_u8(0);
-    parse.put_slice(types);
-    patch_len(&mut parse);
+    put_parse(&mut parse, name.as_bytes(), sql, types);
     Stmt {
         server_name: Bytes::from(name),
         parse: parse.freeze(),
     }
 }
 
-fn patch_len(buf: &mut BytesMut) {
-    let len = (buf.len() - 1) as i32;
-    buf[1..5].copy_from_slice(&len.to_be_bytes());
+/// Appends a Parse of `sql` named `name`; `types` is the message's parameter-type part
+/// (its count included; empty for none).
+pub fn put_parse(out: &mut BytesMut, name: &[u8], sql: &[u8], types: &[u8]) {
+    let start = out.len();
+    out.put_u8(ftag::PARSE);
+    out.put_i32(0);
+    out.put_slice(name);
+    out.put_u8(0);
+    out.put_slice(sql);
+    out.put_u8(0);
+    if types.is_empty() {
+        out.put_i16(0);
+    } else {
+        out.put_slice(types);
+    }
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Bind: (portal, statement name, offset of what follows the statement name).

@@ -68,9 +68,15 @@ pub(super) fn on_client_message(
             link.unsynced = true;
             let fx = sqlscan::effects(sql);
             note_effects(&fx, ctx, conn, link);
-            if !fx.resets.is_none() {
-                // Put back at the next Sync (see `Frontend::Sync`).
-                merge_resets(&mut link.pending.fixup, fx.resets);
+            let refused = refuse_pin(&fx, ctx, link);
+            // Put back at the next Sync (see `Frontend::Sync`).
+            merge_resets(&mut link.pending.fixup, fx.resets);
+            if refused {
+                // The statement becomes the refusal (same name, no parameters).
+                let out = out.buf();
+                prepared::put_parse(out, name, PIN_REFUSED.as_bytes(), &[]);
+                link.expect.push(client_entry(Kind::Parse));
+                return Ok(());
             }
             if !link.pooled || name.is_empty() {
                 out.forward(msg);
@@ -78,7 +84,15 @@ pub(super) fn on_client_message(
                 return Ok(());
             }
             let (_, sql, types) = prepared::split_parse(msg).ok_or_else(malformed)?;
-            let stmt = std::sync::Arc::new(prepared::server_stmt(ctx.tenant.state_id, sql, types));
+            // A client with temp objects gets statements of its own: PostgreSQL does not
+            // plan a shared statement again when a new temp table hides a table it reads.
+            let temp = (ctx.vs.pins() | link.maybe_pins) & sqlscan::pin::TEMP != 0;
+            let owner = if temp { ctx.listener_id() } else { 0 };
+            let stmt = std::sync::Arc::new(prepared::server_stmt(
+                ctx.tenant.state_id ^ owner,
+                sql,
+                types,
+            ));
             let client_name = bytes::Bytes::copy_from_slice(name);
             ctx.stmts.insert(client_name.clone(), stmt.clone());
             if conn.prepared.get(&stmt.server_name).is_some() {
