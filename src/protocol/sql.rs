@@ -149,18 +149,36 @@ fn might_matter(sql: &[u8]) -> bool {
         sql.get(i..i + word.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(word))
     };
-    (0..sql.len()).any(|i| match sql[i] | 0x20 {
-        b'(' => true,
-        b's' => at(i, b"set"),
-        b'd' => at(i, b"discard") || at(i, b"deallocate") || at(i, b"drop") || at(i, b"do"),
-        b't' => at(i, b"temp"),
-        b'a' => at(i, b"advisory"),
-        b'l' => at(i, b"listen"),
-        b'h' => at(i, b"hold"),
-        b'p' => at(i, b"prepare"),
-        b'c' => at(i, b"close") || at(i, b"call"),
-        _ => false,
-    })
+    let mut in_word = false;
+    for (i, &c) in sql.iter().enumerate() {
+        if c == b'(' {
+            return true;
+        }
+        let word_char = c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+        let start = word_char && !in_word;
+        in_word = word_char;
+        if !start {
+            continue;
+        }
+        // Words the scan looks for, by their first letter (`pg_` covers pg_temp and the
+        // advisory lock functions).
+        let hit = match c | 0x20 {
+            b's' => at(i, b"set"),
+            b'r' => at(i, b"reset"),
+            b'd' => at(i, b"discard") || at(i, b"deallocate") || at(i, b"drop") || at(i, b"do"),
+            b't' => at(i, b"temp"),
+            b'l' => at(i, b"listen"),
+            b'u' => at(i, b"unlisten"),
+            b'h' => at(i, b"hold"),
+            b'p' => at(i, b"prepare") || at(i, b"pg_"),
+            b'c' => at(i, b"close") || at(i, b"call") || at(i, b"create"),
+            _ => false,
+        };
+        if hit {
+            return true;
+        }
+    }
+    false
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,15 +19,9 @@ pub(super) fn answer_repeated_set<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &ClientCtx,
 ) -> bool {
-    let buf = &client.rbuf;
-    if buf[0] != crate::protocol::ftag::QUERY || buf.len() < 6 {
+    let Some((sql, len)) = query_text(&client.rbuf) else {
         return false;
-    }
-    let len = 1 + u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if buf.len() < len {
-        return false;
-    }
-    let sql = &buf[5..len - 1];
+    };
     if !ctx.vs.is_repeated_set(sql, &ctx.params) {
         return false;
     }
@@ -42,6 +36,24 @@ pub(super) fn answer_repeated_set<S: AsyncRead + AsyncWrite + Unpin>(
     true
 }
 
+/// The text of the whole simple Query at the front of `buf`, if that is what it holds.
+fn query_text(buf: &[u8]) -> Option<(&[u8], usize)> {
+    if buf.first() != Some(&crate::protocol::ftag::QUERY) || buf.len() < 6 {
+        return None;
+    }
+    let len = 1 + u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    (buf.len() >= len && len >= 6).then(|| (&buf[5..len - 1], len))
+}
+
+/// Whether the simple Query at the front of `buf` mentions LISTEN (the cheap test before
+/// [`answer_listen`]).
+pub(super) fn mentions_listen(buf: &[u8]) -> bool {
+    query_text(buf).is_some_and(|(text, _)| {
+        memchr::memchr2(b'l', b'L', text).is_some()
+            && text.windows(6).any(|w| w.eq_ignore_ascii_case(b"listen"))
+    })
+}
+
 /// A sole `LISTEN`/`UNLISTEN` from an idle client: served by the endpoint's LISTEN
 /// connection ([`crate::server::notify`]), so a listener holds no server connection of its
 /// own. True when answered.
@@ -51,18 +63,9 @@ pub(super) async fn answer_listen<S: AsyncRead + AsyncWrite + Unpin>(
     proxy: &ProxyConfig,
 ) -> bool {
     use crate::protocol::sql::{self, Listen};
-    let buf = &client.rbuf;
-    if buf[0] != crate::protocol::ftag::QUERY || buf.len() < 6 {
+    let Some((text, len)) = query_text(&client.rbuf) else {
         return false;
-    }
-    let len = 1 + u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if buf.len() < len {
-        return false;
-    }
-    let text = &buf[5..len - 1];
-    if !text.windows(6).any(|w| w.eq_ignore_ascii_case(b"listen")) {
-        return false;
-    }
+    };
     let Some(op) = sql::effects(text).listen else {
         return false;
     };

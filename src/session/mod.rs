@@ -389,7 +389,10 @@ async fn run<S: ClientIo>(
         }
         // Boxed: rare, and its state (opening the LISTEN connection) would otherwise make
         // every idle session's future bigger.
-        if !session_mode && Box::pin(answer_listen(client, ctx, &generation.config.proxy)).await {
+        if !session_mode
+            && idle::mentions_listen(&client.rbuf)
+            && Box::pin(answer_listen(client, ctx, &generation.config.proxy)).await
+        {
             continue;
         }
         // A reload since the last checkout: this client's tenant, afresh.

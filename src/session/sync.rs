@@ -74,10 +74,14 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
             // RESET ALL leaves the roles alone (PostgreSQL marks them GUC_NO_RESET_ALL).
             None => sql.push_str("RESET ALL;SET SESSION AUTHORIZATION DEFAULT;"),
         }
-        sql.push_str(&ctx.tenant.state_sql);
-        sql.push_str(&ctx.settings_sql);
-        if let Some(snapshot) = ctx.vs.snapshot() {
-            sql.push_str(&snapshot.sql);
+        match ctx.vs.snapshot() {
+            // A snapshot holds every session setting, the tenant's and the startup
+            // options' included: it alone brings the connection to the client's state.
+            Some(snapshot) => sql.push_str(&snapshot.sql),
+            None => {
+                sql.push_str(&ctx.tenant.state_sql);
+                sql.push_str(&ctx.settings_sql);
+            }
         }
     }
     for (i, name) in TRACKED_PARAMS.iter().enumerate() {

@@ -63,6 +63,8 @@ pub struct Link {
     maybe_pins: u8,
     /// Largest number of pinned clients the tenant may have.
     pub max_pinned: usize,
+    /// The client's last ReadyForQuery, held back until the session has settled.
+    held_ready: Option<BytesMut>,
 }
 
 /// Work the link owes the virtual session (see [`super::vsession`]).
@@ -142,6 +144,7 @@ impl Link {
             unit_error: false,
             maybe_pins: 0,
             max_pinned: usize::MAX,
+            held_ready: None,
         }
     }
 
@@ -159,6 +162,7 @@ impl Link {
         self.opaque = false;
         self.unit_error = false;
         self.maybe_pins = 0;
+        self.held_ready = None;
     }
 
     /// Nothing outstanding and no transaction open.
@@ -169,6 +173,15 @@ impl Link {
     /// Statements of this link may have made session objects no census has counted yet.
     pub fn may_hold_objects(&self) -> bool {
         self.pending.census || self.maybe_pins != 0
+    }
+
+    /// Whether the ReadyForQuery that ends the client's last unit waits for the session to
+    /// settle (transaction mode, nothing else owed, a capture or census pending).
+    fn settles_before_ready(&self) -> bool {
+        self.pooled
+            && self.expect.is_empty()
+            && !self.pending.hold
+            && (self.pending.capture || self.pending.census)
     }
 
     /// Nothing outstanding at all: the session may settle its pending work.
@@ -236,6 +249,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if link.quiet() && (link.pending.capture || link.pending.census) {
             settle(client, ctx, entry, conn, link).await?;
+        }
+        if let Some(ready) = link.held_ready.take() {
+            client.wbuf.extend_from_slice(&ready);
+            // A client that has gone away surfaces on its next read.
+            let _ = client.flush().await;
         }
         if link.released(ctx) {
             return Ok(LinkEnd::Released);
@@ -534,6 +552,14 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
         match step {
             Step::Forward | Step::Completed(_) | Step::Failed { .. } => {
                 on_forwarded(&rbuf[off..off + len], ctx, conn, link).map_err(|e| proto(&e))?;
+                if tag == btag::READY_FOR_QUERY && link.settles_before_ready() {
+                    // The client sees this ReadyForQuery once its session is recorded (its
+                    // settings read back, its objects counted): what it does next finds
+                    // its pins and settings in place.
+                    flush_front(client, rbuf, &mut off).await;
+                    link.held_ready = Some(rbuf.split_to(len));
+                    continue;
+                }
                 off += len;
                 if let Step::Failed { entry, dropped } = &step {
                     forget(entry, conn, ctx);
