@@ -31,7 +31,7 @@ use wait::{drop_given_up, Waiter};
 /// What a pool needs to know about a connection.
 pub trait Poolable: Send + 'static {
     /// The session state a connection carries; checkout prefers equal state.
-    type State: PartialEq + Send + Sync;
+    type State: PartialEq + std::hash::Hash + Send + Sync;
     /// `None` when unknown.
     fn state(&self) -> Option<&Self::State>;
     /// Called before an idle connection is handed out or kept. `false` drops it: e.g. it
@@ -78,6 +78,27 @@ pub struct TenantStats {
     pub affinity_hits: u64,
 }
 
+/// How far down a tenant's queue a released connection looks for a waiter that wants its
+/// state, and how often a waiter may be passed over for one.
+const WINDOW: usize = 16;
+const MAX_PASSES: u8 = 2;
+
+/// Identity of a state, as waiters record what they want.
+fn state_hash<S: std::hash::Hash>(state: &S) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    state.hash(&mut h);
+    h.finish()
+}
+
+/// The state hash of what a grant hands over (a new connection has none).
+fn grant_state<C: Poolable>(grant: &Grant<C>) -> Option<u64> {
+    match grant {
+        Grant::Conn(conn) => conn.state().map(state_hash),
+        Grant::Slot => None,
+    }
+}
+
 struct TenantSlot<C> {
     max: usize,
     in_use: usize,
@@ -90,8 +111,29 @@ impl<C> TenantSlot<C> {
     /// Hands `grant` to the tenant's next waiter and counts the checkout (under the pool's
     /// lock, so the count is right before the waiter can use it). Gives it back when no one
     /// waits or that waiter has just given up.
-    fn hand_to_next(&mut self, grant: Grant<C>) -> Result<(), Grant<C>> {
-        let Some(waiter) = self.waiters.pop_front() else {
+    ///
+    /// A connection known to carry some state (`have`, its hash) goes to the first of the
+    /// next [`WINDOW`] waiters that wants that state, so a tenant whose clients differ in
+    /// their own settings does not trade a SET at every hand-off; the waiters it passes
+    /// are passed at most [`MAX_PASSES`] times each, then served in turn.
+    fn hand_to_next(&mut self, grant: Grant<C>, have: Option<u64>) -> Result<(), Grant<C>> {
+        let front_may_wait = self.waiters.front().is_some_and(|w| w.passed < MAX_PASSES);
+        let pick = have.filter(|_| front_may_wait).and_then(|h| {
+            self.waiters
+                .iter()
+                .take(WINDOW)
+                .position(|w| w.want == h && !w.given_up())
+        });
+        let waiter = match pick {
+            Some(i) => {
+                for w in self.waiters.iter_mut().take(i) {
+                    w.passed += 1;
+                }
+                self.waiters.remove(i)
+            }
+            None => self.waiters.pop_front(),
+        };
+        let Some(waiter) = waiter else {
             return Err(grant);
         };
         waiter.tx.send(grant)?;
@@ -190,9 +232,12 @@ impl<C: Poolable> Pool<C> {
             let started = tokio::time::Instant::now();
             let deadline = started.checked_add(timeout);
             let (tx, rx) = oneshot::channel();
-            inner.tenants[tenant.0]
-                .waiters
-                .push_back(Waiter { tx, deadline });
+            inner.tenants[tenant.0].waiters.push_back(Waiter {
+                tx,
+                deadline,
+                want: state_hash(want),
+                passed: 0,
+            });
             if !inner.ring.contains(&tenant.0) {
                 inner.ring.push_back(tenant.0);
             }
@@ -314,7 +359,8 @@ impl<C: Poolable> Pool<C> {
         if slot.in_use >= share || slot.in_use >= slot.max {
             return Some(grant);
         }
-        slot.hand_to_next(grant).err()
+        let have = grant_state(&grant);
+        inner.tenants[t].hand_to_next(grant, have).err()
     }
 
     /// Hands `grant` to the next eligible waiter, round-robin across tenants and FIFO within
@@ -335,7 +381,8 @@ impl<C: Poolable> Pool<C> {
                 skipped += 1;
                 continue;
             }
-            match slot.hand_to_next(grant) {
+            let have = grant_state(&grant);
+            match slot.hand_to_next(grant, have) {
                 Ok(()) => {
                     if !slot.waiters.is_empty() {
                         inner.ring.push_back(t);

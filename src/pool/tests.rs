@@ -255,3 +255,34 @@ async fn warm_connections_are_idle_and_capped() {
     assert_eq!(pool.counts(), (1, 1));
     assert_eq!(take(&pool, a, "a", 9).await.id, 1);
 }
+
+#[tokio::test]
+async fn a_released_connection_goes_to_a_waiter_wanting_its_state_within_bounds() {
+    let pool = Pool::<Fake>::new(1);
+    let t = pool.add_tenant(None);
+    let held = take(&pool, t, "x", 1).await;
+    // Queue: wants "y", then "x", then "y", then "x".
+    let mut waiters = Vec::new();
+    for want in ["y", "x", "y", "x"] {
+        waiters.push((want, waiter(&pool, t, want)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(held);
+    // The connection carries "x": the second waiter gets it, passing the first once.
+    let (_, second) = waiters.remove(1);
+    let conn = second.await.unwrap();
+    assert_eq!(conn.id, 1);
+    drop(conn);
+    // Still "x": the next "x" waiter (passing "y" once more: twice in all).
+    let (_, fourth) = waiters.remove(2);
+    let conn = fourth.await.unwrap();
+    drop(conn);
+    // The front waiter has been passed over twice: it is served now, whatever it wants.
+    let (want, first) = waiters.remove(0);
+    assert_eq!(want, "y");
+    let conn = tokio::time::timeout(T, first).await.unwrap().unwrap();
+    assert_eq!(conn.id, 1);
+    drop(conn);
+    let (_, last) = waiters.remove(0);
+    tokio::time::timeout(T, last).await.unwrap().unwrap();
+}

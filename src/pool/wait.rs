@@ -16,6 +16,10 @@ pub(super) struct Waiter<C> {
     pub(super) tx: oneshot::Sender<Grant<C>>,
     /// `None`: waits for ever (a timeout too large to add to the clock).
     pub(super) deadline: Option<Instant>,
+    /// Hash of the state it wants (see `TenantSlot::hand_to_next`).
+    pub(super) want: u64,
+    /// How often a connection went to a waiter behind it.
+    pub(super) passed: u8,
 }
 
 impl<C> Waiter<C> {
