@@ -172,6 +172,16 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     finish(buf, at);
 }
 
+/// A Parse of `sql` named `name` (server-bound); `types` is the message's parameter-type
+/// part as it stands, its count included (`&[0, 0]`: none).
+pub fn parse(buf: &mut BytesMut, name: &[u8], sql: &[u8], types: &[u8]) {
+    let at = begin(buf, super::ftag::PARSE);
+    put_cstr(buf, name);
+    put_cstr(buf, sql);
+    buf.put_slice(types);
+    finish(buf, at);
+}
+
 /// Terminate (server-bound).
 pub fn terminate(buf: &mut BytesMut) {
     let at = begin(buf, super::ftag::TERMINATE);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::protocol::{cstr, ftag};
+use crate::protocol::{cstr, encode, ftag};
 
 /// Prefix of every server-side statement name the proxy creates.
 pub const SERVER_PREFIX: &str = "pgt_";
@@ -89,30 +89,11 @@ pub fn server_stmt(tenant: u64, sql: &[u8], types: &[u8]) -> Stmt {
     };
     let name = format!("{SERVER_PREFIX}{:016x}{:016x}", digest(1), digest(2));
     let mut parse = BytesMut::with_capacity(5 + name.len() + sql.len() + types.len() + 2);
-    put_parse(&mut parse, name.as_bytes(), sql, types);
+    encode::parse(&mut parse, name.as_bytes(), sql, types);
     Stmt {
         server_name: Bytes::from(name),
         parse: parse.freeze(),
     }
-}
-
-/// Appends a Parse of `sql` named `name`; `types` is the message's parameter-type part
-/// (its count included; empty for none).
-pub fn put_parse(out: &mut BytesMut, name: &[u8], sql: &[u8], types: &[u8]) {
-    let start = out.len();
-    out.put_u8(ftag::PARSE);
-    out.put_i32(0);
-    out.put_slice(name);
-    out.put_u8(0);
-    out.put_slice(sql);
-    out.put_u8(0);
-    if types.is_empty() {
-        out.put_i16(0);
-    } else {
-        out.put_slice(types);
-    }
-    let len = (out.len() - start - 1) as i32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Bind: (portal, statement name, offset of what follows the statement name).
@@ -126,16 +107,11 @@ pub fn split_bind(msg: &[u8]) -> Option<(&[u8], &[u8], usize)> {
 /// Appends `msg` (a Bind) to `out` with its statement name replaced.
 pub fn put_bind_renamed(out: &mut BytesMut, msg: &[u8], server_name: &[u8]) -> Option<()> {
     let (portal, _, tail_at) = split_bind(msg)?;
-    let start = out.len();
-    out.put_u8(ftag::BIND);
-    out.put_i32(0);
-    out.put_slice(portal);
-    out.put_u8(0);
-    out.put_slice(server_name);
-    out.put_u8(0);
+    let at = encode::begin(out, ftag::BIND);
+    encode::put_cstr(out, portal);
+    encode::put_cstr(out, server_name);
     out.put_slice(&msg[tail_at..]);
-    let len = (out.len() - start - 1) as i32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    encode::finish(out, at);
     Some(())
 }
 

@@ -965,10 +965,11 @@ async fn transaction_mode_does_not_pass_state_on() {
         let a = proxy_client(&proxy, "t1").await;
         let b = proxy_client(&proxy, "t1").await;
         a.batch_execute("SET my.x = 'a'").await.unwrap();
-        a.batch_execute("SET statement_timeout = '1ms'")
+        a.batch_execute("SET work_mem = '77MB'").await.unwrap();
+        // Last: a keeps it (its session), so its own statements run under it from here.
+        a.batch_execute("SET statement_timeout = '20ms'")
             .await
             .unwrap();
-        a.batch_execute("SET work_mem = '77MB'").await.unwrap();
         let x = value(&b, "SELECT current_setting('my.x', true)").await;
         assert!(x.as_deref() != Some("a"), "{sync}: B sees A's my.x");
         assert!(matches!(x.as_deref(), None | Some("")), "{sync}: {x:?}");
@@ -978,7 +979,7 @@ async fn transaction_mode_does_not_pass_state_on() {
         // A keeps its own (its session), as on a direct connection.
         assert_eq!(
             value(&a, "SHOW statement_timeout").await.as_deref(),
-            Some("1ms")
+            Some("20ms")
         );
         a.batch_execute("RESET statement_timeout").await.unwrap();
         assert_ne!(

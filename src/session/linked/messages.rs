@@ -74,7 +74,7 @@ pub(super) fn on_client_message(
             if refused {
                 // The statement becomes the refusal (same name, no parameters).
                 let out = out.buf();
-                prepared::put_parse(out, name, PIN_REFUSED.as_bytes(), &[]);
+                encode::parse(out, name, PIN_REFUSED.as_bytes(), &[0, 0]);
                 link.expect.push(client_entry(Kind::Parse));
                 return Ok(());
             }
