@@ -57,6 +57,11 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
     let mut sql = String::new();
     if full {
         let other_tenant = conn.state.as_ref().is_none_or(|s| s.tenant != want.tenant);
+        if conn.state.is_none() || conn.applied.contains("statement_timeout") {
+            // The last client's own timeout must not cut the prelude short (PostgreSQL
+            // times each statement of a Query separately, so this covers the rest).
+            sql.push_str("SET statement_timeout = 0;");
+        }
         if other_tenant || mode == SearchPathSync::Always {
             // Whatever the last client left (a temp table, a lock, a cursor made where no
             // scanner sees it) goes before another tenant's client, after an unknown one,

@@ -477,3 +477,26 @@ async fn two_phase_commit_is_forwarded() {
         "42704"
     );
 }
+
+/// A client keeps its own `statement_timeout`, but the prelude that takes its state off the
+/// connection must not run under it (seen in CI: under load, a 1 ms timeout cut the next
+/// client's prelude, and that client got 57014). On a quiet machine the prelude is fast
+/// enough either way; under load this fails without the prelude's own `SET
+/// statement_timeout = 0`.
+#[tokio::test]
+async fn a_clients_short_statement_timeout_never_cuts_another_clients_work() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let a = client(&proxy, "t1").await;
+    let b = client(&proxy, "t1").await;
+    let c = client(&proxy, "t2").await;
+    exec(&a, "SET work_mem = '9MB'").await;
+    // Last: from here a's own statements run under it, as on a direct connection.
+    exec(&a, "SET statement_timeout = '1ms'").await;
+    for _ in 0..20 {
+        // The prelude that takes a's state off the connection runs first, on the one
+        // server connection a just used.
+        assert_eq!(tenant_of(&b).await.as_deref(), Some("t1"));
+        assert_eq!(tenant_of(&c).await.as_deref(), Some("t2"));
+        exec(&b, "SELECT pg_sleep(0.01)").await;
+    }
+}
