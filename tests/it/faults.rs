@@ -14,19 +14,7 @@ use crate::support::{
     assert_db_error, connect, connect_watched, describe, simple_value, Naming, ProxyOptions,
     TestProxy,
 };
-
-async fn proxy_client(proxy: &TestProxy, tenant: &str) -> Client {
-    proxy
-        .connect("app", Naming::Options, tenant)
-        .await
-        .unwrap_or_else(|e| panic!("connecting as {tenant}: {e}"))
-}
-
-async fn value(client: &Client, sql: &str) -> Option<String> {
-    simple_value(client, sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
-}
+use crate::support::{tenant_client as proxy_client, value};
 
 /// Polls `sql` (a count) on a direct superuser connection until it says `want`, for up to
 /// `within`. Returns the last value seen.

@@ -20,36 +20,17 @@ use crate::support::{
     conn_str_to, connect, describe, own_pg_with, pg, pg_conn_str, simple_value, tenant_of, Naming,
     ProxyOptions, TestProxy,
 };
+use crate::support::{exec, tenant_client as client, value};
 
 /// Temp objects (tables and functions) in the connection's own temp schema.
 const TEMP_OBJECTS: &str =
     "SELECT ((SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()) \
      + (SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema()))::text";
 
-async fn client(proxy: &TestProxy, tenant: &str) -> Client {
-    proxy
-        .connect("app", Naming::Options, tenant)
-        .await
-        .unwrap_or_else(|e| panic!("connect as {tenant}: {e}"))
-}
-
 async fn killable(proxy: &TestProxy, tenant: &str) -> Killable {
     connect_killable(&proxy.connect_str("app", Naming::Options, tenant))
         .await
         .unwrap_or_else(|e| panic!("connect as {tenant}: {e}"))
-}
-
-async fn value(client: &Client, sql: &str) -> Option<String> {
-    simple_value(client, sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
-}
-
-async fn exec(client: &Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
 }
 
 /// The SQLSTATE and message of the error `sql` gets.

@@ -16,19 +16,7 @@ use crate::support::clients::{
     connect_with_notices, direct, direct_str, outcome, psql_cmd, render, run_psql, superuser,
 };
 use crate::support::{describe, simple_value, Naming, ProxyOptions, TestProxy};
-
-async fn proxy_client(proxy: &TestProxy, tenant: &str) -> Client {
-    proxy
-        .connect("app", Naming::Options, tenant)
-        .await
-        .unwrap_or_else(|e| panic!("connecting as {tenant}: {e}"))
-}
-
-async fn value(client: &Client, sql: &str) -> Option<String> {
-    simple_value(client, sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
-}
+use crate::support::{tenant_client as proxy_client, value};
 
 /// Runs each statement on both clients and asserts the outcomes are the same.
 async fn assert_same(proxied: &Client, direct: &Client, statements: &[&str]) {

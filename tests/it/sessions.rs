@@ -9,27 +9,8 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::support::clients::superuser;
 use crate::support::ops::eventually;
-use crate::support::{connect, simple_value, tenant_of, Naming, ProxyOptions, TestProxy};
-
-async fn client(proxy: &TestProxy, tenant: &str) -> Client {
-    proxy
-        .connect("app", Naming::Options, tenant)
-        .await
-        .unwrap_or_else(|e| panic!("connect as {tenant}: {e}"))
-}
-
-async fn value(client: &Client, sql: &str) -> Option<String> {
-    simple_value(client, sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn exec(client: &Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
+use crate::support::{connect, tenant_of, Naming, ProxyOptions, TestProxy};
+use crate::support::{exec, tenant_client as client, value};
 
 async fn code_of(client: &Client, sql: &str) -> String {
     let e = client

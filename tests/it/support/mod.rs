@@ -590,6 +590,29 @@ where
     started.elapsed()
 }
 
+/// A client of `tenant` (named in `options`) as user `app`; panics when it cannot connect.
+pub async fn tenant_client(proxy: &TestProxy, tenant: &str) -> tokio_postgres::Client {
+    proxy
+        .connect("app", Naming::Options, tenant)
+        .await
+        .unwrap_or_else(|e| panic!("connect as {tenant}: {e}"))
+}
+
+/// [`simple_value`], panicking on an error.
+pub async fn value(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    simple_value(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
+}
+
+/// Runs `sql` as a simple query, panicking on an error.
+pub async fn exec(client: &tokio_postgres::Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+}
+
 /// The first column of the first row of a simple query's result, as text.
 /// The config block of schema tenant `t{n}` (`search_path = ["t{n}", "public"]`), as
 /// [`ProxyOptions::toml`] writes it for t1..t4.
