@@ -204,7 +204,7 @@ pub fn frontend_decode(data: &[u8]) {
     let msg = frame(tag, body);
     let _ = frontend::decode(&msg);
     let _ = frontend::is_known_tag(tag);
-    let _ = frontend::mentions_set_config(body);
+    let _ = pgtenant::protocol::sql::effects(body);
     let _ = frontend::sasl_initial_response(body);
     let _ = prepared::classify_sql(body);
     if let Some((name, sql, types)) = prepared::split_parse(&msg) {

@@ -96,18 +96,6 @@ pub fn sasl_initial_response(b: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((mechanism, data))
 }
 
-/// Case-insensitive search for `set_config` in SQL text (its use makes session state unknown).
-pub fn mentions_set_config(sql: &[u8]) -> bool {
-    // Runs on every Query and Parse: find the rare `_` first, then compare around it.
-    memchr::memchr_iter(b'_', sql).any(|at| {
-        at >= 3
-            && sql[at - 3..at].eq_ignore_ascii_case(b"set")
-            && sql
-                .get(at + 1..at + 7)
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"config"))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,22 +115,6 @@ mod tests {
         );
         assert!(decode(b"Q\0\0\0\x05x").is_err());
         assert!(decode(b"?\0\0\0\x04").is_err());
-    }
-
-    #[test]
-    fn finds_set_config_in_any_case() {
-        assert!(mentions_set_config(
-            b"select SET_CONFIG('search_path', 'b', false)"
-        ));
-        assert!(mentions_set_config(
-            b"select pg_catalog.set_config('x','y',true)"
-        ));
-        assert!(!mentions_set_config(b"select 1"));
-        assert!(mentions_set_config(b"set_config"));
-        assert!(mentions_set_config(b"x_y Set_Config"));
-        assert!(!mentions_set_config(b"set_confi"));
-        assert!(!mentions_set_config(b"_config set_"));
-        assert!(!mentions_set_config(b"se_config"));
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub fn state_sql(tenant: &TenantConfig) -> String {
 }
 
 /// `SET search_path TO "a","b";` for the tenant.
-pub fn search_path_sql(tenant: &TenantConfig) -> String {
+fn search_path_sql(tenant: &TenantConfig) -> String {
     let mut sql = String::from("SET search_path TO ");
     if tenant.search_path.is_empty() {
         sql.push_str("''");
