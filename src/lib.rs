@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -37,5 +38,6 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod tenant;
+pub mod transport;
 
 pub use listener::{run, Proxy, ProxyHandle};

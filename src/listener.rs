@@ -82,14 +82,17 @@ impl Proxy {
         let metrics = metrics.map(|l| tokio::spawn(crate::metrics::serve(l, shared.clone())));
         let reaper = tokio::spawn(reap_idle(shared.clone()));
         let tracker = TaskTracker::new();
-        match session::park::ParkLot::new(tracker.clone()) {
+        let lot = match session::park::ParkLot::new(tracker.clone(), shared.clone()) {
             Ok(lot) => {
-                shared.set_park_lot(lot.clone());
-                tracker.spawn(lot.run(shared.clone()));
+                tracker.spawn(lot.clone().run());
+                Some(lot)
             }
-            Err(e) => tracing::warn!(error = %e, "no park lot: idle clients will not be parked"),
-        }
-        accept_loop(&listener, &shared, &tracker).await?;
+            Err(e) => {
+                tracing::warn!(error = %e, "no park lot: idle clients will not be parked");
+                None
+            }
+        };
+        accept_loop(&listener, &shared, lot.as_ref(), &tracker).await?;
         drop(listener);
         shared.stop_sessions();
         tracker.close();
@@ -109,6 +112,7 @@ impl Proxy {
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
+    lot: Option<&Arc<session::park::ParkLot>>,
     tracker: &TaskTracker,
 ) -> std::io::Result<()> {
     // `max_client_connections` needs a restart to change (see `reload`).
@@ -134,7 +138,7 @@ async fn accept_loop(
                     });
                     continue;
                 }
-                tracker.spawn(session::serve(stream, shared.clone(), permit));
+                tracker.spawn(session::serve(stream, shared.clone(), lot.cloned(), permit));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

@@ -148,7 +148,7 @@ fn render_proxy(w: &mut Writer, shared: &Shared, generation: u64) {
         "gauge",
         "Idle clients parked (no task; their sockets wait in one epoll set).",
     );
-    let parked = shared.park_lot().map_or(0, |lot| lot.parked());
+    let parked = shared.clients_parked.load(Ordering::Relaxed);
     w.sample("pgtenant_clients_parked", &[], parked as u64);
     w.family(
         "pgtenant_login_failures_total",

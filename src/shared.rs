@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -14,8 +14,8 @@ use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
+use crate::cancel::{CancelKey, CancelSlot};
 use crate::config::Config;
-use crate::session::client::CancelSlot;
 use crate::tenant::stats::LoginFailures;
 use crate::tenant::Registry;
 
@@ -41,7 +41,7 @@ pub enum ClientState {
     /// Linked to a server connection.
     Active = 3,
     /// Idle long enough to be parked: no task, its socket in the park lot
-    /// ([`crate::session::park`]). Shown as idle.
+    /// (`session::park`). Shown as idle.
     Parked = 4,
 }
 
@@ -168,8 +168,6 @@ pub struct ClientEntry {
     /// reasons, so an idle session waits on one future only (idle sessions are the many:
     /// their size matters).
     pub stop: Stop,
-    /// The session itself while it is parked (see [`crate::session::park`]).
-    pub parked: Mutex<Option<crate::session::park::Parked>>,
     /// Why the client is pinned to its server connection ([`crate::protocol::sql::pin`]
     /// bits; 0: not pinned).
     pub pins: std::sync::atomic::AtomicU8,
@@ -191,7 +189,6 @@ impl ClientEntry {
             cancel: CancelSlot::default(),
             state: AtomicU8::new(ClientState::Idle as u8),
             stop: Stop::default(),
-            parked: Mutex::new(None),
             pins: Default::default(),
         }
     }
@@ -258,8 +255,8 @@ pub struct Shared {
     /// Serialises reloads.
     pub(crate) reload_lock: Mutex<()>,
     pub started: Instant,
-    /// Where idle sessions park; set when the proxy starts serving.
-    park_lot: std::sync::OnceLock<Arc<crate::session::park::ParkLot>>,
+    /// Idle clients parked now (kept by the park lot, see `session::park`).
+    pub clients_parked: AtomicUsize,
     /// Test hook ([`crate::ProxyHandle::panic_next_client`]): the next accepted client's
     /// task panics, so the test suite can show that it notices a panicking session.
     #[doc(hidden)]
@@ -287,18 +284,9 @@ impl Shared {
             config_path,
             reload_lock: Mutex::new(()),
             started: Instant::now(),
-            park_lot: std::sync::OnceLock::new(),
+            clients_parked: AtomicUsize::new(0),
             panic_next_client: AtomicBool::new(false),
         }
-    }
-
-    /// The park lot, once the proxy serves (see [`crate::session::park`]).
-    pub fn park_lot(&self) -> Option<&Arc<crate::session::park::ParkLot>> {
-        self.park_lot.get()
-    }
-
-    pub(crate) fn set_park_lot(&self, lot: Arc<crate::session::park::ParkLot>) {
-        let _ = self.park_lot.set(lot);
     }
 
     /// The configuration and registry in force now.
@@ -327,15 +315,7 @@ impl Shared {
 
     /// Forwards a client's CancelRequest, with the server's own key, to the server
     /// connection that client is linked to right now, if any.
-    pub async fn forward_cancel(&self, key: (i32, i32)) {
-        let target = self.clients.get(&key).and_then(|c| c.cancel.get());
-        match target {
-            Some((endpoint, server_key)) => {
-                if let Err(e) = crate::server::send_cancel(&endpoint, server_key).await {
-                    tracing::warn!(backend = %endpoint.backend, error = %e, "forwarding cancel failed");
-                }
-            }
-            None => tracing::debug!("cancel request for a client that is not linked (ignored)"),
-        }
+    pub async fn forward_cancel(&self, key: CancelKey) {
+        crate::cancel::forward(self.clients.get(&key).and_then(|c| c.cancel.get())).await
     }
 }

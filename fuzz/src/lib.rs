@@ -17,7 +17,7 @@ use pgtenant::protocol::startup::{self, StartupRequest, MAX_STARTUP_PACKET};
 use pgtenant::protocol::{backend, encode, frontend, FrameError, FrameScanner, Scanned};
 use pgtenant::session::client::read_startup;
 use pgtenant::session::prepared;
-use pgtenant::session::stream::ClientStream;
+use pgtenant::transport::stream::ClientStream;
 use tokio::io::AsyncWriteExt;
 
 /// A whole message: `tag`, length, `body`.

@@ -30,9 +30,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::frontend::{self, Frontend};
-use crate::session::stream::ClientStream;
 use crate::shared::{Generation, Shared};
 use crate::tenant::TenantRuntime;
+use crate::transport::stream::ClientStream;
 use command::{Command, Show};
 use table::Table;
 
@@ -154,7 +154,8 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     for (name, value) in params {
         encode::parameter_status(out, name.as_bytes(), value.as_bytes());
     }
-    encode::backend_key_data(out, rand::random::<i32>() & i32::MAX, rand::random());
+    let key = crate::cancel::issue(|_| false);
+    encode::backend_key_data(out, key.0, key.1);
     encode::ready_for_query(out, TxStatus::Idle);
     client.flush().await
 }

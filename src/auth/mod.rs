@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::config::{AuthMethod, ScramVerifier, UserConfig, UserSecret};
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::frontend::{self, Frontend};
-use crate::session::stream::{ClientStream, StreamError};
+use crate::transport::stream::{ClientStream, StreamError};
 
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 

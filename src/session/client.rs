@@ -3,9 +3,8 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::config::EndpointConfig;
 use crate::protocol::encode::ErrorInfo;
 use crate::protocol::startup::parse_options;
 use crate::server::{Params, SettingNames, StateKey};
@@ -101,28 +100,6 @@ fn normalize_encoding(value: &str) -> String {
         "UTF-8" | "UNICODE" | "UTF_8" => "UTF8".into(),
         "LATIN-1" | "ISO-8859-1" | "ISO_8859_1" => "LATIN1".into(),
         _ => upper,
-    }
-}
-
-/// A linked server connection's address and its own cancel key.
-pub type CancelTarget = (Arc<EndpointConfig>, (i32, i32));
-
-/// Where a cancel for this client should go while it is linked.
-#[derive(Default)]
-pub struct CancelSlot {
-    pub linked: Mutex<Option<CancelTarget>>,
-}
-
-impl CancelSlot {
-    pub fn set(&self, target: Option<CancelTarget>) {
-        *self.linked.lock().unwrap_or_else(|e| e.into_inner()) = target;
-    }
-
-    pub fn get(&self) -> Option<CancelTarget> {
-        self.linked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 }
 

@@ -3,10 +3,10 @@
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::stream::{ClientStream, StreamError};
 use super::Shared;
 use crate::protocol::encode::ErrorInfo;
 use crate::protocol::startup::{self, StartupRequest};
+use crate::transport::stream::{ClientStream, StreamError};
 
 /// What the first packets asked for.
 pub enum Opening {

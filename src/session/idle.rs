@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::{self, ClientCtx};
-use super::stream::ClientStream;
 use crate::config::ProxyConfig;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
+use crate::transport::stream::ClientStream;
 
 /// A plain `SET` the client repeats in the state it left last time (apps that set their
 /// schema at the start of every request or transaction): running it again would change

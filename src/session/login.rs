@@ -10,13 +10,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::{self, ClientCtx, StartupInfo};
 use super::handshake::{self, Opening};
-use super::stream::ClientStream;
 use super::{checkout, Shared};
 use crate::config::ProxyConfig;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::server::Params;
 use crate::tenant::{identify, IdentifyError, LoginFailure, TenantRuntime};
+use crate::transport::stream::ClientStream;
 
 /// Who a client turned out to be.
 pub(super) enum LoggedIn {
@@ -231,12 +231,7 @@ async fn finish_login<S: AsyncRead + AsyncWrite + Unpin>(
     for (name, value) in &info.reported {
         params.set(name, value.as_bytes());
     }
-    let key = loop {
-        let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
-        if !shared.clients.contains_key(&key) {
-            break key;
-        }
-    };
+    let key = crate::cancel::issue(|key| shared.clients.contains_key(key));
     let out = &mut client.wbuf;
     encode::authentication_ok(out);
     for (name, value) in params.iter() {

@@ -1,10 +1,8 @@
 //! One client's life: handshake -> authentication -> tenant -> login reply -> then, in
 //! transaction mode, `Idle <-> Linked(server)` until the client leaves -> cleanup.
 
-pub mod bufpool;
 mod cleanup;
 pub mod client;
-pub mod counted;
 pub mod expect;
 pub mod handshake;
 mod idle;
@@ -12,7 +10,6 @@ pub mod linked;
 mod login;
 pub mod park;
 pub mod prepared;
-pub mod stream;
 pub mod sync;
 pub mod vsession;
 
@@ -29,13 +26,14 @@ use crate::protocol::encode::ErrorInfo;
 use crate::server::{ServerConn, ServerError};
 use crate::shared::{ClientEntry, ClientState, Generation, StopReason};
 use crate::tenant::{LoginFailure, TenantRuntime, TenantStats};
+use crate::transport::counted::{Counted, Peer};
+use crate::transport::stream::ClientStream;
+pub use crate::transport::ClientIo;
 use cleanup::{abandon, finish_session};
 use client::ClientCtx;
-use counted::{Counted, Peer};
 use idle::{answer_listen, answer_repeated_set};
 use linked::{Link, LinkEnd, LinkError};
 use login::{login, LoggedIn, LoginError};
-use stream::ClientStream;
 
 pub use crate::shared::Shared;
 
@@ -45,19 +43,13 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much a client waiting at a paused tenant may send ahead before the proxy stops reading.
 const PAUSED_READ_LIMIT: usize = 1 << 20;
 
-/// What a session needs of its client socket.
-pub trait ClientIo:
-    AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer + stream::Parkable
-{
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + stream::Readiness + counted::Peer + stream::Parkable>
-    ClientIo for S
-{
-}
-
 /// Serves one client connection to the end (or until it parks: see [`park`]).
-pub async fn serve<S: ClientIo>(io: S, shared: Arc<Shared>, permit: Option<OwnedSemaphorePermit>) {
+pub async fn serve<S: ClientIo>(
+    io: S,
+    shared: Arc<Shared>,
+    lot: Option<Arc<park::ParkLot>>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
     // Boxed, and so are the rarely used stages: this future lives as long as the client, so
     // its size (the largest of its states) is what every idle client costs.
     let Some((mut client, logged_in)) = Box::pin(log_in(io, &shared, permit.is_some())).await
@@ -76,11 +68,12 @@ pub async fn serve<S: ClientIo>(io: S, shared: Arc<Shared>, permit: Option<Owned
                 ctx,
                 entry,
                 permit,
+                lot,
             };
             // The session stays in this future (`live` borrows it): passed by value it
             // would be stored twice, here and in `live`'s future.
-            if let Some(lot) = live(&mut session, &shared).await {
-                park_session(session, lot, &shared);
+            if live(&mut session, &shared).await {
+                park_session(session, &shared);
             }
         }
     }
@@ -116,6 +109,8 @@ struct Session<S> {
     ctx: Box<ClientCtx>,
     entry: Arc<ClientEntry>,
     permit: Option<OwnedSemaphorePermit>,
+    /// Where it parks when idle (`None`: it never parks).
+    lot: Option<Arc<park::ParkLot>>,
 }
 
 /// Registers a logged-in tenant client for the console (and for cancel requests).
@@ -148,30 +143,35 @@ fn unregister(ctx: &mut ClientCtx, shared: &Shared) {
     ctx.tenant.stats.repin(ctx.vs.pins(), 0);
 }
 
-/// The idle/linked loop until the client leaves (then cleanup), or until it is to park
-/// (then the lot it goes to).
-async fn live<S: ClientIo>(s: &mut Session<S>, shared: &Arc<Shared>) -> Option<Arc<park::ParkLot>> {
+/// The idle/linked loop until the client leaves (then cleanup: false), or until it is to
+/// park (true).
+async fn live<S: ClientIo>(s: &mut Session<S>, shared: &Arc<Shared>) -> bool {
     s.client.io.count_into(s.ctx.tenant.stats.clone());
-    let result = run(&mut s.client, &mut s.ctx, &s.entry, shared).await;
-    if let Ok(RunEnd::Park(lot)) = result {
-        return Some(lot);
+    let may_park = s.lot.is_some();
+    let result = run(&mut s.client, &mut s.ctx, &s.entry, shared, may_park).await;
+    if let Ok(RunEnd::Park) = result {
+        return true;
     }
     unregister(&mut s.ctx, shared);
     if let Err(e) = result {
         // Boxed: the error and its message would otherwise take room in every session.
         Box::pin(report_end(&mut s.client, &s.ctx, e)).await;
     }
-    None
+    false
 }
 
 /// Hands an idle session to the park lot (the caller's task then ends).
-fn park_session<S: ClientIo>(s: Session<S>, lot: Arc<park::ParkLot>, shared: &Arc<Shared>) {
+fn park_session<S: ClientIo>(s: Session<S>, shared: &Arc<Shared>) {
     let Session {
         client,
         mut ctx,
         entry,
         permit,
+        lot,
     } = s;
+    let Some(lot) = lot else {
+        unreachable!("only a session with a park lot is asked to park")
+    };
     let socket = match client.into_io().into_inner().into_std() {
         Ok(socket) => socket,
         Err(e) => {
@@ -191,12 +191,17 @@ fn park_session<S: ClientIo>(s: Session<S>, lot: Arc<park::ParkLot>, shared: &Ar
         permit,
     };
     if let Err(parked) = lot.park(&entry, parked) {
-        lot.spawn_resumed(parked, entry, shared.clone());
+        lot.spawn_resumed(parked, entry);
     }
 }
 
 /// A parked session's new task (see [`park`]).
-pub(crate) async fn resume(parked: park::Parked, entry: Arc<ClientEntry>, shared: Arc<Shared>) {
+pub(crate) async fn resume(
+    parked: park::Parked,
+    entry: Arc<ClientEntry>,
+    shared: Arc<Shared>,
+    lot: Arc<park::ParkLot>,
+) {
     let park::Parked {
         socket,
         mut ctx,
@@ -217,9 +222,10 @@ pub(crate) async fn resume(parked: park::Parked, entry: Arc<ClientEntry>, shared
         ctx,
         entry,
         permit,
+        lot: Some(lot),
     };
-    if let Some(lot) = live(&mut session, &shared).await {
-        park_session(session, lot, &shared);
+    if live(&mut session, &shared).await {
+        park_session(session, &shared);
     }
 }
 
@@ -351,8 +357,8 @@ impl SessionError {
 enum RunEnd {
     /// The client left.
     Left,
-    /// Idle, and asked to park: the session goes to this lot.
-    Park(Arc<park::ParkLot>),
+    /// Idle, and asked to park.
+    Park,
 }
 
 /// The idle/linked loop.
@@ -361,6 +367,7 @@ async fn run<S: ClientIo>(
     ctx: &mut ClientCtx,
     entry: &ClientEntry,
     shared: &Shared,
+    may_park: bool,
 ) -> Result<RunEnd, SessionError> {
     let mut generation = shared.current();
     // A resumed session may have slept through a reload.
@@ -374,10 +381,10 @@ async fn run<S: ClientIo>(
         // or the start of a streamed CopyData): half a Query must not hold a server
         // connection, nor spin.
         let max = generation.config.proxy.max_message_size;
-        match wait_for_message(client, ctx, entry, max, shared).await? {
+        match wait_for_message(client, ctx, entry, max, may_park).await? {
             Idle::Message => {}
             Idle::Left => return Ok(RunEnd::Left),
-            Idle::Park(lot) => return Ok(RunEnd::Park(lot)),
+            Idle::Park => return Ok(RunEnd::Park),
         }
         if client.rbuf[0] == crate::protocol::ftag::TERMINATE {
             return Ok(RunEnd::Left);
@@ -511,7 +518,7 @@ enum Idle {
     /// The client left.
     Left,
     /// The park lot asked this idle session to park, and it can.
-    Park(Arc<park::ParkLot>),
+    Park,
 }
 
 /// Waits while idle until the client has sent a message to act on (see `message_ready`).
@@ -522,7 +529,7 @@ async fn wait_for_message<S: ClientIo>(
     ctx: &mut ClientCtx,
     entry: &ClientEntry,
     max_message: usize,
-    shared: &Shared,
+    may_park: bool,
 ) -> Result<Idle, SessionError> {
     // The tenant's own flag too: a client that logged in just as its tenant was removed.
     if entry.stop.is_stopped() || ctx.tenant.control.is_removed() {
@@ -540,14 +547,13 @@ async fn wait_for_message<S: ClientIo>(
                 if entry.stop.is_stopped() {
                     return Err(stopped(ctx, entry));
                 }
-                let parkable = client.rbuf.is_empty()
+                let parkable = may_park
+                    && client.rbuf.is_empty()
                     && !client.scanner.mid_message()
                     && ctx.listening.is_none()
                     && client.io.parkable();
                 if entry.stop.take_park_request() && parkable {
-                    if let Some(lot) = shared.park_lot() {
-                        return Ok(Idle::Park(lot.clone()));
-                    }
+                    return Ok(Idle::Park);
                 }
             }
         }
@@ -670,7 +676,7 @@ mod size_tests {
         // Every idle client holds one of these: keep it small (rarely used stages are
         // boxed). 2,088 bytes before the transaction, the login and the error paths were.
         let (a, _b) = tokio::io::duplex(64);
-        let size = std::mem::size_of_val(&super::serve(a, shared.clone(), None));
+        let size = std::mem::size_of_val(&super::serve(a, shared.clone(), None, None));
         assert!(size <= 1024, "serve future (duplex) is {size} bytes");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -681,7 +687,7 @@ mod size_tests {
             let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
                 .await
                 .unwrap();
-            let size = std::mem::size_of_val(&super::serve(tcp, shared, None));
+            let size = std::mem::size_of_val(&super::serve(tcp, shared, None, None));
             assert!(size <= 1024, "serve future (TCP) is {size} bytes");
         });
     }

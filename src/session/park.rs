@@ -1,8 +1,8 @@
 //! Parking idle clients. A logged-in client that has sent nothing for
 //! `park_idle_clients_after` gives up its task and its registration with tokio's reactor:
 //! its session state ([`Parked`]: the socket, the client context, the client-cap permit)
-//! waits in its [`ClientEntry`], and its socket in one epoll set shared by every parked
-//! client (the [`ParkLot`]). When the client sends something or closes, or its session is
+//! and its socket wait in the [`ParkLot`], the socket in one epoll set shared by every
+//! parked client. When the client sends something or closes, or its session is
 //! stopped (shutdown, `KILL`, its tenant removed), the lot spawns a new session task from
 //! that state, which carries on exactly where the old one stopped waiting.
 //!
@@ -14,9 +14,10 @@
 //! Parking happens between transactions only, with nothing buffered from the client and
 //! no server connection held, so there is nothing in flight to lose.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::task::TaskTracker;
 
 use super::client::ClientCtx;
+use crate::cancel::CancelKey;
 use crate::shared::{ClientEntry, ClientState, Shared};
 
 /// A parked session: everything needed to carry on.
@@ -46,8 +48,9 @@ pub struct ParkLot {
     epoll: AsyncFd<OwnedFd>,
     /// Set at shutdown: nothing parks any more.
     closed: AtomicBool,
-    /// Sessions parked now.
-    parked: AtomicUsize,
+    /// The sessions parked now, by client key, with their console entries.
+    sessions: Mutex<HashMap<CancelKey, (Arc<ClientEntry>, Parked)>>,
+    shared: Arc<Shared>,
     /// Woken when a parked session's stop signal fires.
     stops: Arc<StopNotify>,
     stop_waker: Waker,
@@ -87,7 +90,7 @@ fn cvt(r: libc::c_int) -> std::io::Result<libc::c_int> {
 
 impl ParkLot {
     /// A new, empty lot (inside the runtime: it registers its epoll set with the reactor).
-    pub fn new(tracker: TaskTracker) -> std::io::Result<Arc<ParkLot>> {
+    pub fn new(tracker: TaskTracker, shared: Arc<Shared>) -> std::io::Result<Arc<ParkLot>> {
         // SAFETY: epoll_create1 returns a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
         let stops = Arc::new(StopNotify(Notify::new()));
@@ -97,7 +100,8 @@ impl ParkLot {
         Ok(Arc::new(ParkLot {
             epoll,
             closed: AtomicBool::new(false),
-            parked: AtomicUsize::new(0),
+            sessions: Mutex::new(HashMap::new()),
+            shared,
             stop_waker: Waker::from(stops.clone()),
             stops,
             tracker,
@@ -115,24 +119,24 @@ impl ParkLot {
 
     /// Parks a session. `Err` gives it back when the lot is closed (shutdown) or the
     /// socket cannot be watched: the caller resumes it at once.
-    pub fn park(&self, entry: &ClientEntry, parked: Parked) -> Result<(), Parked> {
+    pub fn park(&self, entry: &Arc<ClientEntry>, parked: Parked) -> Result<(), Parked> {
         let fd = parked.socket.as_raw_fd();
-        let token = token(parked.ctx.key);
+        let key = parked.ctx.key;
         {
-            let mut slot = entry.parked.lock().unwrap_or_else(|e| e.into_inner());
-            // Under the entry's lock: the closing sweep takes this lock for every entry
-            // after setting `closed`, so a session either sees `closed` or is seen by it.
+            let mut sessions = self.lock();
+            // Under the lot's lock: the closing sweep takes it after setting `closed`, so a
+            // session either sees `closed` or is seen by it.
             if self.closed.load(Ordering::SeqCst) {
                 return Err(parked);
             }
             entry.set_state(ClientState::Parked);
-            *slot = Some(parked);
-            self.parked.fetch_add(1, Ordering::Relaxed);
+            sessions.insert(key, (entry.clone(), parked));
+            self.shared.clients_parked.fetch_add(1, Ordering::Relaxed);
         }
         entry.stop.register(&self.stop_waker);
-        if self.ctl(libc::EPOLL_CTL_ADD, fd, token).is_err() {
+        if self.ctl(libc::EPOLL_CTL_ADD, fd, token(key)).is_err() {
             // Unless a stop already had the lot resume it, the caller carries on with it.
-            return self.take(entry).map_or(Ok(()), Err);
+            return self.take(key).map_or(Ok(()), |(_, parked)| Err(parked));
         }
         // A stop that came before the lot's waker was registered would be lost.
         if entry.stop.is_stopped() {
@@ -141,40 +145,38 @@ impl ParkLot {
         Ok(())
     }
 
-    /// How many sessions are parked now.
-    pub fn parked(&self) -> usize {
-        self.parked.load(Ordering::Relaxed)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CancelKey, (Arc<ClientEntry>, Parked)>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes a parked session back out of the lot (and its socket out of the epoll set).
-    fn take(&self, entry: &ClientEntry) -> Option<Parked> {
-        let parked = entry
-            .parked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
-        self.parked.fetch_sub(1, Ordering::Relaxed);
+    fn take(&self, key: CancelKey) -> Option<(Arc<ClientEntry>, Parked)> {
+        let (entry, parked) = self.lock().remove(&key)?;
+        self.shared.clients_parked.fetch_sub(1, Ordering::Relaxed);
         let _ = self.ctl(libc::EPOLL_CTL_DEL, parked.socket.as_raw_fd(), 0);
         entry.set_state(ClientState::Idle);
-        Some(parked)
+        Some((entry, parked))
     }
 
-    /// Resumes the session of `entry`, if it is parked.
-    fn resume(&self, entry: Arc<ClientEntry>, shared: &Arc<Shared>) {
-        if let Some(parked) = self.take(&entry) {
-            self.spawn_resumed(parked, entry, shared.clone());
+    /// Resumes the session of `key`, if it is parked.
+    fn resume(self: &Arc<Self>, key: CancelKey) {
+        if let Some((entry, parked)) = self.take(key) {
+            self.spawn_resumed(parked, entry);
         }
     }
 
     /// Spawns a session given back by [`ParkLot::park`].
-    pub fn spawn_resumed(&self, parked: Parked, entry: Arc<ClientEntry>, shared: Arc<Shared>) {
-        self.tracker.spawn(super::resume(parked, entry, shared));
+    pub fn spawn_resumed(self: &Arc<Self>, parked: Parked, entry: Arc<ClientEntry>) {
+        let lot = self.clone();
+        self.tracker
+            .spawn(super::resume(parked, entry, self.shared.clone(), lot));
     }
 
     /// The lot's task: resumes sessions whose sockets turn readable or whose stop signal
     /// fires, and sweeps for idle ones. Ends at shutdown, once every parked session has
     /// been resumed (so each is told, as an unparked one would be).
-    pub async fn run(self: Arc<Self>, shared: Arc<Shared>) {
+    pub async fn run(self: Arc<Self>) {
+        let shared = self.shared.clone();
         loop {
             let period = shared
                 .current()
@@ -185,24 +187,22 @@ impl ParkLot {
             tokio::select! {
                 ready = self.epoll.readable() => match ready {
                     Ok(mut guard) => {
-                        if self.resume_ready(&shared) {
+                        if self.resume_ready() {
                             guard.clear_ready();
                         }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "park lot: epoll failed; parking stops");
-                        self.close(&shared);
+                        self.close();
                         return;
                     }
                 },
                 _ = self.stops.0.notified() => {
-                    self.resume_where(&shared, |e| {
-                        e.state() == ClientState::Parked && e.stop.is_stopped()
-                    });
+                    self.resume_where(|e| e.stop.is_stopped());
                 }
                 _ = tokio::time::sleep(period) => self.sweep(&shared),
                 _ = shared.shutdown.cancelled() => {
-                    self.close(&shared);
+                    self.close();
                     return;
                 }
             }
@@ -211,7 +211,7 @@ impl ParkLot {
 
     /// Resumes the sessions whose sockets have something (data, EOF, an error). True
     /// when the epoll set had no more events.
-    fn resume_ready(&self, shared: &Arc<Shared>) -> bool {
+    fn resume_ready(self: &Arc<Self>) -> bool {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         // SAFETY: `events` has room for EVENTS entries; timeout 0 never blocks.
         let n = unsafe {
@@ -226,27 +226,22 @@ impl ParkLot {
             return false;
         };
         for event in &events[..n as usize] {
-            let key = key_of(event.u64);
-            let entry = shared.clients.get(&key).map(|e| e.clone());
-            match entry {
-                Some(entry) => self.resume(entry, shared),
-                None => tracing::warn!("park lot: event for a client that is not registered"),
-            }
+            self.resume(key_of(event.u64));
         }
         (n as usize) < EVENTS
     }
 
-    /// Resumes the parked sessions for which `pick` says so (`take` re-checks under the
-    /// entry's lock that each is still parked).
-    fn resume_where(&self, shared: &Arc<Shared>, pick: impl Fn(&ClientEntry) -> bool) {
-        let picked: Vec<Arc<ClientEntry>> = shared
-            .clients
+    /// Resumes the parked sessions for which `pick` says so (`take` re-checks that each
+    /// is still parked).
+    fn resume_where(self: &Arc<Self>, pick: impl Fn(&ClientEntry) -> bool) {
+        let picked: Vec<CancelKey> = self
+            .lock()
             .iter()
-            .filter(|e| pick(e))
-            .map(|e| e.clone())
+            .filter(|(_, (entry, _))| pick(entry))
+            .map(|(key, _)| *key)
             .collect();
-        for entry in picked {
-            self.resume(entry, shared);
+        for key in picked {
+            self.resume(key);
         }
     }
 
@@ -274,11 +269,11 @@ impl ParkLot {
     }
 
     /// Shutdown: nothing parks from now on, and every parked session is resumed (it sees
-    /// its stop signal and ends as an unparked one would). Every entry is looked at under
-    /// its lock, not by its state byte: see [`ParkLot::park`].
-    fn close(&self, shared: &Arc<Shared>) {
+    /// its stop signal and ends as an unparked one would). The sessions are listed under
+    /// the lot's lock: see [`ParkLot::park`].
+    fn close(self: &Arc<Self>) {
         self.closed.store(true, Ordering::SeqCst);
-        self.resume_where(shared, |_| true);
+        self.resume_where(|_| true);
     }
 }
 

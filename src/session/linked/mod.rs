@@ -17,7 +17,6 @@ use settle::{resolve_fixup, settle};
 
 use super::client::ClientCtx;
 use super::expect::{Entry, Expect, Step, Synth};
-use super::stream::ClientStream;
 use super::sync::{self, Prelude, Reply};
 use crate::protocol::backend::{self, Backend, TxStatus};
 use crate::protocol::encode::{self, ErrorInfo};
@@ -25,6 +24,7 @@ use crate::protocol::frontend::is_known_tag;
 use crate::protocol::sql::Resets;
 use crate::protocol::{btag, ftag, Scanned};
 use crate::server::ServerConn;
+use crate::transport::stream::ClientStream;
 
 /// Sent instead of a statement that would pin a client beyond `max_pinned_clients`: the
 /// server raises a clear error, with the transaction semantics of a real one.
@@ -259,7 +259,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(LinkEnd::Released);
         }
         reserve(&mut conn.rbuf);
-        super::bufpool::room(&mut client.rbuf, 4096);
+        crate::transport::bufpool::room(&mut client.rbuf, 4096);
         let idle_in_tx = link.expect.owed() == 0 && link.status != TxStatus::Idle;
         let timer = async {
             match idle_tx_timeout {
@@ -372,7 +372,7 @@ impl Outgoing<'_> {
     /// Where bytes of the proxy's own making go: after everything forwarded so far.
     fn buf(&mut self) -> &mut BytesMut {
         if self.buf.capacity() == 0 {
-            self.buf = super::bufpool::take();
+            self.buf = crate::transport::bufpool::take();
         }
         if self.direct > 0 {
             self.buf.extend_from_slice(&self.rbuf[..self.direct]);

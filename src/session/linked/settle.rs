@@ -10,8 +10,8 @@ use crate::protocol::backend::TxStatus;
 use crate::protocol::sql as sqlscan;
 use crate::server::ServerConn;
 use crate::session::client::ClientCtx;
-use crate::session::stream::ClientStream;
 use crate::session::{sync, vsession};
+use crate::transport::stream::ClientStream;
 
 /// After a unit that may have returned settings to the connection's defaults (see
 /// [`Pending::fixup`]): puts the client's own defaults back where the server says they

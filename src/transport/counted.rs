@@ -31,7 +31,7 @@ impl<S> Counted<S> {
     }
 }
 
-impl<S: super::stream::Parkable> super::stream::Parkable for Counted<S> {
+impl<S: crate::transport::stream::Parkable> crate::transport::stream::Parkable for Counted<S> {
     fn parkable(&self) -> bool {
         self.inner.parkable()
     }
@@ -64,7 +64,7 @@ impl<S: Peer> Peer for Counted<S> {
     }
 }
 
-impl<S: super::stream::Readiness> super::stream::Readiness for Counted<S> {
+impl<S: crate::transport::stream::Readiness> crate::transport::stream::Readiness for Counted<S> {
     fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
         self.inner.readable()
     }
