@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use tokio::io::AsyncWriteExt;
+
 use crate::config::EndpointConfig;
 
 /// A (process id, secret) pair as BackendKeyData and CancelRequest carry it.
@@ -46,12 +48,21 @@ impl CancelSlot {
 pub async fn forward(target: Option<CancelTarget>) {
     match target {
         Some((endpoint, server_key)) => {
-            if let Err(e) = crate::server::send_cancel(&endpoint, server_key).await {
+            if let Err(e) = send(&endpoint, server_key).await {
                 tracing::warn!(backend = %endpoint.backend, error = %e, "forwarding cancel failed");
             }
         }
         None => tracing::debug!("cancel request for a client that is not linked (ignored)"),
     }
+}
+
+/// Sends a CancelRequest for `key` to the server at `endpoint`.
+pub async fn send(endpoint: &EndpointConfig, key: CancelKey) -> std::io::Result<()> {
+    let mut stream = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+    let mut buf = bytes::BytesMut::with_capacity(16);
+    crate::protocol::encode::cancel_request(&mut buf, key.0, key.1);
+    stream.write_all(&buf).await?;
+    stream.shutdown().await
 }
 
 #[cfg(test)]

@@ -59,12 +59,12 @@ pub fn run(shared: &Shared, generation: &Generation) -> Table {
     for endpoint in &generation.registry.endpoints {
         endpoint.pool.for_each_idle(|conn, idle_for| {
             let tenant = conn
-                .state
-                .as_ref()
+                .state()
+                .key()
                 .and_then(|s| by_state.get(&s.tenant).copied());
             table.push(row(
                 &endpoint.config,
-                conn.backend_key.0,
+                conn.backend_key().0,
                 "idle",
                 tenant.into(),
                 conn.age().as_secs().into(),

@@ -183,6 +183,10 @@ pub fn parse(buf: &mut BytesMut, name: &[u8], sql: &[u8], types: &[u8]) {
 }
 
 /// Terminate (server-bound).
+/// A whole Terminate message, for a best-effort write where no buffer is at hand (a
+/// connection being dropped). Equal to what [`terminate`] appends (tested).
+pub const TERMINATE: &[u8] = &[super::ftag::TERMINATE, 0, 0, 0, 4];
+
 pub fn terminate(buf: &mut BytesMut) {
     let at = begin(buf, super::ftag::TERMINATE);
     finish(buf, at);
@@ -237,5 +241,12 @@ mod tests {
                 minor: 0
             }
         );
+    }
+
+    #[test]
+    fn terminate_const_is_the_encoded_message() {
+        let mut buf = BytesMut::new();
+        super::terminate(&mut buf);
+        assert_eq!(&buf[..], super::TERMINATE);
     }
 }

@@ -12,14 +12,14 @@ impl ServerConn {
     /// Reads one whole message (off the hot path: login, state checks).
     pub async fn read_message(&mut self) -> Result<BytesMut, ServerError> {
         loop {
-            match self.scanner.scan(&self.rbuf, |_| true) {
-                Ok(Some(Scanned::Message { len, .. })) => return Ok(self.rbuf.split_to(len)),
+            match self.io.scanner.scan(&self.io.rbuf, |_| true) {
+                Ok(Some(Scanned::Message { len, .. })) => return Ok(self.io.rbuf.split_to(len)),
                 Ok(Some(Scanned::Through { .. })) => unreachable!("every message is inspected"),
                 Ok(None) => {}
                 Err(e) => return Err(ServerError::Protocol(e.to_string())),
             }
-            self.rbuf.reserve(8192);
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            self.io.rbuf.reserve(8192);
+            if self.io.stream.read_buf(&mut self.io.rbuf).await? == 0 {
                 return Err(ServerError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }
@@ -28,7 +28,7 @@ impl ServerConn {
 
 /// Startup, authentication, then parameters and key until the first ReadyForQuery.
 pub(super) async fn login(conn: &mut ServerConn) -> Result<(), ServerError> {
-    let ep = conn.endpoint.clone();
+    let ep = conn.endpoint().clone();
     let mut out = BytesMut::new();
     // A neutral search_path: a new connection never carries anyone's schemas.
     encode::startup_message(
@@ -100,7 +100,7 @@ pub(super) async fn login(conn: &mut ServerConn) -> Result<(), ServerError> {
                 )))
             }
             Backend::ParameterStatus { name, value } => {
-                conn.params.set(&String::from_utf8_lossy(name), value);
+                conn.set_param(&String::from_utf8_lossy(name), value);
             }
             Backend::BackendKeyData { pid, secret } => conn.backend_key = (pid, secret),
             Backend::ReadyForQuery(_) => return Ok(()),

@@ -16,6 +16,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::cancel::CancelKey;
 use crate::config::EndpointConfig;
 use crate::pool::Poolable;
 use crate::protocol::FrameScanner;
@@ -86,32 +87,109 @@ impl ServerError {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A logged-in server connection.
-pub struct ServerConn {
-    pub id: u64,
+/// What the proxy knows of the session state a server connection carries.
+#[derive(Debug, Default)]
+pub enum ConnState {
+    /// A tenant state the proxy set (or read back): the next client in the same state needs
+    /// nothing sent.
+    Known(Held),
+    /// Anything may be set: the next checkout re-establishes state from scratch (and cleans
+    /// when another tenant gets it).
+    #[default]
+    Unknown,
+    /// Must not be reused: closed when its client lets go of it.
+    Broken,
+}
+
+/// A known state and what it consists of.
+#[derive(Debug)]
+pub struct Held {
+    pub key: StateKey,
+    /// The settings the state consists of: what a switch to another state resets, instead
+    /// of `RESET ALL`.
+    pub applied: SettingNames,
+    /// The `search_path` the server reported once the state was set (PostgreSQL 18+).
+    pub reported_search_path: Option<Vec<u8>>,
+}
+
+impl ConnState {
+    pub fn key(&self) -> Option<&StateKey> {
+        match self {
+            ConnState::Known(held) => Some(&held.key),
+            _ => None,
+        }
+    }
+
+    pub fn held(&self) -> Option<&Held> {
+        match self {
+            ConnState::Known(held) => Some(held),
+            _ => None,
+        }
+    }
+}
+
+/// The bytes in flight on a server connection: the relay reads and writes through these.
+pub struct ServerIo {
     pub stream: TcpStream,
     /// Unconsumed bytes read from the server.
     pub rbuf: BytesMut,
     pub scanner: FrameScanner,
+}
+
+/// The server-side prepared statements a connection holds (names), least recently used
+/// first out, at most `cap`.
+pub struct StatementCache {
+    names: lru::LruCache<bytes::Bytes, ()>,
+    cap: usize,
+}
+
+impl StatementCache {
+    fn new(cap: usize) -> Self {
+        StatementCache {
+            names: lru::LruCache::unbounded(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// Whether the connection has `name` (and marks it used).
+    pub fn has(&mut self, name: &[u8]) -> bool {
+        self.names.get(name).is_some()
+    }
+
+    pub fn add(&mut self, name: bytes::Bytes) {
+        self.names.put(name, ());
+    }
+
+    pub fn remove(&mut self, name: &[u8]) {
+        self.names.pop(name);
+    }
+
+    pub fn clear(&mut self) {
+        self.names.clear();
+    }
+
+    /// The least recently used name, taken out, while the cache is full.
+    pub fn evict_if_full(&mut self) -> Option<bytes::Bytes> {
+        if self.names.len() < self.cap {
+            return None;
+        }
+        self.names.pop_lru().map(|(name, ())| name)
+    }
+}
+
+/// A logged-in server connection. What decides its fate (its state, whether it is broken)
+/// changes only through its methods.
+pub struct ServerConn {
+    id: u64,
+    pub io: ServerIo,
     /// The server's own key, for forwarding cancels.
-    pub backend_key: (i32, i32),
-    pub endpoint: Arc<EndpointConfig>,
+    backend_key: CancelKey,
+    endpoint: Arc<EndpointConfig>,
     /// Reported parameter values as of now, and as of login (what `RESET ALL` returns to).
-    pub params: Params,
-    pub startup_params: Params,
-    /// `None` = unknown: the next checkout must re-apply state.
-    pub state: Option<StateKey>,
-    /// The settings `state` consists of (meaningful while `state` is known): what a switch
-    /// to another state resets, instead of `RESET ALL`.
-    pub applied: SettingNames,
-    /// The `search_path` the server reported after the proxy last set it (PostgreSQL 18+).
-    pub reported_search_path: Option<Vec<u8>>,
-    /// Set when the connection must not be reused.
-    pub broken: bool,
-    /// Server-side prepared statements this connection holds (names), least recently used
-    /// first out; kept at most `max_prepared`.
-    pub prepared: lru::LruCache<bytes::Bytes, ()>,
-    pub max_prepared: usize,
+    params: Params,
+    startup_params: Params,
+    state: ConnState,
+    statements: StatementCache,
     created: Instant,
     lifetime: Duration,
 }
@@ -137,19 +215,17 @@ impl ServerConn {
             stream.set_nodelay(true)?;
             let mut conn = ServerConn {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                stream,
-                rbuf: BytesMut::with_capacity(8192),
-                scanner: FrameScanner::new(max_message),
+                io: ServerIo {
+                    stream,
+                    rbuf: BytesMut::with_capacity(8192),
+                    scanner: FrameScanner::new(max_message),
+                },
                 backend_key: (0, 0),
                 endpoint: endpoint.clone(),
                 params: Params::default(),
                 startup_params: Params::default(),
-                state: None,
-                applied: SettingNames::default(),
-                reported_search_path: None,
-                broken: false,
-                prepared: lru::LruCache::unbounded(),
-                max_prepared: max_prepared.max(1),
+                state: ConnState::Unknown,
+                statements: StatementCache::new(max_prepared),
                 created: Instant::now(),
                 lifetime,
             };
@@ -182,9 +258,82 @@ impl ServerConn {
         self.created.elapsed()
     }
 
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The server's own cancel key (its process id first).
+    pub fn backend_key(&self) -> CancelKey {
+        self.backend_key
+    }
+
+    pub fn endpoint(&self) -> &Arc<EndpointConfig> {
+        &self.endpoint
+    }
+
+    /// Reported parameters as the server last reported them.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Records a ParameterStatus.
+    pub fn set_param(&mut self, name: &str, value: &[u8]) {
+        self.params.set(name, value);
+    }
+
+    /// Reported parameters as of login.
+    pub fn startup_params(&self) -> &Params {
+        &self.startup_params
+    }
+
+    pub fn state(&self) -> &ConnState {
+        &self.state
+    }
+
+    pub fn is_broken(&self) -> bool {
+        matches!(self.state, ConnState::Broken)
+    }
+
+    /// The connection must not be reused (a FATAL, a lost stream, a state the proxy could
+    /// not read or restore).
+    pub fn mark_broken(&mut self) {
+        self.state = ConnState::Broken;
+    }
+
+    /// The proxy no longer vouches for the connection's state (a broken one stays broken).
+    pub fn forget_state(&mut self) {
+        if !self.is_broken() {
+            self.state = ConnState::Unknown;
+        }
+    }
+
+    /// The connection now holds state `key`, made of the settings `applied` (a broken one
+    /// stays broken).
+    pub fn hold(&mut self, key: StateKey, applied: SettingNames) {
+        if self.is_broken() {
+            return;
+        }
+        let reported_search_path = self.params.get("search_path").map(|v| v.to_vec());
+        self.state = ConnState::Known(Held {
+            key,
+            applied,
+            reported_search_path,
+        });
+    }
+
+    /// After `DISCARD ALL` (or an equivalent reset): nothing of any client's is left.
+    pub fn discarded(&mut self) {
+        self.forget_state();
+        self.statements.clear();
+    }
+
+    pub fn statements(&mut self) -> &mut StatementCache {
+        &mut self.statements
+    }
+
     /// Writes all of `bytes`.
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.io.stream.write_all(bytes).await
     }
 }
 
@@ -192,17 +341,17 @@ impl Poolable for ServerConn {
     type State = StateKey;
 
     fn state(&self) -> Option<&StateKey> {
-        self.state.as_ref()
+        self.state.key()
     }
 
     fn reusable(&mut self) -> bool {
-        if self.broken || !self.rbuf.is_empty() || self.scanner.mid_message() {
+        if self.is_broken() || !self.io.rbuf.is_empty() || self.io.scanner.mid_message() {
             return false;
         }
         // An idle connection must have nothing to say: any bytes (a FATAL after
         // pg_terminate_backend, EOF after a restart) mean it is gone.
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(self.io.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     fn expired(&self, now: Instant) -> bool {
@@ -213,17 +362,8 @@ impl Poolable for ServerConn {
 impl Drop for ServerConn {
     fn drop(&mut self) {
         // Best effort, never blocks: tell the server we are leaving.
-        let _ = self.stream.try_write(b"X\0\0\0\x04");
+        let _ = self.io.stream.try_write(crate::protocol::encode::TERMINATE);
     }
-}
-
-/// Sends a CancelRequest for `key` to the server at `endpoint`.
-pub async fn send_cancel(endpoint: &EndpointConfig, key: (i32, i32)) -> io::Result<()> {
-    let mut stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
-    let mut buf = BytesMut::with_capacity(16);
-    crate::protocol::encode::cancel_request(&mut buf, key.0, key.1);
-    stream.write_all(&buf).await?;
-    stream.shutdown().await
 }
 
 /// What a query the proxy runs for itself returned (see [`ServerConn::own_query`]).
@@ -258,7 +398,7 @@ impl ServerConn {
                 }
                 Backend::Error(fields) => {
                     if matches!(fields.severity(), b"FATAL" | b"PANIC") {
-                        self.broken = true;
+                        self.mark_broken();
                     }
                     result
                         .error

@@ -220,17 +220,17 @@ async fn hub_task(
                 }
                 pending.push_back(done);
             }
-            r = conn.stream.read_buf(&mut conn.rbuf) => {
+            r = conn.io.stream.read_buf(&mut conn.io.rbuf) => {
                 if !matches!(r, Ok(n) if n > 0) {
                     break;
                 }
                 loop {
-                    let len = match conn.scanner.scan(&conn.rbuf, |_| true) {
+                    let len = match conn.io.scanner.scan(&conn.io.rbuf, |_| true) {
                         Ok(Some(Scanned::Message { len, .. })) => len,
                         Ok(_) => break,
                         Err(_) => return close(&hub, pending),
                     };
-                    let msg = conn.rbuf.split_to(len).freeze();
+                    let msg = conn.io.rbuf.split_to(len).freeze();
                     match backend::decode(&msg) {
                         Ok(Backend::Error(_)) => failed = true,
                         Ok(Backend::ReadyForQuery(_)) => {

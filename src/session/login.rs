@@ -294,7 +294,7 @@ async fn endpoint_params(proxy: &ProxyConfig, tenant: &TenantRuntime) -> Result<
             // search_path is the proxy's business (PostgreSQL 18 reports it): not shown.
             let mut params = Params::default();
             for (name, value) in conn
-                .startup_params
+                .startup_params()
                 .iter()
                 .filter(|(n, _)| *n != "search_path")
             {

@@ -29,10 +29,10 @@ use crate::tenant::{LoginFailure, TenantRuntime, TenantStats};
 use crate::transport::counted::{Counted, Peer};
 use crate::transport::stream::ClientStream;
 pub use crate::transport::ClientIo;
-use cleanup::{abandon, finish_session};
+use cleanup::dispose;
 use client::ClientCtx;
 use idle::{answer_listen, answer_repeated_set};
-use linked::{Link, LinkEnd, LinkError};
+use linked::{Disposition, Link, LinkEnd, LinkError};
 use login::{login, LoggedIn, LoginError};
 
 pub use crate::shared::Shared;
@@ -372,10 +372,11 @@ async fn run<S: ClientIo>(
     let mut generation = shared.current();
     // A resumed session may have slept through a reload.
     refresh(ctx, &generation)?;
-    let session_mode = generation.config.proxy.pool_mode == PoolMode::Session;
+    let mode = generation.config.proxy.pool_mode;
+    let session_mode = mode == PoolMode::Session;
     // Boxed: it lives as long as the session, and inline it would make every idle
     // session's future bigger (it is only used while linked).
-    let mut link = Box::new(Link::new(!session_mode));
+    let mut link = Box::new(Link::new(mode));
     loop {
         // Idle: wait until the client has sent a message the link can act on (a whole one,
         // or the start of a streamed CopyData): half a Query must not hold a server
@@ -409,33 +410,32 @@ async fn run<S: ClientIo>(
         }
         // Boxed: what a transaction needs (the server connection, the linked state machine)
         // exists only while one runs, so an idle client's future stays small.
-        let more = Box::pin(transaction(
-            client,
-            ctx,
-            entry,
-            &generation,
-            &mut link,
-            session_mode,
-        ))
-        .await?;
-        if !more {
+        let end = Box::pin(transaction(client, ctx, entry, &generation, &mut link)).await?;
+        if end == TxEnd::ClientLeft {
             return Ok(RunEnd::Left);
         }
     }
 }
 
+/// How a transaction (one checkout) ended.
+#[derive(Debug, PartialEq, Eq)]
+enum TxEnd {
+    /// The connection went back; the client stays.
+    Released,
+    /// The client left (while linked or waiting for its tenant to be resumed).
+    ClientLeft,
+}
+
 /// One checkout: the pause gate, a server connection, the prelude, the link until it ends.
-/// `Ok(false)`: the session is over (the client left).
 async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
     entry: &ClientEntry,
     generation: &Generation,
     link: &mut Link,
-    session_mode: bool,
-) -> Result<bool, SessionError> {
+) -> Result<TxEnd, SessionError> {
     let Some(_linked) = pass_pause_gate(client, ctx, entry).await? else {
-        return Ok(false);
+        return Ok(TxEnd::ClientLeft);
     };
     let proxy = &generation.config.proxy;
     // Session mode links once, for the client's whole life (the link never releases).
@@ -446,7 +446,7 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     }
     entry
         .cancel
-        .set(Some((conn.endpoint.clone(), conn.backend_key)));
+        .set(Some((conn.endpoint().clone(), conn.backend_key())));
     link.reset();
     link.max_pinned = proxy.max_pinned_clients;
     // KILL cuts the link; shutdown and removal let the transaction finish (the idle loop
@@ -476,21 +476,29 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     };
     entry.cancel.set(None);
     entry.set_state(ClientState::Idle);
+    let pinned = ctx.vs.pins() != 0 || link.may_hold_objects();
     match end {
-        Some(Ok(LinkEnd::Released)) => Ok(true),
+        Some(Ok(LinkEnd::Released)) => {
+            // Released means nothing is owed and nothing pins the client: the connection
+            // goes back keeping the client's state, known (unless it broke meanwhile).
+            if link.disposition(&conn, false) != Disposition::Return {
+                dispose(conn, Disposition::Close).await;
+            }
+            Ok(TxEnd::Released)
+        }
         Some(Ok(LinkEnd::ClientGone)) => {
-            let pinned = ctx.vs.pins() != 0 || link.may_hold_objects();
-            finish_session(conn, link, session_mode, pinned).await?;
-            Ok(false)
+            let disposition = link.disposition(&conn, pinned);
+            dispose(conn, disposition).await;
+            Ok(TxEnd::ClientLeft)
         }
         Some(Err(e)) => {
-            let pinned = ctx.vs.pins() != 0 || link.may_hold_objects();
-            abandon(conn, link, pinned).await;
+            let disposition = link.disposition(&conn, pinned);
+            dispose(conn, disposition).await;
             Err(e.into())
         }
+        // KILL mid-link: closing the server connection is the only safe cleanup.
         None => {
-            // Mid-link: closing the server connection is the only safe cleanup.
-            conn.discard();
+            dispose(conn, Disposition::Close).await;
             Err(SessionError::Killed { linked: true })
         }
     }
@@ -634,28 +642,35 @@ async fn pass_pause_gate<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(Some(guard));
         }
         // Boxed: rarely needed, and it would make every idle session's future bigger.
-        if !Box::pin(wait_while_paused(client, ctx, entry)).await? {
+        if Box::pin(wait_while_paused(client, ctx, entry)).await? == Paused::ClientLeft {
             return Ok(None);
         }
     }
 }
 
-/// Waits until the tenant is resumed. `false`: the client left meanwhile.
+/// How a wait at a paused tenant ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Paused {
+    Resumed,
+    ClientLeft,
+}
+
+/// Waits until the tenant is resumed (or the client leaves).
 async fn wait_while_paused<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &ClientCtx,
     entry: &ClientEntry,
-) -> Result<bool, SessionError> {
+) -> Result<Paused, SessionError> {
     let (stats, control) = (&ctx.tenant.stats, &ctx.tenant.control);
     entry.set_state(ClientState::Paused);
     stats.paused_waiting.fetch_add(1, Ordering::Relaxed);
     let waited = loop {
         tokio::select! {
-            _ = control.wait_resumed() => break Ok(true),
+            _ = control.wait_resumed() => break Ok(Paused::Resumed),
             // Notices a client that leaves; what it sends meanwhile waits in the buffer.
             r = client.fill(), if client.rbuf.len() < PAUSED_READ_LIMIT => match r {
                 Ok(n) if n > 0 => continue,
-                _ => break Ok(false),
+                _ => break Ok(Paused::ClientLeft),
             },
             _ = entry.stop.stopped() => break Err(stopped(ctx, entry)),
             _ = control.wait_removed() => break Err(stopped(ctx, entry)),

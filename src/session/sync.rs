@@ -40,24 +40,26 @@ pub struct Prelude {
 
 pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Option<Prelude> {
     let want = ctx.wanted_state();
-    let full = mode == SearchPathSync::Always || conn.state.as_ref() != Some(&want);
+    let held = conn.state().held();
+    let full = mode == SearchPathSync::Always || held.map(|h| &h.key) != Some(&want);
     // The usual checkout: the state is known to be the client's, and so are the reported
     // parameters.
-    if !full && ctx.params.same_tracked(&conn.params) {
+    if !full && ctx.params.same_tracked(&conn.params()) {
         return None;
     }
     // `tracked`, and the connection holds another known state: reset only what that state
     // set and this one does not (a `RESET ALL` costs the server more than the SETs).
-    let switch = (full && mode == SearchPathSync::Tracked && conn.state.is_some())
-        .then(|| (&conn.applied, ctx.setting_names()));
+    let switch = held
+        .filter(|_| full && mode == SearchPathSync::Tracked)
+        .map(|h| (&h.applied, ctx.setting_names()));
     let resets = |name: &str| match &switch {
         Some((old, new)) => old.contains(name) && !new.contains(name),
         None => full,
     };
     let mut sql = String::new();
     if full {
-        let other_tenant = conn.state.as_ref().is_none_or(|s| s.tenant != want.tenant);
-        if conn.state.is_none() || conn.applied.contains("statement_timeout") {
+        let other_tenant = held.is_none_or(|h| h.key.tenant != want.tenant);
+        if held.is_none_or(|h| h.applied.contains("statement_timeout")) {
             // The last client's own timeout must not cut the prelude short (PostgreSQL
             // times each statement of a Query separately, so this covers the rest).
             sql.push_str("SET statement_timeout = 0;");
@@ -93,8 +95,8 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
         let Some(value) = ctx.params.tracked(i) else {
             continue;
         };
-        let current = conn.params.tracked(i);
-        let after_reset = conn.startup_params.tracked(i);
+        let current = conn.params().tracked(i);
+        let after_reset = conn.startup_params().tracked(i);
         if current != Some(value) || (resets(name) && after_reset != Some(value)) {
             sql.push_str("SET ");
             sql.push_str(name);
@@ -114,7 +116,7 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
                 .load(std::sync::atomic::Ordering::Relaxed));
     Some(Prelude {
         sql,
-        state: if full { Some(want) } else { conn.state.clone() },
+        state: if full { Some(want) } else { conn.state().key().cloned() },
         unverified,
     })
 }
@@ -137,7 +139,7 @@ pub fn on_reply(conn: &mut ServerConn, msg: &[u8]) -> Result<Reply, &'static str
     Ok(match backend::decode(msg)? {
         Backend::ParameterStatus { name, value } => {
             let name = String::from_utf8_lossy(name);
-            conn.params.set(&name, value);
+            conn.set_param(&name, value);
             Reply::More
         }
         Backend::Error(_) => Reply::Failed,
@@ -154,13 +156,10 @@ pub fn finish(
     state: Option<StateKey>,
     out: &mut BytesMut,
 ) {
-    if state.is_some() {
-        conn.reported_search_path = conn.params.get("search_path").map(|v| v.to_vec());
-        if state != conn.state {
-            conn.applied = ctx.setting_names();
-        }
+    match state {
+        Some(key) => conn.hold(key, ctx.setting_names()),
+        None => conn.forget_state(),
     }
-    conn.state = state;
     ctx.settings_verified = true;
     ctx.tenant
         .settings_verified
@@ -275,7 +274,7 @@ pub fn fixup_sql(resets: &Resets, ctx: &ClientCtx) -> String {
 pub fn tell_params(conn: &ServerConn, ctx: &mut ClientCtx, out: &mut BytesMut) {
     // search_path too where the server reports it (PostgreSQL 18+: the client has it).
     for name in TRACKED_PARAMS.iter().chain(&["search_path"]) {
-        if let Some(value) = conn.params.get(name) {
+        if let Some(value) = conn.params().get(name) {
             if ctx.params.get(name).is_some_and(|v| v != value) {
                 encode::parameter_status(out, name.as_bytes(), value);
                 ctx.params.set(name, value);

@@ -87,7 +87,7 @@ fn idle_by_state(registry: &Registry) -> HashMap<u64, u64> {
     let mut counts = HashMap::new();
     for endpoint in &registry.endpoints {
         endpoint.pool.for_each_idle(|conn, _| {
-            if let Some(state) = &conn.state {
+            if let Some(state) = conn.state().key() {
                 *counts.entry(state.tenant).or_insert(0) += 1;
             }
         });

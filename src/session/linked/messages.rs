@@ -95,14 +95,14 @@ pub(super) fn on_client_message(
             ));
             let client_name = bytes::Bytes::copy_from_slice(name);
             ctx.stmts.insert(client_name.clone(), stmt.clone());
-            if conn.prepared.get(&stmt.server_name).is_some() {
+            if conn.statements().has(&stmt.server_name) {
                 link.expect
                     .push(Entry::Synth(Synth::ParseComplete { client_name }));
             } else {
                 let out = out.buf();
                 make_room(conn, link, out);
                 out.extend_from_slice(&stmt.parse);
-                conn.prepared.put(stmt.server_name.clone(), ());
+                conn.statements().add(stmt.server_name.clone());
                 let stmt = Some(StmtRef {
                     server: stmt.server_name.clone(),
                     client: Some(client_name),
@@ -265,12 +265,12 @@ fn ensure_prepared(
     stmt: &prepared::Stmt,
     out: &mut BytesMut,
 ) {
-    if conn.prepared.get(&stmt.server_name).is_some() {
+    if conn.statements().has(&stmt.server_name) {
         return;
     }
     make_room(conn, link, out);
     out.extend_from_slice(&stmt.parse);
-    conn.prepared.put(stmt.server_name.clone(), ());
+    conn.statements().add(stmt.server_name.clone());
     let stmt = Some(StmtRef {
         server: stmt.server_name.clone(),
         client: None,
@@ -283,10 +283,7 @@ fn ensure_prepared(
 
 /// Keeps the connection's statement cache under its cap: closes the least recently used.
 fn make_room(conn: &mut ServerConn, link: &mut Link, out: &mut BytesMut) {
-    while conn.prepared.len() >= conn.max_prepared {
-        let Some((victim, ())) = conn.prepared.pop_lru() else {
-            break;
-        };
+    while let Some(victim) = conn.statements().evict_if_full() {
         prepared::put_target(out, ftag::CLOSE, b'S', &victim);
         let stmt = Some(StmtRef {
             server: victim,
@@ -310,7 +307,7 @@ pub(super) fn forget(entry: &Entry, conn: &mut ServerConn, ctx: &mut ClientCtx) 
             kind: Kind::Parse,
             stmt: Some(s),
         } => {
-            conn.prepared.pop(&s.server);
+            conn.statements().remove(&s.server);
             if let Some(client) = &s.client {
                 ctx.stmts.forget_if(client, &s.server);
             }
@@ -320,7 +317,7 @@ pub(super) fn forget(entry: &Entry, conn: &mut ServerConn, ctx: &mut ClientCtx) 
             kind: Kind::Close,
             stmt: Some(s),
         } => {
-            conn.prepared.put(s.server.clone(), ());
+            conn.statements().add(s.server.clone());
         }
         // A skipped Parse the proxy answered itself: PostgreSQL would not have created it.
         Entry::Synth(Synth::ParseComplete { client_name }) => {
@@ -352,7 +349,7 @@ pub(super) fn on_forwarded(
                 link.pending.census = true;
             }
             if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
-                conn.prepared.clear();
+                conn.statements().clear();
                 ctx.stmts.clear();
             }
         }
@@ -367,21 +364,22 @@ pub(super) fn on_forwarded(
                 // A statement the tenant's clients share went stale (DDL): the driver will
                 // prepare it again, and must get a fresh one, so this connection's cache
                 // goes with it.
-                conn.broken = true;
+                conn.mark_broken();
             }
             if matches!(fields.severity(), b"FATAL" | b"PANIC") {
-                conn.broken = true;
+                conn.mark_broken();
                 link.server_fatal = true;
             }
         }
         Backend::ParameterStatus { name, value } => {
             let name = String::from_utf8_lossy(name).into_owned();
-            if name == "search_path" && conn.reported_search_path.as_deref() != Some(value) {
+            let reported = conn.state().held().and_then(|h| h.reported_search_path.as_deref());
+            if name == "search_path" && reported != Some(value) {
                 // PostgreSQL 18 reports every change, even from a function: read it back.
                 forget_state(conn, link);
                 link.pending.capture = true;
             }
-            conn.params.set(&name, value);
+            conn.set_param(&name, value);
             if ctx.params.get(&name).is_some() {
                 ctx.params.set(&name, value);
             }

@@ -23,6 +23,7 @@ use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::frontend::is_known_tag;
 use crate::protocol::sql::Resets;
 use crate::protocol::{btag, ftag, Scanned};
+use crate::config::PoolMode;
 use crate::server::ServerConn;
 use crate::transport::stream::ClientStream;
 
@@ -84,6 +85,20 @@ struct Pending {
     sole_set: Option<Box<[u8]>>,
 }
 
+/// What becomes of a server connection when its client lets go of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Back to the pool as it is: idle, nothing owed.
+    Return,
+    /// Back once `DISCARD ALL` has confirmed it idle: it holds a session of the client's
+    /// (session mode, or session objects such as temp tables).
+    Discard,
+    /// Back once `ROLLBACK` has confirmed it idle: a transaction is open, nothing in flight.
+    Rollback,
+    /// Closed: anything else (broken, a message or reply in flight, an unsynced batch).
+    Close,
+}
+
 /// How a link ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LinkEnd {
@@ -128,8 +143,8 @@ fn client_protocol(message: impl Into<String>) -> LinkError {
 }
 
 impl Link {
-    /// `pooled`: transaction mode.
-    pub fn new(pooled: bool) -> Self {
+    pub fn new(mode: PoolMode) -> Self {
+        let pooled = mode == PoolMode::Transaction;
         Link {
             expect: Expect::default(),
             unsynced: false,
@@ -189,8 +204,31 @@ impl Link {
         self.is_idle() && !self.client_mid_message && !self.pending.hold
     }
 
-    /// Whether the connection may go back to the pool (transaction mode, nothing owed or
-    /// pending, no session object keeping the client on it).
+    /// What becomes of `conn` if the client lets go of it now. `pinned`: the client's
+    /// session objects may be on it. The one place that decides; a connection the pool
+    /// gets back is still probed there ([`crate::pool::Poolable::reusable`]).
+    pub fn disposition(&self, conn: &ServerConn, pinned: bool) -> Disposition {
+        if conn.is_broken() || self.client_mid_message {
+            Disposition::Close
+        } else if pinned || !self.pooled {
+            // Only when nothing at all is outstanding is the next ReadyForQuery surely the
+            // DISCARD's own.
+            if self.is_idle() {
+                Disposition::Discard
+            } else {
+                Disposition::Close
+            }
+        } else if self.is_idle() {
+            Disposition::Return
+        } else if self.expect.is_empty() && !self.unsynced {
+            Disposition::Rollback
+        } else {
+            Disposition::Close
+        }
+    }
+
+    /// Whether the link may end with the client staying (transaction mode, nothing owed or
+    /// pending, no session object keeping the client on its connection).
     fn released(&self, ctx: &ClientCtx) -> bool {
         self.pooled
             && self.quiet()
@@ -203,7 +241,7 @@ impl Link {
 /// The proxy no longer knows the connection's state, including the state a prelude still in
 /// flight was going to record.
 fn forget_state(conn: &mut ServerConn, link: &mut Link) {
-    conn.state = None;
+    conn.forget_state();
     link.pending_state = None;
 }
 
@@ -235,14 +273,13 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             link.pending_state = p.state;
         }
     }
-    let terminated = client_to_server(client, ctx, conn, link).await?;
-    if terminated {
+    if client_to_server(client, ctx, conn, link).await? == Sent::Terminate {
         return Ok(LinkEnd::ClientGone);
     }
     loop {
         if link.pending.hold && link.expect.is_empty() {
             resolve_fixup(client, ctx, conn, link).await?;
-            if client_to_server(client, ctx, conn, link).await? {
+            if client_to_server(client, ctx, conn, link).await? == Sent::Terminate {
                 return Ok(LinkEnd::ClientGone);
             }
             continue;
@@ -258,7 +295,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         if link.released(ctx) {
             return Ok(LinkEnd::Released);
         }
-        reserve(&mut conn.rbuf);
+        reserve(&mut conn.io.rbuf);
         crate::transport::bufpool::room(&mut client.rbuf, 4096);
         let idle_in_tx = link.expect.owed() == 0 && link.status != TxStatus::Idle;
         let timer = async {
@@ -272,9 +309,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         // connection; the client's next message waits for them anyway).
         tokio::select! {
             biased;
-            r = conn.stream.read_buf(&mut conn.rbuf) => {
+            r = conn.io.stream.read_buf(&mut conn.io.rbuf) => {
                 if !matches!(r, Ok(n) if n > 0) {
-                    conn.broken = true;
+                    conn.mark_broken();
                     return Err(LinkError::ServerLost { told: link.server_fatal });
                 }
                 server_to_client(client, ctx, conn, link).await?;
@@ -283,7 +320,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 if !matches!(r, Ok(n) if n > 0) {
                     return Ok(LinkEnd::ClientGone);
                 }
-                if !link.pending.hold && client_to_server(client, ctx, conn, link).await? {
+                if !link.pending.hold
+                    && client_to_server(client, ctx, conn, link).await? == Sent::Terminate
+                {
                     return Ok(LinkEnd::ClientGone);
                 }
             }
@@ -326,7 +365,7 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
                 client.wbuf.extend_from_slice(&msg);
             }
             Reply::Done if failed => {
-                conn.broken = true;
+                conn.mark_broken();
                 let _ = client.flush().await;
                 return Err(LinkError::StateFailed);
             }
@@ -392,13 +431,12 @@ impl Outgoing<'_> {
 
 /// Forwards every whole message the client has buffered (after whatever `client.sbuf`
 /// already holds, e.g. the prelude), then emits any made-up responses whose turn has come.
-/// Returns true on Terminate (not forwarded: the server connection lives on).
 async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
     conn: &mut ServerConn,
     link: &mut Link,
-) -> Result<bool, LinkError> {
+) -> Result<Sent, LinkError> {
     let mut out = Outgoing {
         rbuf: &client.rbuf,
         direct: 0,
@@ -407,7 +445,7 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
         buf: std::mem::take(&mut client.sbuf),
     };
     let mut off = 0;
-    let mut terminated = false;
+    let mut sent = Sent::Forwarded;
     loop {
         let item = client
             .scanner
@@ -427,7 +465,7 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
                     )));
                 }
                 if tag == ftag::TERMINATE {
-                    terminated = true;
+                    sent = Sent::Terminate;
                     off += len;
                     break;
                 }
@@ -448,21 +486,29 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
     let written = if bytes.is_empty() {
         Ok(())
     } else {
-        conn.stream.write_all(bytes).await
+        conn.io.stream.write_all(bytes).await
     };
     let mut buf = out.buf;
     buf.clear();
     client.sbuf = buf;
     client.rbuf.advance(off);
     written.map_err(|_| {
-        conn.broken = true;
+        conn.mark_broken();
         LinkError::ServerLost { told: false }
     })?;
     // Usually nothing to emit: not even a future to poll then.
     if link.expect.front_is_synth() || !client.wbuf.is_empty() {
         emit_synths(client, link).await;
     }
-    Ok(terminated)
+    Ok(sent)
+}
+
+/// What forwarding the client's buffered messages came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Forwarded,
+    /// The client sent Terminate (not forwarded: the server connection lives on).
+    Terminate,
 }
 
 /// Writes made-up responses that are at the front of the queue.
@@ -499,9 +545,9 @@ async fn server_to_client<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), LinkError> {
     // The buffer is taken out for the duration so messages in it can be read while the
     // connection's bookkeeping is updated.
-    let mut rbuf = std::mem::take(&mut conn.rbuf);
+    let mut rbuf = std::mem::take(&mut conn.io.rbuf);
     let result = relay(client, ctx, conn, link, &mut rbuf).await;
-    conn.rbuf = rbuf;
+    conn.io.rbuf = rbuf;
     result
 }
 
@@ -532,6 +578,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
                     ) || expect.needs_whole(t))
         };
         let item = conn
+            .io
             .scanner
             .scan(&rbuf[off..], inspect)
             .map_err(|e| proto(&e))?;
@@ -578,7 +625,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
                 if let Backend::ParameterStatus { name, value } =
                     backend::decode(&msg).map_err(|e| proto(&e))?
                 {
-                    conn.params.set(&String::from_utf8_lossy(name), value);
+                    conn.set_param(&String::from_utf8_lossy(name), value);
                 }
                 if tag == btag::READY_FOR_QUERY {
                     let state = link.pending_state.take();
@@ -586,7 +633,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             Step::PreludeFailed => {
-                conn.broken = true;
+                conn.mark_broken();
                 flush_front(client, rbuf, &mut off).await;
                 client.wbuf.extend_from_slice(&rbuf[..len]);
                 let _ = client.flush().await;

@@ -36,7 +36,7 @@ pub(super) async fn resolve_fixup<S: AsyncRead + AsyncWrite + Unpin>(
     let result = own_query(client, conn, &sql).await?;
     if let Some(code) = result.error {
         tracing::warn!(tenant = %ctx.tenant.name, code, "could not restore a client's defaults after RESET");
-        conn.broken = true;
+        conn.mark_broken();
         return Err(LinkError::ServerProtocol(format!(
             "could not restore the session's defaults ({code})"
         )));
@@ -56,7 +56,7 @@ pub(super) async fn own_query<S: AsyncRead + AsyncWrite + Unpin>(
     sql: &str,
 ) -> Result<crate::server::OwnQuery, LinkError> {
     let result = conn.own_query(sql).await.map_err(|_| {
-        conn.broken = true;
+        conn.mark_broken();
         LinkError::ServerLost { told: false }
     })?;
     for n in &result.notifications {
@@ -82,7 +82,7 @@ pub(super) async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
         // Session mode: the client keeps its connection, which is its session.
         return Ok(());
     }
-    let defaults = ctx.defaults(&conn.endpoint.user);
+    let defaults = ctx.defaults(&conn.endpoint().user);
     let mut sql = String::new();
     if capture {
         sql.push_str(&ctx.vs.capture_sql(&defaults));
@@ -108,7 +108,7 @@ pub(super) async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
         // E.g. a statement_timeout too short for the query: the proxy cannot know the
         // session, so the connection goes (and whatever it held with it).
         tracing::warn!(tenant = %ctx.tenant.name, code, "could not read a client's session state; closing its server connection");
-        conn.broken = true;
+        conn.mark_broken();
         forget_state(conn, link);
         update_pins(ctx, entry, 0);
         return Ok(());
@@ -124,9 +124,11 @@ pub(super) async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
             })
             .collect();
         ctx.vs.captured(rows, &defaults);
-        conn.state = (!link.opaque).then(|| ctx.wanted_state());
-        conn.applied = ctx.setting_names();
-        conn.reported_search_path = conn.params.get("search_path").map(|v| v.to_vec());
+        if link.opaque {
+            conn.forget_state();
+        } else {
+            conn.hold(ctx.wanted_state(), ctx.setting_names());
+        }
         match sole_set {
             Some(text) if !link.pending.failed && link.status == TxStatus::Idle => {
                 ctx.vs.remember_set(&text, &ctx.params)
