@@ -58,7 +58,8 @@ pub async fn forward(target: Option<CancelTarget>) {
 
 /// Sends a CancelRequest for `key` to the server at `endpoint`.
 pub async fn send(endpoint: &EndpointConfig, key: CancelKey) -> std::io::Result<()> {
-    let mut stream = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+    let mut stream =
+        tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
     let mut buf = bytes::BytesMut::with_capacity(16);
     crate::protocol::encode::cancel_request(&mut buf, key.0, key.1);
     stream.write_all(&buf).await?;

@@ -28,6 +28,7 @@ pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod kinds;
 pub mod listener;
 pub mod localpg;
 pub mod metrics;

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::kinds::{Kind, KindCounts};
 use crate::shared::Shared;
 use crate::tenant::snapshot::{tenant_snapshots, TenantSnapshot};
 use crate::tenant::stats::{HistogramSnapshot, LoginFailure, WAIT_BUCKETS_MICROS};
@@ -162,6 +163,26 @@ fn render_proxy(w: &mut Writer, shared: &Shared, generation: u64) {
             &[("reason", reason.as_str())],
             n,
         );
+    }
+    render_kinds(
+        w,
+        "pgtenant_session_errors_total",
+        "Client sessions that ended with an error, by kind.",
+        &shared.session_errors,
+    );
+    render_kinds(
+        w,
+        "pgtenant_server_connect_failures_total",
+        "Failed attempts to open a server connection, by kind.",
+        &shared.current().registry.connect_failures,
+    );
+}
+
+/// A counter family with one series per kind (a fixed set: zeros included).
+fn render_kinds<K: Kind>(w: &mut Writer, name: &str, help: &str, counts: &KindCounts<K>) {
+    w.family(name, "counter", help);
+    for (kind, n) in counts.iter() {
+        w.sample(name, &[("kind", kind.label())], n);
     }
 }
 

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cancel::{CancelKey, CancelSlot};
 use crate::config::Config;
+use crate::kinds::{KindCounts, SessionErrorKind};
 use crate::tenant::stats::LoginFailures;
 use crate::tenant::Registry;
 
@@ -255,6 +256,8 @@ pub struct Shared {
     /// Serialises reloads.
     pub(crate) reload_lock: Mutex<()>,
     pub started: Instant,
+    /// Sessions that ended with an error, by kind.
+    pub session_errors: KindCounts<SessionErrorKind>,
     /// Idle clients parked now (kept by the park lot, see `session::park`).
     pub clients_parked: AtomicUsize,
     /// Test hook ([`crate::ProxyHandle::panic_next_client`]): the next accepted client's
@@ -285,6 +288,7 @@ impl Shared {
             reload_lock: Mutex::new(()),
             started: Instant::now(),
             clients_parked: AtomicUsize::new(0),
+            session_errors: KindCounts::default(),
             panic_next_client: AtomicBool::new(false),
         }
     }

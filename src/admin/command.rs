@@ -4,6 +4,7 @@
 //! several commands separated by `;`.
 
 use crate::protocol::encode::ErrorInfo;
+use crate::protocol::sqlstate;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -100,7 +101,7 @@ pub fn parse(stmt: &str) -> Result<Command, ErrorInfo> {
 }
 
 fn syntax(message: impl Into<String>) -> ErrorInfo {
-    ErrorInfo::error("42601", message)
+    ErrorInfo::error(sqlstate::SYNTAX_ERROR, message)
 }
 
 fn extra(stmt: &str) -> ErrorInfo {

@@ -4,6 +4,7 @@
 
 use super::Reply;
 use crate::protocol::encode::ErrorInfo;
+use crate::protocol::sqlstate;
 use crate::shared::{Generation, Shared};
 
 pub fn run(shared: &Shared, generation: &Generation, name: &str) -> Result<Reply, ErrorInfo> {
@@ -14,7 +15,7 @@ pub fn run(shared: &Shared, generation: &Generation, name: &str) -> Result<Reply
     }
     if killed == 0 && !generation.registry.tenants.contains_key(name) {
         return Err(ErrorInfo::error(
-            "3D000",
+            sqlstate::INVALID_CATALOG_NAME,
             format!("tenant \"{name}\" does not exist"),
         ));
     }

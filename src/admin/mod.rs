@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::frontend::{self, Frontend};
+use crate::protocol::sqlstate;
 use crate::shared::{Generation, Shared};
 use crate::tenant::TenantRuntime;
 use crate::transport::stream::ClientStream;
@@ -85,7 +86,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let msg = tokio::select! {
             m = client.read_message() => m,
             _ = shared.shutdown.cancelled() => {
-                let bye = ErrorInfo::fatal("57P01", "terminating connection due to administrator command");
+                let bye = ErrorInfo::fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection due to administrator command");
                 let _ = client.send_error(&bye).await;
                 return;
             }
@@ -118,7 +119,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 true
             }
             Err(e) => {
-                let _ = client.send_error(&ErrorInfo::fatal("08P01", e)).await;
+                let _ = client
+                    .send_error(&ErrorInfo::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        e.to_string(),
+                    ))
+                    .await;
                 return;
             }
         };
@@ -130,7 +136,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 
 fn simple_only() -> ErrorInfo {
     ErrorInfo::error(
-        "0A000",
+        sqlstate::FEATURE_NOT_SUPPORTED,
         "the pgtenant console speaks the simple query protocol only",
     )
     .with_hint("use psql, or your driver's simple_query")
@@ -218,7 +224,7 @@ fn tenants_named(
         Some(name) => match tenants.get(name) {
             Some(t) => Ok(vec![t.clone()]),
             None => Err(ErrorInfo::error(
-                "3D000",
+                sqlstate::INVALID_CATALOG_NAME,
                 format!("tenant \"{name}\" does not exist"),
             )),
         },

@@ -3,6 +3,7 @@
 
 use super::Reply;
 use crate::protocol::encode::ErrorInfo;
+use crate::protocol::sqlstate;
 use crate::shared::Shared;
 
 pub async fn run(shared: &Shared) -> Result<Reply, ErrorInfo> {
@@ -12,7 +13,7 @@ pub async fn run(shared: &Shared) -> Result<Reply, ErrorInfo> {
             notices: vec![("NOTICE", summary.to_string())],
         }),
         Err(e) => Err(ErrorInfo::error(
-            "F0000",
+            sqlstate::CONFIG_FILE_ERROR,
             format!("reload refused, configuration unchanged: {e}"),
         )),
     }

@@ -163,7 +163,7 @@ pub fn notice(buf: &mut BytesMut, severity: &str, message: &str) {
     for (field, value) in [
         (b'S', severity),
         (b'V', severity),
-        (b'C', "00000"),
+        (b'C', sqlstate::SUCCESSFUL_COMPLETION),
         (b'M', message),
     ] {
         buf.put_u8(field);
@@ -174,6 +174,7 @@ pub fn notice(buf: &mut BytesMut, severity: &str, message: &str) {
 }
 
 use crate::protocol::encode::{begin, finish, put_cstr};
+use crate::protocol::sqlstate;
 
 #[cfg(test)]
 mod tests {

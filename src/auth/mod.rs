@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::config::{AuthMethod, ScramVerifier, UserConfig, UserSecret};
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::frontend::{self, Frontend};
+use crate::protocol::sqlstate;
 use crate::transport::stream::{ClientStream, StreamError};
 
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
@@ -28,8 +29,13 @@ impl AuthError {
     /// What the client is told.
     pub fn to_client(&self) -> Option<ErrorInfo> {
         match self {
-            AuthError::Failed(_) => Some(ErrorInfo::fatal("28P01", self.to_string())),
-            AuthError::Malformed(m) => Some(ErrorInfo::fatal("08P01", m.clone())),
+            AuthError::Failed(_) => Some(ErrorInfo::fatal(
+                sqlstate::INVALID_PASSWORD,
+                self.to_string(),
+            )),
+            AuthError::Malformed(m) => {
+                Some(ErrorInfo::fatal(sqlstate::PROTOCOL_VIOLATION, m.clone()))
+            }
             AuthError::Stream(_) => None,
         }
     }

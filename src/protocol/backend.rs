@@ -1,8 +1,8 @@
 //! Typed views of the server messages the proxy must understand. Everything else is
 //! forwarded as bytes.
 
-use super::btag;
 use super::frame::body;
+use super::{btag, DecodeError};
 
 /// Transaction status carried by ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +113,7 @@ impl<'a> ErrorFields<'a> {
 }
 
 /// Decodes a whole server message (header included).
-pub fn decode(message: &[u8]) -> Result<Backend<'_>, &'static str> {
+pub fn decode(message: &[u8]) -> Result<Backend<'_>, DecodeError> {
     let tag = message[0];
     let b = body(message);
     Ok(match tag {
@@ -121,22 +121,24 @@ pub fn decode(message: &[u8]) -> Result<Backend<'_>, &'static str> {
             b.first()
                 .copied()
                 .and_then(TxStatus::from_byte)
-                .ok_or("bad ReadyForQuery")?,
+                .ok_or(DecodeError::Malformed("ReadyForQuery"))?,
         ),
-        btag::COMMAND_COMPLETE => {
-            Backend::CommandComplete(super::cstr(b).ok_or("bad CommandComplete")?.0)
-        }
+        btag::COMMAND_COMPLETE => Backend::CommandComplete(
+            super::cstr(b)
+                .ok_or(DecodeError::Malformed("CommandComplete"))?
+                .0,
+        ),
         btag::ERROR_RESPONSE => Backend::Error(ErrorFields { raw: b }),
         btag::NOTICE_RESPONSE => Backend::Notice(ErrorFields { raw: b }),
         btag::PARAMETER_STATUS => {
-            let (name, rest) = super::cstr(b).ok_or("bad ParameterStatus")?;
-            let (value, _) = super::cstr(rest).ok_or("bad ParameterStatus")?;
+            let (name, rest) = super::cstr(b).ok_or(DecodeError::Malformed("ParameterStatus"))?;
+            let (value, _) = super::cstr(rest).ok_or(DecodeError::Malformed("ParameterStatus"))?;
             Backend::ParameterStatus { name, value }
         }
         btag::BACKEND_KEY_DATA => {
             // Protocol 3.0 keys are 4 bytes; 3.2 allows longer secrets, which we never request.
             if b.len() != 8 {
-                return Err("bad BackendKeyData");
+                return Err(DecodeError::Malformed("BackendKeyData"));
             }
             Backend::BackendKeyData {
                 pid: i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
@@ -151,9 +153,9 @@ pub fn decode(message: &[u8]) -> Result<Backend<'_>, &'static str> {
     })
 }
 
-fn decode_auth(b: &[u8]) -> Result<AuthRequest<'_>, &'static str> {
+fn decode_auth(b: &[u8]) -> Result<AuthRequest<'_>, DecodeError> {
     if b.len() < 4 {
-        return Err("bad Authentication");
+        return Err(DecodeError::Malformed("Authentication"));
     }
     let kind = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     let rest = &b[4..];
@@ -161,7 +163,9 @@ fn decode_auth(b: &[u8]) -> Result<AuthRequest<'_>, &'static str> {
         0 => AuthRequest::Ok,
         3 => AuthRequest::Cleartext,
         5 => {
-            let salt: [u8; 4] = rest.try_into().map_err(|_| "bad md5 salt")?;
+            let salt: [u8; 4] = rest
+                .try_into()
+                .map_err(|_| DecodeError::Malformed("AuthenticationMD5Password"))?;
             AuthRequest::Md5 { salt }
         }
         10 => {
@@ -183,8 +187,8 @@ fn decode_auth(b: &[u8]) -> Result<AuthRequest<'_>, &'static str> {
 }
 
 /// The columns of a DataRow (`D`), `None` for NULL.
-pub fn data_row(message: &[u8]) -> Result<Vec<Option<&[u8]>>, &'static str> {
-    const BAD: &str = "bad DataRow";
+pub fn data_row(message: &[u8]) -> Result<Vec<Option<&[u8]>>, DecodeError> {
+    const BAD: DecodeError = DecodeError::Malformed("DataRow");
     let b = body(message);
     let count = u16::from_be_bytes([*b.first().ok_or(BAD)?, *b.get(1).ok_or(BAD)?]);
     let mut rest = &b[2..];

@@ -1,7 +1,7 @@
 //! Typed views of the client messages the proxy must understand.
 
 use super::frame::body;
-use super::ftag;
+use super::{ftag, DecodeError};
 
 /// A client message, decoded only as far as the proxy needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub enum Frontend<'a> {
 }
 
 /// Decodes a whole client message (header included). Unknown types are an error.
-pub fn decode(message: &[u8]) -> Result<Frontend<'_>, String> {
+pub fn decode(message: &[u8]) -> Result<Frontend<'_>, DecodeError> {
     let b = body(message);
     Ok(match message[0] {
         // The text is the whole body but its closing NUL (what PostgreSQL accepts), so no
@@ -38,12 +38,12 @@ pub fn decode(message: &[u8]) -> Result<Frontend<'_>, String> {
         ftag::QUERY => Frontend::Query {
             sql: match b.split_last() {
                 Some((0, sql)) => sql,
-                _ => super::cstr(b).ok_or("Query without NUL")?.0,
+                _ => super::cstr(b).ok_or(DecodeError::Malformed("Query"))?.0,
             },
         },
         ftag::PARSE => {
-            let (name, rest) = super::cstr(b).ok_or("bad Parse")?;
-            let (sql, _) = super::cstr(rest).ok_or("bad Parse")?;
+            let (name, rest) = super::cstr(b).ok_or(DecodeError::Malformed("Parse"))?;
+            let (sql, _) = super::cstr(rest).ok_or(DecodeError::Malformed("Parse"))?;
             Frontend::Parse { name, sql }
         }
         ftag::BIND => Frontend::Bind,
@@ -58,7 +58,7 @@ pub fn decode(message: &[u8]) -> Result<Frontend<'_>, String> {
         ftag::COPY_FAIL => Frontend::CopyFail,
         ftag::TERMINATE => Frontend::Terminate,
         ftag::PASSWORD => Frontend::Password(b),
-        other => return Err(format!("invalid frontend message type {other}")),
+        other => return Err(DecodeError::UnknownType(other)),
     })
 }
 

@@ -10,9 +10,21 @@ pub mod encode;
 pub mod frame;
 pub mod frontend;
 pub mod sql;
+pub mod sqlstate;
 pub mod startup;
 
 pub use frame::{FrameError, FrameScanner, Scanned};
+
+/// A message whose frame is whole but whose body does not hold what its type requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The body of this message type is malformed.
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    /// A message type a client may not send (PostgreSQL's wording).
+    #[error("invalid frontend message type {0}")]
+    UnknownType(u8),
+}
 
 /// Message type bytes sent by clients (frontend). See "Message Formats" in the PostgreSQL docs.
 pub mod ftag {

@@ -1,10 +1,11 @@
 //! Logging in to a server as an endpoint's user.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::frontend;
 use tokio::io::AsyncReadExt;
 
-use super::{ServerConn, ServerError};
+use super::{ServerConn, ServerError, ServerProtocol};
 use crate::protocol::backend::{self, AuthRequest, Backend};
 use crate::protocol::{encode, Scanned};
 
@@ -16,7 +17,7 @@ impl ServerConn {
                 Ok(Some(Scanned::Message { len, .. })) => return Ok(self.io.rbuf.split_to(len)),
                 Ok(Some(Scanned::Through { .. })) => unreachable!("every message is inspected"),
                 Ok(None) => {}
-                Err(e) => return Err(ServerError::Protocol(e.to_string())),
+                Err(e) => return Err(ServerProtocol::from(e).into()),
             }
             self.io.rbuf.reserve(8192);
             if self.io.stream.read_buf(&mut self.io.rbuf).await? == 0 {
@@ -45,13 +46,13 @@ pub(super) async fn login(conn: &mut ServerConn) -> Result<(), ServerError> {
     let mut scram: Option<ScramSha256> = None;
     loop {
         let msg = conn.read_message().await?;
-        let decoded = backend::decode(&msg).map_err(|e| ServerError::Protocol(e.into()))?;
+        let decoded = backend::decode(&msg).map_err(ServerProtocol::from)?;
         out.clear();
         match decoded {
             Backend::Authentication(req) => match req {
                 AuthRequest::Ok => {}
                 AuthRequest::Cleartext => {
-                    password_message(&mut out, password()?.as_bytes());
+                    frontend::password_message(password()?.as_bytes(), &mut out)?;
                 }
                 AuthRequest::Md5 { salt } => {
                     let hash = postgres_protocol::authentication::md5_hash(
@@ -59,45 +60,39 @@ pub(super) async fn login(conn: &mut ServerConn) -> Result<(), ServerError> {
                         password()?.as_bytes(),
                         salt,
                     );
-                    password_message(&mut out, hash.as_bytes());
+                    frontend::password_message(hash.as_bytes(), &mut out)?;
                 }
                 AuthRequest::Sasl { mechanisms } => {
                     if !mechanisms.iter().any(|m| *m == SCRAM_SHA_256.as_bytes()) {
-                        return Err(ServerError::Protocol(
-                            "server offers no SCRAM-SHA-256".into(),
-                        ));
+                        return Err(ServerProtocol::Unexpected(
+                            "SASL mechanisms without SCRAM-SHA-256",
+                        )
+                        .into());
                     }
                     let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
-                    sasl_initial_response(&mut out, SCRAM_SHA_256, s.message());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)?;
                     scram = Some(s);
                 }
                 AuthRequest::SaslContinue(data) => {
                     let s = scram
                         .as_mut()
-                        .ok_or(ServerError::Protocol("unexpected SASL".into()))?;
-                    s.update(data)
-                        .map_err(|e| ServerError::Refused(e.to_string()))?;
-                    sasl_response(&mut out, s.message());
+                        .ok_or(ServerProtocol::Unexpected("SASL message"))?;
+                    s.update(data).map_err(ServerError::Scram)?;
+                    frontend::sasl_response(s.message(), &mut out)?;
                 }
                 AuthRequest::SaslFinal(data) => {
                     let s = scram
                         .as_mut()
-                        .ok_or(ServerError::Protocol("unexpected SASL".into()))?;
-                    s.finish(data)
-                        .map_err(|e| ServerError::Refused(e.to_string()))?;
+                        .ok_or(ServerProtocol::Unexpected("SASL message"))?;
+                    s.finish(data).map_err(ServerError::Scram)?;
                 }
-                AuthRequest::Other(n) => {
-                    return Err(ServerError::Protocol(format!(
-                        "unsupported auth method {n}"
-                    )))
-                }
+                AuthRequest::Other(n) => return Err(ServerProtocol::UnsupportedAuth(n).into()),
             },
             Backend::Error(fields) => {
-                return Err(ServerError::Refused(format!(
-                    "{} ({})",
-                    fields.message(),
-                    fields.code()
-                )))
+                return Err(ServerError::Refused {
+                    code: fields.code().to_string(),
+                    message: fields.message(),
+                })
             }
             Backend::ParameterStatus { name, value } => {
                 conn.set_param(&String::from_utf8_lossy(name), value);
@@ -105,39 +100,10 @@ pub(super) async fn login(conn: &mut ServerConn) -> Result<(), ServerError> {
             Backend::BackendKeyData { pid, secret } => conn.backend_key = (pid, secret),
             Backend::ReadyForQuery(_) => return Ok(()),
             Backend::Notice(_) => {}
-            _ => {
-                return Err(ServerError::Protocol(format!(
-                    "unexpected message {:?} at login",
-                    msg[0] as char
-                )))
-            }
+            _ => return Err(ServerProtocol::UnexpectedAtLogin(msg[0] as char).into()),
         }
         if !out.is_empty() {
             conn.write_all(&out).await?;
         }
     }
-}
-
-/// PasswordMessage: the password (or md5 hash) as a C string.
-fn password_message(buf: &mut BytesMut, password: &[u8]) {
-    buf.put_u8(b'p');
-    buf.put_i32((4 + password.len() + 1) as i32);
-    buf.put_slice(password);
-    buf.put_u8(0);
-}
-
-/// SASLResponse: raw mechanism data, no terminator.
-fn sasl_response(buf: &mut BytesMut, data: &[u8]) {
-    buf.put_u8(b'p');
-    buf.put_i32((4 + data.len()) as i32);
-    buf.put_slice(data);
-}
-
-fn sasl_initial_response(buf: &mut BytesMut, mechanism: &str, data: &[u8]) {
-    buf.put_u8(b'p');
-    buf.put_i32((4 + mechanism.len() + 1 + 4 + data.len()) as i32);
-    buf.put_slice(mechanism.as_bytes());
-    buf.put_u8(0);
-    buf.put_i32(data.len() as i32);
-    buf.put_slice(data);
 }

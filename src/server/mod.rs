@@ -18,8 +18,9 @@ use tokio::net::TcpStream;
 
 use crate::cancel::CancelKey;
 use crate::config::EndpointConfig;
+use crate::kinds::ConnectFailure;
 use crate::pool::Poolable;
-use crate::protocol::FrameScanner;
+use crate::protocol::{DecodeError, FrameError, FrameScanner};
 
 pub use health::Health;
 pub use params::{tracked_name, Params, TRACKED_PARAMS};
@@ -59,28 +60,52 @@ pub struct StateKey {
 pub enum ServerError {
     #[error("could not connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
-    #[error("timed out connecting to {0}")]
-    Timeout(String),
-    #[error("server refused login: {0}")]
-    Refused(String),
+    #[error("timed out connecting to {addr}")]
+    Timeout { addr: String },
+    /// The server answered the login with an ErrorResponse.
+    #[error("server refused login: {message} ({code})")]
+    Refused { code: String, message: String },
+    /// The SCRAM exchange with the server failed (wrong password, bad server proof).
+    #[error("SCRAM authentication with the server failed: {0}")]
+    Scram(io::Error),
     #[error("server login needs a password and the backend has none")]
     NoPassword,
     #[error("protocol error from server: {0}")]
-    Protocol(String),
+    Protocol(#[from] ServerProtocol),
     #[error("I/O error on server connection: {0}")]
     Io(#[from] io::Error),
 }
 
+/// What the server said that the proxy cannot follow.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerProtocol {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("unexpected {0}")]
+    Unexpected(&'static str),
+    #[error("unexpected message type {0:?} at login")]
+    UnexpectedAtLogin(char),
+    #[error("unsupported authentication method {0}")]
+    UnsupportedAuth(i32),
+    #[error("the LISTEN connection closed")]
+    ListenClosed,
+    #[error("LISTEN failed")]
+    ListenFailed,
+}
+
 impl ServerError {
-    /// Short label for logs and metrics.
-    pub fn kind(&self) -> &'static str {
+    /// The metric label (`pgtenant_server_connect_failures_total{kind}`).
+    pub fn kind(&self) -> ConnectFailure {
         match self {
-            ServerError::Connect { .. } => "connect",
-            ServerError::Timeout(_) => "timeout",
-            ServerError::Refused(_) => "refused",
-            ServerError::NoPassword => "no_password",
-            ServerError::Protocol(_) => "protocol",
-            ServerError::Io(_) => "io",
+            ServerError::Connect { .. } => ConnectFailure::Connect,
+            ServerError::Timeout { .. } => ConnectFailure::Timeout,
+            ServerError::Refused { code, .. } if code.starts_with("28") => ConnectFailure::Auth,
+            ServerError::Refused { .. } => ConnectFailure::Refused,
+            ServerError::Scram(_) | ServerError::NoPassword => ConnectFailure::Auth,
+            ServerError::Protocol(_) => ConnectFailure::Protocol,
+            ServerError::Io(_) => ConnectFailure::Io,
         }
     }
 }
@@ -235,7 +260,7 @@ impl ServerConn {
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(ServerError::Timeout(addr)),
+            Err(_) => Err(ServerError::Timeout { addr }),
         }
     }
 
@@ -390,7 +415,7 @@ impl ServerConn {
         let mut result = OwnQuery::default();
         loop {
             let msg = self.read_message().await?;
-            let decoded = backend::decode(&msg).map_err(|e| ServerError::Protocol(e.into()))?;
+            let decoded = backend::decode(&msg).map_err(ServerProtocol::from)?;
             match decoded {
                 Backend::ReadyForQuery(status) => {
                     result.status = Some(status);
@@ -410,7 +435,7 @@ impl ServerConn {
                 }
                 Backend::Other(crate::protocol::btag::DATA_ROW) => {
                     let row = backend::data_row(&msg)
-                        .map_err(|e| ServerError::Protocol(e.into()))?
+                        .map_err(ServerProtocol::from)?
                         .into_iter()
                         .map(|c| c.map(|v| String::from_utf8_lossy(v).into_owned()))
                         .collect();

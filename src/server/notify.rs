@@ -161,11 +161,11 @@ impl ListenHub {
         };
         let (done, result) = oneshot::channel();
         if task.send(Command::Run { sql, done }).is_err() {
-            return Err(ServerError::Protocol("the LISTEN connection closed".into()));
+            return Err(ServerError::Protocol(super::ServerProtocol::ListenClosed));
         }
-        result
-            .await
-            .unwrap_or_else(|_| Err(ServerError::Protocol("the LISTEN connection closed".into())))
+        result.await.unwrap_or(Err(ServerError::Protocol(
+            super::ServerProtocol::ListenClosed,
+        )))
     }
 
     /// Passes a notification to the clients listening on its channel.
@@ -236,7 +236,7 @@ async fn hub_task(
                         Ok(Backend::ReadyForQuery(_)) => {
                             if let Some(done) = pending.pop_front() {
                                 let result = if failed {
-                                    Err(ServerError::Protocol("LISTEN failed".into()))
+                                    Err(ServerError::Protocol(super::ServerProtocol::ListenFailed))
                                 } else {
                                     Ok(())
                                 };
@@ -262,7 +262,7 @@ fn close(
     hub.lock().task = None;
     for done in pending {
         let _ = done.send(Err(ServerError::Protocol(
-            "the LISTEN connection closed".into(),
+            super::ServerProtocol::ListenClosed,
         )));
     }
     tracing::info!("LISTEN connection closed");

@@ -6,6 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::protocol::encode::ErrorInfo;
+use crate::protocol::sqlstate;
 use crate::protocol::startup::parse_options;
 use crate::server::{Params, SettingNames, StateKey};
 use crate::tenant::registry::settings_sql;
@@ -32,14 +33,16 @@ pub fn read_startup(params: Vec<(String, String)>) -> Result<StartupInfo, ErrorI
             "user" => info.user = value,
             "database" => database = Some(value),
             "options" => {
-                for (n, v) in parse_options(&value).map_err(|e| ErrorInfo::fatal("08P01", e))? {
+                for (n, v) in parse_options(&value)
+                    .map_err(|e| ErrorInfo::fatal(sqlstate::PROTOCOL_VIOLATION, e))?
+                {
                     add_setting(&mut info, n, v)?;
                 }
             }
             "replication" => {
                 if !matches!(value.as_str(), "false" | "off" | "no" | "0") {
                     return Err(ErrorInfo::fatal(
-                        "08P01",
+                        sqlstate::PROTOCOL_VIOLATION,
                         "replication connections are not supported by pgtenant",
                     ));
                 }
@@ -51,7 +54,7 @@ pub fn read_startup(params: Vec<(String, String)>) -> Result<StartupInfo, ErrorI
     }
     if info.user.is_empty() {
         return Err(ErrorInfo::fatal(
-            "28000",
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             "no PostgreSQL user name specified in startup packet",
         ));
     }
@@ -68,7 +71,7 @@ fn add_setting(info: &mut StartupInfo, name: String, value: String) -> Result<()
     }
     if !crate::config::is_setting_name(&name) {
         return Err(ErrorInfo::fatal(
-            "42602",
+            sqlstate::INVALID_NAME,
             format!("invalid setting name \"{name}\""),
         ));
     }

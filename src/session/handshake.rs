@@ -5,6 +5,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::Shared;
 use crate::protocol::encode::ErrorInfo;
+use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, StartupRequest};
 use crate::transport::stream::{ClientStream, StreamError};
 
@@ -26,7 +27,10 @@ pub enum HandshakeError {
 impl HandshakeError {
     pub fn to_client(&self) -> Option<ErrorInfo> {
         match self {
-            HandshakeError::Startup(e) => Some(ErrorInfo::fatal("08P01", e.to_string())),
+            HandshakeError::Startup(e) => Some(ErrorInfo::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                e.to_string(),
+            )),
             HandshakeError::Stream(_) => None,
         }
     }

@@ -10,6 +10,7 @@ use super::client::{self, ClientCtx};
 use crate::config::ProxyConfig;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
+use crate::protocol::sqlstate;
 use crate::transport::stream::ClientStream;
 
 /// A plain `SET` the client repeats in the state it left last time (apps that set their
@@ -99,7 +100,7 @@ pub(super) async fn answer_listen<S: AsyncRead + AsyncWrite + Unpin>(
                         ctx.listening = None;
                     }
                     let info = ErrorInfo::error(
-                        "08006",
+                        sqlstate::CONNECTION_FAILURE,
                         format!(
                             "could not listen: the LISTEN connection to backend \"{}\" failed",
                             endpoint.config.backend

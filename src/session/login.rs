@@ -14,6 +14,7 @@ use super::{checkout, Shared};
 use crate::config::ProxyConfig;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
+use crate::protocol::sqlstate;
 use crate::server::Params;
 use crate::tenant::{identify, IdentifyError, LoginFailure, TenantRuntime};
 use crate::transport::stream::ClientStream;
@@ -90,7 +91,10 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     };
     client.reserve_write();
     if !admitted {
-        let info = ErrorInfo::fatal("53300", "sorry, too many clients already");
+        let info = ErrorInfo::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        );
         return Err(LoginError::anonymous(F::TooManyClients, info));
     }
     let info = client::read_startup(params).map_err(|i| LoginError::anonymous(F::Protocol, i))?;
@@ -140,7 +144,10 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             "user \"{}\" may not use tenant \"{tenant_name}\"",
             identity.user
         );
-        return Err(fail(F::TenantForbidden, ErrorInfo::fatal("28000", message)));
+        return Err(fail(
+            F::TenantForbidden,
+            ErrorInfo::fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, message),
+        ));
     }
     // `identify` found the tenant in this same generation's config.
     let tenant = generation.registry.tenants[&tenant_name].clone();
@@ -182,7 +189,7 @@ fn admin_login(config: &crate::config::Config, user: &str) -> Result<Option<Logg
         return Ok(Some(LoggedIn::Admin(user.to_string())));
     }
     Err(ErrorInfo::fatal(
-        "42501",
+        sqlstate::INSUFFICIENT_PRIVILEGE,
         format!("permission denied: user \"{user}\" may not use the admin console"),
     )
     .with_hint("list the user in admin_users to allow it"))
@@ -198,7 +205,7 @@ fn admit_to_tenant(tenant: &TenantRuntime) -> Result<(), ErrorInfo> {
     {
         clients.fetch_sub(1, Ordering::Relaxed);
         return Err(ErrorInfo::fatal(
-            "53300",
+            sqlstate::TOO_MANY_CONNECTIONS,
             format!(
                 "sorry, too many clients already for tenant \"{}\"",
                 tenant.name
@@ -242,7 +249,7 @@ async fn finish_login<S: AsyncRead + AsyncWrite + Unpin>(
     client
         .flush()
         .await
-        .map_err(|_| ErrorInfo::fatal("08006", "client went away"))?;
+        .map_err(|_| ErrorInfo::fatal(sqlstate::CONNECTION_FAILURE, "client went away"))?;
     Ok(ClientCtx::new(user, tenant, info, params, key))
 }
 

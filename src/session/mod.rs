@@ -21,8 +21,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::{PoolMode, ProxyConfig};
+use crate::kinds::{Kind, SessionErrorKind};
 use crate::pool::{Lease, Pooled};
 use crate::protocol::encode::ErrorInfo;
+use crate::protocol::sqlstate;
 use crate::server::{ServerConn, ServerError};
 use crate::shared::{ClientEntry, ClientState, Generation, StopReason};
 use crate::tenant::{LoginFailure, TenantRuntime, TenantStats};
@@ -94,7 +96,7 @@ async fn log_in<S: ClientIo>(
         Ok(Err(e)) => e,
         Err(_) => LoginError::anonymous(
             LoginFailure::Timeout,
-            ErrorInfo::fatal("08006", "timeout expired during login"),
+            ErrorInfo::fatal(sqlstate::CONNECTION_FAILURE, "timeout expired during login"),
         ),
     };
     e.record(shared);
@@ -154,6 +156,7 @@ async fn live<S: ClientIo>(s: &mut Session<S>, shared: &Arc<Shared>) -> bool {
     }
     unregister(&mut s.ctx, shared);
     if let Err(e) = result {
+        shared.session_errors.record(e.kind());
         // Boxed: the error and its message would otherwise take room in every session.
         Box::pin(report_end(&mut s.client, &s.ctx, e)).await;
     }
@@ -276,7 +279,7 @@ async fn checkout_timed(
             tracing::warn!(tenant = %tenant.name, backend = %endpoint.config.backend,
                 "timed out waiting for a server connection");
             ErrorInfo::fatal(
-                "53300",
+                sqlstate::TOO_MANY_CONNECTIONS,
                 "timed out waiting for a server connection (query_wait_timeout)",
             )
         })?;
@@ -300,6 +303,7 @@ async fn checkout_timed(
                 }
                 Err(e) => {
                     endpoint.health.failed(&endpoint.config);
+                    endpoint.connect_failures.record(e.kind());
                     Err(unreachable_backend(&endpoint.config.backend, &e))
                 }
             }
@@ -308,13 +312,13 @@ async fn checkout_timed(
 }
 
 fn unreachable_backend(backend: &str, e: &ServerError) -> ErrorInfo {
-    tracing::warn!(backend, kind = e.kind(), error = %e, "server connection failed");
+    tracing::warn!(backend, kind = e.kind().label(), error = %e, "server connection failed");
     backend_down(backend)
 }
 
 fn backend_down(backend: &str) -> ErrorInfo {
     ErrorInfo::fatal(
-        "08006",
+        sqlstate::CONNECTION_FAILURE,
         format!("could not connect to backend \"{backend}\""),
     )
 }
@@ -323,9 +327,13 @@ fn backend_down(backend: &str) -> ErrorInfo {
 enum SessionError {
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// No server connection (the wait timed out, the backend is down or refused). Boxed,
+    /// as errors are in `LinkError`: a session's future makes room for its error.
     #[error("{}", .0.message)]
-    /// Boxed, as errors are in `LinkError`: a session's future makes room for its error.
-    Refused(Box<ErrorInfo>),
+    NoServer(Box<ErrorInfo>),
+    /// A reload no longer lets the client's user use its tenant.
+    #[error("{}", .0.message)]
+    Forbidden(Box<ErrorInfo>),
     #[error("shutting down")]
     Shutdown,
     /// `KILL tenant`. While linked the stream may be mid-message: nothing more is sent.
@@ -337,18 +345,32 @@ enum SessionError {
 }
 
 impl SessionError {
+    /// The metric label (`pgtenant_session_errors_total{kind}`).
+    fn kind(&self) -> SessionErrorKind {
+        match self {
+            SessionError::Link(e) => e.kind(),
+            SessionError::NoServer(_) => SessionErrorKind::NoServer,
+            SessionError::Forbidden(_) => SessionErrorKind::Forbidden,
+            SessionError::Shutdown => SessionErrorKind::Shutdown,
+            SessionError::Killed { .. } => SessionErrorKind::Killed,
+            SessionError::Removed(_) => SessionErrorKind::Removed,
+        }
+    }
+
     fn to_client(&self) -> Option<ErrorInfo> {
         match self {
             SessionError::Link(e) => e.to_client(),
-            SessionError::Refused(e) => Some((**e).clone()),
+            SessionError::NoServer(e) | SessionError::Forbidden(e) => Some((**e).clone()),
             SessionError::Shutdown | SessionError::Killed { linked: false } => {
                 Some(ErrorInfo::fatal(
-                    "57P01",
+                    sqlstate::ADMIN_SHUTDOWN,
                     "terminating connection due to administrator command",
                 ))
             }
             SessionError::Killed { linked: true } => None,
-            SessionError::Removed(_) => Some(ErrorInfo::fatal("57P01", self.to_string())),
+            SessionError::Removed(_) => {
+                Some(ErrorInfo::fatal(sqlstate::ADMIN_SHUTDOWN, self.to_string()))
+            }
         }
     }
 }
@@ -513,7 +535,7 @@ async fn timed_checkout(
     entry.set_state(ClientState::Waiting);
     let (conn, waited) = checkout_timed(proxy, &ctx.tenant, Some(&ctx.wanted_state()))
         .await
-        .map_err(|e| SessionError::Refused(Box::new(e)))?;
+        .map_err(|e| SessionError::NoServer(Box::new(e)))?;
     ctx.tenant.stats.checkout_wait.observe(waited);
     entry.set_state(ClientState::Active);
     Ok(conn)
@@ -599,8 +621,9 @@ fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionEr
         .is_some_and(|u| u.tenants.allows(name));
     if !allowed {
         let message = format!("user \"{}\" may no longer use tenant \"{name}\"", ctx.user);
-        return Err(SessionError::Refused(Box::new(ErrorInfo::fatal(
-            "28000", message,
+        return Err(SessionError::Forbidden(Box::new(ErrorInfo::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            message,
         ))));
     }
     if !Arc::ptr_eq(tenant, &ctx.tenant) {

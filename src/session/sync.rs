@@ -44,7 +44,7 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
     let full = mode == SearchPathSync::Always || held.map(|h| &h.key) != Some(&want);
     // The usual checkout: the state is known to be the client's, and so are the reported
     // parameters.
-    if !full && ctx.params.same_tracked(&conn.params()) {
+    if !full && ctx.params.same_tracked(conn.params()) {
         return None;
     }
     // `tracked`, and the connection holds another known state: reset only what that state
@@ -116,7 +116,11 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
                 .load(std::sync::atomic::Ordering::Relaxed));
     Some(Prelude {
         sql,
-        state: if full { Some(want) } else { conn.state().key().cloned() },
+        state: if full {
+            Some(want)
+        } else {
+            conn.state().key().cloned()
+        },
         unverified,
     })
 }
@@ -135,7 +139,7 @@ pub enum Reply {
 }
 
 /// Consumes one reply to the prelude (all are swallowed; parameter changes are recorded).
-pub fn on_reply(conn: &mut ServerConn, msg: &[u8]) -> Result<Reply, &'static str> {
+pub fn on_reply(conn: &mut ServerConn, msg: &[u8]) -> Result<Reply, crate::protocol::DecodeError> {
     Ok(match backend::decode(msg)? {
         Backend::ParameterStatus { name, value } => {
             let name = String::from_utf8_lossy(name);

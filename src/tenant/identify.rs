@@ -5,6 +5,7 @@
 
 use crate::config::{Config, TenantSource};
 use crate::protocol::encode::ErrorInfo;
+use crate::protocol::sqlstate;
 
 /// Who the client is, once its startup names are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +27,14 @@ pub enum IdentifyError {
 impl IdentifyError {
     pub fn to_client(&self) -> ErrorInfo {
         match self {
-            IdentifyError::Unknown(_) => ErrorInfo::fatal("3D000", self.to_string()),
-            IdentifyError::NoneNamed => {
-                ErrorInfo::fatal("28000", "no tenant named for this connection").with_hint(
-                    "name one with options='-c tenant=NAME', user=USER.NAME or dbname=NAME",
-                )
+            IdentifyError::Unknown(_) => {
+                ErrorInfo::fatal(sqlstate::INVALID_CATALOG_NAME, self.to_string())
             }
+            IdentifyError::NoneNamed => ErrorInfo::fatal(
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                "no tenant named for this connection",
+            )
+            .with_hint("name one with options='-c tenant=NAME', user=USER.NAME or dbname=NAME"),
         }
     }
 }

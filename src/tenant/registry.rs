@@ -16,6 +16,7 @@ use postgres_protocol::escape::{escape_identifier, escape_literal};
 
 use super::stats::{TenantControl, TenantStats};
 use crate::config::{Config, EndpointConfig, TenantConfig};
+use crate::kinds::{ConnectFailure, KindCounts};
 use crate::pool::{Pool, TenantId};
 use crate::server::{Params, ServerConn};
 
@@ -30,6 +31,8 @@ pub struct Endpoint {
     pub health: crate::server::Health,
     /// The endpoint's LISTEN connection, shared by its listening clients.
     pub listen: Arc<crate::server::notify::ListenHub>,
+    /// The registry's failure counts (shared by all endpoints).
+    pub connect_failures: Arc<KindCounts<ConnectFailure>>,
 }
 
 /// One tenant as the sessions use it.
@@ -57,6 +60,8 @@ pub struct TenantRuntime {
 pub struct Registry {
     pub tenants: HashMap<String, Arc<TenantRuntime>>,
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Failed server connection attempts by kind, over every endpoint (and every reload).
+    pub connect_failures: Arc<KindCounts<ConnectFailure>>,
 }
 
 static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(1);
@@ -74,6 +79,7 @@ impl Registry {
 
     fn build_from(config: &Config, old: Option<&Registry>) -> Registry {
         let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
+        let connect_failures = old.map(|o| o.connect_failures.clone()).unwrap_or_default();
         let mut tenants = HashMap::new();
         for (name, tenant) in &config.tenants {
             let ep = config.endpoint_for(tenant);
@@ -89,6 +95,7 @@ impl Registry {
                             params: tokio::sync::OnceCell::new(),
                             health: crate::server::Health::default(),
                             listen: Default::default(),
+                            connect_failures: connect_failures.clone(),
                         }),
                     };
                     endpoints.push(e.clone());
@@ -106,7 +113,11 @@ impl Registry {
             };
             tenants.insert(name.clone(), runtime);
         }
-        Registry { tenants, endpoints }
+        Registry {
+            tenants,
+            endpoints,
+            connect_failures,
+        }
     }
 }
 

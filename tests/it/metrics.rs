@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support::ops::{num, row_where, rows, sample, OpsProxy};
-use crate::support::{simple_value, Naming, ProxyOptions};
+use crate::support::{connect_watched, simple_value, Naming, ProxyOptions};
 
 /// A client and its prepared statement, kept alive until the numbers are read (dropping
 /// a statement sends a Close + Sync: one more transaction).
@@ -199,4 +199,87 @@ async fn the_responder_answers_only_metrics() {
         proxy.handle.metrics_text().lines().next(),
         body.lines().next()
     );
+}
+
+/// Error kinds as labels: a session cut by `idle_transaction_timeout`, one that waited out
+/// `query_wait_timeout`, and logins to a backend that refuses connections are counted under
+/// their kinds (every kind is listed, zeros too).
+#[tokio::test]
+async fn session_errors_and_connect_failures_are_counted_by_kind() {
+    // A port nothing listens on: bound, then released.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!(
+        "[backends.dead]\nhost = \"127.0.0.1\"\nport = {dead_port}\ndatabase = \"app\"\n\
+         user = \"app\"\npassword = \"app\"\n\n\
+         [tenants.gone]\nbackend = \"dead\"\nsearch_path = [\"t1\"]\n"
+    );
+    let proxy = OpsProxy::start(
+        ProxyOptions::default()
+            .pool_size(1)
+            .timeout("idle_transaction_timeout", "2s")
+            .timeout("query_wait_timeout", "300ms")
+            .extra(&extra),
+    );
+    let before = proxy.scrape().await;
+    for kind in [
+        "idle_in_transaction",
+        "no_server",
+        "killed",
+        "client_protocol",
+    ] {
+        let series = format!("pgtenant_session_errors_total{{kind=\"{kind}\"}}");
+        assert_eq!(sample(&before, &series), Some(0.0), "{series} in\n{before}");
+    }
+
+    // t1's only server connection held in a transaction: t2's query waits it out (53300),
+    // then the holder is cut by idle_transaction_timeout (25P03).
+    let holder = connect_watched(&proxy.connect_str("app", Naming::Options, "t1"))
+        .await
+        .unwrap();
+    holder.simple_query("BEGIN").await.unwrap();
+    let waiter = connect_watched(&proxy.connect_str("app", Naming::Options, "t2"))
+        .await
+        .unwrap();
+    let err = waiter.simple_query("select 1").await.unwrap_err();
+    let e = waiter.closing_error(&err).await;
+    assert_eq!(e.code().code(), "53300", "{e:?}");
+    // Past the idle timeout: the proxy has ended the holder's session.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let err = holder.simple_query("select 1").await.unwrap_err();
+    let e = holder.closing_error(&err).await;
+    assert_eq!(e.code().code(), "25P03", "{e:?}");
+
+    // The dead backend: each login gets 08006.
+    for _ in 0..2 {
+        let e = proxy
+            .connect("app", Naming::Options, "gone")
+            .await
+            .expect_err("the backend is down");
+        assert_eq!(e.code(), Some("08006"), "{e:?}");
+    }
+
+    let text = proxy.scrape().await;
+    let value =
+        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"));
+    assert_eq!(
+        value("pgtenant_session_errors_total{kind=\"idle_in_transaction\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("pgtenant_session_errors_total{kind=\"no_server\"}"),
+        1.0
+    );
+    assert_eq!(value("pgtenant_session_errors_total{kind=\"killed\"}"), 0.0);
+    // The first login fails to connect; the second is refused at once (the backend is
+    // marked down only after two failures) or fails to connect again: connect failures
+    // only.
+    assert!(value("pgtenant_server_connect_failures_total{kind=\"connect\"}") >= 1.0);
+    for kind in ["timeout", "auth", "refused", "protocol", "io"] {
+        let series = format!("pgtenant_server_connect_failures_total{{kind=\"{kind}\"}}");
+        assert_eq!(value(&series), 0.0, "{series}");
+    }
 }

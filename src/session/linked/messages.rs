@@ -11,6 +11,7 @@ use crate::protocol::encode;
 use crate::protocol::frontend::{self, Frontend};
 use crate::protocol::ftag;
 use crate::protocol::sql::{self as sqlscan, Effects, Resets};
+use crate::protocol::sqlstate;
 use crate::server::ServerConn;
 use crate::session::client::ClientCtx;
 use crate::session::expect::{Entry, Kind, StmtRef, Synth};
@@ -25,7 +26,7 @@ pub(super) fn on_client_message(
     link: &mut Link,
     out: &mut Outgoing<'_>,
 ) -> Result<(), LinkError> {
-    let decoded = frontend::decode(msg).map_err(client_protocol)?;
+    let decoded = frontend::decode(msg).map_err(|e| client_protocol(e.to_string()))?;
     ctx.tenant.stats.on_client_message(&decoded);
     link.messages += 1;
     if link.messages > 1 {
@@ -333,7 +334,7 @@ pub(super) fn on_forwarded(
     ctx: &mut ClientCtx,
     conn: &mut ServerConn,
     link: &mut Link,
-) -> Result<(), &'static str> {
+) -> Result<(), crate::protocol::DecodeError> {
     match backend::decode(msg)? {
         Backend::ReadyForQuery(status) => {
             ctx.tenant.stats.on_ready_for_query(status);
@@ -356,7 +357,7 @@ pub(super) fn on_forwarded(
         Backend::Error(fields) => {
             forget_state(conn, link);
             link.unit_error = true;
-            if fields.code() == "0A000"
+            if fields.code() == sqlstate::FEATURE_NOT_SUPPORTED
                 && fields
                     .get(b'M')
                     .is_some_and(|m| m.starts_with(b"cached plan must not change result type"))
@@ -373,7 +374,10 @@ pub(super) fn on_forwarded(
         }
         Backend::ParameterStatus { name, value } => {
             let name = String::from_utf8_lossy(name).into_owned();
-            let reported = conn.state().held().and_then(|h| h.reported_search_path.as_deref());
+            let reported = conn
+                .state()
+                .held()
+                .and_then(|h| h.reported_search_path.as_deref());
             if name == "search_path" && reported != Some(value) {
                 // PostgreSQL 18 reports every change, even from a function: read it back.
                 forget_state(conn, link);

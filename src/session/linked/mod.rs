@@ -18,12 +18,14 @@ use settle::{resolve_fixup, settle};
 use super::client::ClientCtx;
 use super::expect::{Entry, Expect, Step, Synth};
 use super::sync::{self, Prelude, Reply};
+use crate::config::PoolMode;
+use crate::kinds::SessionErrorKind;
 use crate::protocol::backend::{self, Backend, TxStatus};
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::frontend::is_known_tag;
 use crate::protocol::sql::Resets;
+use crate::protocol::sqlstate;
 use crate::protocol::{btag, ftag, Scanned};
-use crate::config::PoolMode;
 use crate::server::ServerConn;
 use crate::transport::stream::ClientStream;
 
@@ -123,15 +125,25 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    pub fn kind(&self) -> SessionErrorKind {
+        match self {
+            LinkError::ServerLost { .. } => SessionErrorKind::ServerLost,
+            LinkError::StateFailed => SessionErrorKind::StateFailed,
+            LinkError::ClientProtocol(_) => SessionErrorKind::ClientProtocol,
+            LinkError::ServerProtocol(_) => SessionErrorKind::ServerProtocol,
+            LinkError::IdleInTransaction => SessionErrorKind::IdleInTransaction,
+        }
+    }
+
     pub fn to_client(&self) -> Option<ErrorInfo> {
         match self {
             LinkError::ServerLost { told: true } | LinkError::StateFailed => None,
-            LinkError::ServerLost { told: false } | LinkError::ServerProtocol(_) => {
-                Some(ErrorInfo::fatal("08006", "server connection lost"))
-            }
+            LinkError::ServerLost { told: false } | LinkError::ServerProtocol(_) => Some(
+                ErrorInfo::fatal(sqlstate::CONNECTION_FAILURE, "server connection lost"),
+            ),
             LinkError::ClientProtocol(e) => Some((**e).clone()),
             LinkError::IdleInTransaction => Some(ErrorInfo::fatal(
-                "25P03",
+                sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
                 "terminating connection due to idle-in-transaction timeout",
             )),
         }
@@ -139,7 +151,10 @@ impl LinkError {
 }
 
 fn client_protocol(message: impl Into<String>) -> LinkError {
-    LinkError::ClientProtocol(Box::new(ErrorInfo::fatal("08P01", message)))
+    LinkError::ClientProtocol(Box::new(ErrorInfo::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        message,
+    )))
 }
 
 impl Link {
@@ -244,9 +259,6 @@ fn forget_state(conn: &mut ServerConn, link: &mut Link) {
     conn.forget_state();
     link.pending_state = None;
 }
-
-/// SQLSTATE of a statement canceled by `statement_timeout`.
-const QUERY_CANCELED: &str = "57014";
 
 /// How much a client may send ahead while its link holds further messages back.
 const HOLD_READ_LIMIT: usize = 1 << 20;
@@ -358,7 +370,7 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     let mut failed = false;
     loop {
         let msg = conn.read_message().await.map_err(lost)?;
-        match sync::on_reply(conn, &msg).map_err(|e| LinkError::ServerProtocol(e.into()))? {
+        match sync::on_reply(conn, &msg).map_err(|e| LinkError::ServerProtocol(e.to_string()))? {
             Reply::More => {}
             Reply::Failed => {
                 failed = true;

@@ -5,7 +5,7 @@
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{forget_state, Link, LinkError, QUERY_CANCELED};
+use super::{forget_state, Link, LinkError};
 use crate::protocol::backend::TxStatus;
 use crate::protocol::sql as sqlscan;
 use crate::server::ServerConn;
@@ -92,7 +92,7 @@ pub(super) async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
         sql.push_str(vsession::CENSUS_SQL);
     }
     let mut result = own_query(client, conn, &sql).await?;
-    if result.error.as_deref() == Some(QUERY_CANCELED) {
+    if result.error.as_deref() == Some(crate::protocol::sqlstate::QUERY_CANCELED) {
         // The client's own statement_timeout is shorter than the query: read it first,
         // then run the query without it (its value then comes from the first row).
         let retry = format!(
