@@ -207,26 +207,26 @@ pub fn frontend_decode(data: &[u8]) {
     let _ = pgtenant::protocol::sql::effects(body);
     let _ = frontend::sasl_initial_response(body);
     let _ = prepared::classify_sql(body);
-    if let Some((name, sql, types)) = prepared::split_parse(&msg) {
+    if let Some((name, sql, types)) = frontend::split_parse(&msg) {
         assert!(name.len() + sql.len() + types.len() + 2 <= body.len());
         let stmt = prepared::server_stmt(7, sql, types);
         assert_eq!(
-            prepared::split_parse(&stmt.parse),
+            frontend::split_parse(&stmt.parse),
             Some((&stmt.server_name[..], sql, types))
         );
     }
-    if let Some((portal, _, _)) = prepared::split_bind(&msg) {
+    if let Some((portal, _, _)) = frontend::split_bind(&msg) {
         let mut out = BytesMut::new();
-        prepared::put_bind_renamed(&mut out, &msg, b"pgtenant_s1").expect("a Bind that splits");
+        encode::bind_renamed(&mut out, &msg, b"pgtenant_s1").expect("a Bind that splits");
         let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
         assert_eq!(len + 1, out.len(), "renamed Bind is framed");
-        let (p, s, _) = prepared::split_bind(&out).expect("renamed Bind splits");
+        let (p, s, _) = frontend::split_bind(&out).expect("renamed Bind splits");
         assert_eq!((p, s), (portal, &b"pgtenant_s1"[..]));
     }
-    if let Some((which, name)) = prepared::split_target(&msg) {
+    if let Some((which, name)) = frontend::split_target(&msg) {
         let mut out = BytesMut::new();
-        prepared::put_target(&mut out, tag, which, name);
-        assert_eq!(prepared::split_target(&out), Some((which, name)));
+        encode::describe_or_close(&mut out, tag, which, name);
+        assert_eq!(frontend::split_target(&out), Some((which, name)));
     }
 }
 

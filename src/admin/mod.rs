@@ -63,9 +63,9 @@ impl Reply {
             Reply::Table(t) => t.encode(buf),
             Reply::Done { tag, notices } => {
                 for (severity, message) in notices {
-                    table::notice(buf, severity, message);
+                    encode::notice(buf, severity, message);
                 }
-                table::command_complete(buf, tag);
+                encode::command_complete(buf, tag);
             }
         }
     }
@@ -170,7 +170,7 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
 async fn run_query(out: &mut BytesMut, shared: &Shared, user: &str, sql: &str) {
     let statements = command::split(sql);
     if statements.is_empty() {
-        table::empty_query(out);
+        encode::empty_query(out);
     }
     for stmt in statements {
         let result = match command::parse(stmt) {

@@ -1,12 +1,12 @@
-//! Results as PostgreSQL sends them: RowDescription, DataRow (text format) and
-//! CommandComplete, so psql prints tables and drivers' `simple_query` returns rows; plus
-//! NoticeResponse and EmptyQueryResponse.
+//! Console results as tables of typed cells, sent as PostgreSQL sends them (RowDescription,
+//! DataRow in text format, CommandComplete: encoded in [`crate::protocol::encode`]), so psql
+//! prints tables and drivers' `simple_query` returns rows.
 //!
 //! Reference: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
-use crate::protocol::btag;
+use crate::protocol::encode;
 
 /// Column types (OIDs from `pg_type`), so clients align and parse values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,69 +112,35 @@ impl Table {
 
     /// RowDescription, a DataRow per row, CommandComplete `SHOW`.
     pub fn encode(&self, buf: &mut BytesMut) {
-        let at = begin(buf, btag::ROW_DESCRIPTION);
-        buf.put_i16(self.columns.len() as i16);
-        for (name, ty) in &self.columns {
-            put_cstr(buf, name.as_bytes());
-            buf.put_i32(0); // table OID
-            buf.put_i16(0); // column number
-            buf.put_i32(ty.oid());
-            buf.put_i16(ty.len());
-            buf.put_i32(-1); // type modifier
-            buf.put_i16(0); // text format
-        }
-        finish(buf, at);
+        let columns: Vec<encode::Column<'_>> = self
+            .columns
+            .iter()
+            .map(|(name, ty)| encode::Column {
+                name,
+                type_oid: ty.oid(),
+                type_len: ty.len(),
+            })
+            .collect();
+        encode::row_description(buf, &columns);
         for row in &self.rows {
-            let at = begin(buf, btag::DATA_ROW);
-            buf.put_i16(row.len() as i16);
-            for cell in row {
-                let text = match cell {
-                    Cell::Text(s) => s.clone(),
-                    Cell::Int(n) => n.to_string(),
-                    Cell::Bool(b) => if *b { "t" } else { "f" }.to_string(),
-                    Cell::Null => {
-                        buf.put_i32(-1);
-                        continue;
-                    }
-                };
-                buf.put_i32(text.len() as i32);
-                buf.put_slice(text.as_bytes());
-            }
-            finish(buf, at);
+            let texts: Vec<Option<String>> = row.iter().map(Cell::text).collect();
+            encode::data_row(buf, texts.iter().map(|t| t.as_deref().map(str::as_bytes)));
         }
-        command_complete(buf, "SHOW");
+        encode::command_complete(buf, "SHOW");
     }
 }
 
-pub fn command_complete(buf: &mut BytesMut, tag: &str) {
-    let at = begin(buf, btag::COMMAND_COMPLETE);
-    put_cstr(buf, tag.as_bytes());
-    finish(buf, at);
-}
-
-pub fn empty_query(buf: &mut BytesMut) {
-    let at = begin(buf, btag::EMPTY_QUERY_RESPONSE);
-    finish(buf, at);
-}
-
-/// A NoticeResponse of severity `severity` (`NOTICE`, `WARNING`).
-pub fn notice(buf: &mut BytesMut, severity: &str, message: &str) {
-    let at = begin(buf, btag::NOTICE_RESPONSE);
-    for (field, value) in [
-        (b'S', severity),
-        (b'V', severity),
-        (b'C', sqlstate::SUCCESSFUL_COMPLETION),
-        (b'M', message),
-    ] {
-        buf.put_u8(field);
-        put_cstr(buf, value.as_bytes());
+impl Cell {
+    /// The value in text format (`None`: NULL).
+    fn text(&self) -> Option<String> {
+        match self {
+            Cell::Text(s) => Some(s.clone()),
+            Cell::Int(n) => Some(n.to_string()),
+            Cell::Bool(b) => Some(if *b { "t" } else { "f" }.to_string()),
+            Cell::Null => None,
+        }
     }
-    buf.put_u8(0);
-    finish(buf, at);
 }
-
-use crate::protocol::encode::{begin, finish, put_cstr};
-use crate::protocol::sqlstate;
 
 #[cfg(test)]
 mod tests {

@@ -165,6 +165,66 @@ pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     finish(buf, at);
 }
 
+/// One column of a RowDescription: its name, type OID and length (text format).
+pub struct Column<'a> {
+    pub name: &'a str,
+    pub type_oid: i32,
+    pub type_len: i16,
+}
+
+/// RowDescription (text format, no table).
+pub fn row_description(buf: &mut BytesMut, columns: &[Column<'_>]) {
+    let at = begin(buf, super::btag::ROW_DESCRIPTION);
+    buf.put_i16(columns.len() as i16);
+    for c in columns {
+        put_cstr(buf, c.name.as_bytes());
+        buf.put_i32(0); // table OID
+        buf.put_i16(0); // column number
+        buf.put_i32(c.type_oid);
+        buf.put_i16(c.type_len);
+        buf.put_i32(-1); // type modifier
+        buf.put_i16(0); // text format
+    }
+    finish(buf, at);
+}
+
+/// DataRow: each value in text format, `None` for NULL.
+pub fn data_row<'a>(buf: &mut BytesMut, values: impl ExactSizeIterator<Item = Option<&'a [u8]>>) {
+    let at = begin(buf, super::btag::DATA_ROW);
+    buf.put_i16(values.len() as i16);
+    for value in values {
+        match value {
+            Some(v) => {
+                buf.put_i32(v.len() as i32);
+                buf.put_slice(v);
+            }
+            None => buf.put_i32(-1),
+        }
+    }
+    finish(buf, at);
+}
+
+pub fn empty_query(buf: &mut BytesMut) {
+    let at = begin(buf, super::btag::EMPTY_QUERY_RESPONSE);
+    finish(buf, at);
+}
+
+/// A NoticeResponse of severity `severity` (`NOTICE`, `WARNING`).
+pub fn notice(buf: &mut BytesMut, severity: &str, message: &str) {
+    let at = begin(buf, super::btag::NOTICE_RESPONSE);
+    for (field, value) in [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', super::sqlstate::SUCCESSFUL_COMPLETION),
+        (b'M', message),
+    ] {
+        buf.put_u8(field);
+        put_cstr(buf, value.as_bytes());
+    }
+    buf.put_u8(0);
+    finish(buf, at);
+}
+
 /// A simple-protocol Query (server-bound).
 pub fn query(buf: &mut BytesMut, sql: &str) {
     let at = begin(buf, super::ftag::QUERY);
@@ -184,6 +244,31 @@ pub fn parse(buf: &mut BytesMut, name: &[u8], sql: &[u8], types: &[u8]) {
 
 /// Terminate (server-bound).
 /// A whole Terminate message, for a best-effort write where no buffer is at hand (a
+/// Appends `msg` (a Bind) to `out` with its statement name replaced.
+pub fn bind_renamed(out: &mut BytesMut, msg: &[u8], server_name: &[u8]) -> Option<()> {
+    let (portal, _, tail_at) = super::frontend::split_bind(msg)?;
+    let at = begin(out, super::ftag::BIND);
+    put_cstr(out, portal);
+    put_cstr(out, server_name);
+    out.put_slice(&msg[tail_at..]);
+    finish(out, at);
+    Some(())
+}
+
+/// Appends a Describe/Close message of type `tag` for statement `name`.
+pub fn describe_or_close(out: &mut BytesMut, tag: u8, which: u8, name: &[u8]) {
+    let at = begin(out, tag);
+    out.put_u8(which);
+    put_cstr(out, name);
+    finish(out, at);
+}
+
+/// A message with no body (ParseComplete, BindComplete, CloseComplete, NoData, ...).
+pub fn bodiless(out: &mut BytesMut, tag: u8) {
+    let at = begin(out, tag);
+    finish(out, at);
+}
+
 /// connection being dropped). Equal to what [`terminate`] appends (tested).
 pub const TERMINATE: &[u8] = &[super::ftag::TERMINATE, 0, 0, 0, 4];
 
@@ -248,5 +333,22 @@ mod tests {
         let mut buf = BytesMut::new();
         super::terminate(&mut buf);
         assert_eq!(&buf[..], super::TERMINATE);
+    }
+    #[test]
+    fn renames_bind() {
+        let msg = b"B\0\0\0\x12\0s1\0\0\0\0\0\0\0\0\0";
+        let mut out = BytesMut::new();
+        super::bind_renamed(&mut out, msg, b"pgt_x").unwrap();
+        let (portal, stmt, _) = crate::protocol::frontend::split_bind(&out).unwrap();
+        assert_eq!((portal, stmt), (&b""[..], &b"pgt_x"[..]));
+        assert_eq!(
+            &out[out.len() - 9..],
+            &msg[msg.len() - 9..],
+            "everything after the name is kept"
+        );
+        assert_eq!(
+            i32::from_be_bytes(out[1..5].try_into().unwrap()) as usize,
+            out.len() - 1
+        );
     }
 }

@@ -62,6 +62,29 @@ pub fn decode(message: &[u8]) -> Result<Frontend<'_>, DecodeError> {
     })
 }
 
+/// The fields of a Parse message: (statement name, query text, parameter-type bytes).
+pub fn split_parse(msg: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let (name, rest) = super::cstr(&msg[5..])?;
+    let (sql, types) = super::cstr(rest)?;
+    Some((name, sql, types))
+}
+
+/// Bind: (portal, statement name, offset of what follows the statement name).
+pub fn split_bind(msg: &[u8]) -> Option<(&[u8], &[u8], usize)> {
+    let body = &msg[5..];
+    let (portal, rest) = super::cstr(body)?;
+    let (stmt, tail) = super::cstr(rest)?;
+    Some((portal, stmt, msg.len() - tail.len()))
+}
+
+/// Describe/Close: (`S` or `P`, name).
+pub fn split_target(msg: &[u8]) -> Option<(u8, &[u8])> {
+    let body = &msg[5..];
+    let (&which, rest) = body.split_first()?;
+    let (name, _) = super::cstr(rest)?;
+    Some((which, name))
+}
+
 /// True for message types a client may send after login.
 pub fn is_known_tag(tag: u8) -> bool {
     matches!(

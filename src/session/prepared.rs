@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
-use crate::protocol::{cstr, encode, ftag};
+use crate::protocol::encode;
 
 /// Prefix of every server-side statement name the proxy creates.
 pub const SERVER_PREFIX: &str = "pgt_";
@@ -70,13 +70,6 @@ impl ClientStatements {
     }
 }
 
-/// The fields of a Parse message: (statement name, query text, parameter-type bytes).
-pub fn split_parse(msg: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let (name, rest) = cstr(&msg[5..])?;
-    let (sql, types) = cstr(rest)?;
-    Some((name, sql, types))
-}
-
 /// Builds the server statement for a client Parse of tenant `tenant`.
 pub fn server_stmt(tenant: u64, sql: &[u8], types: &[u8]) -> Stmt {
     let digest = |salt: u8| {
@@ -94,42 +87,6 @@ pub fn server_stmt(tenant: u64, sql: &[u8], types: &[u8]) -> Stmt {
         server_name: Bytes::from(name),
         parse: parse.freeze(),
     }
-}
-
-/// Bind: (portal, statement name, offset of what follows the statement name).
-pub fn split_bind(msg: &[u8]) -> Option<(&[u8], &[u8], usize)> {
-    let body = &msg[5..];
-    let (portal, rest) = cstr(body)?;
-    let (stmt, tail) = cstr(rest)?;
-    Some((portal, stmt, msg.len() - tail.len()))
-}
-
-/// Appends `msg` (a Bind) to `out` with its statement name replaced.
-pub fn put_bind_renamed(out: &mut BytesMut, msg: &[u8], server_name: &[u8]) -> Option<()> {
-    let (portal, _, tail_at) = split_bind(msg)?;
-    let at = encode::begin(out, ftag::BIND);
-    encode::put_cstr(out, portal);
-    encode::put_cstr(out, server_name);
-    out.put_slice(&msg[tail_at..]);
-    encode::finish(out, at);
-    Some(())
-}
-
-/// Describe/Close: (`S` or `P`, name).
-pub fn split_target(msg: &[u8]) -> Option<(u8, &[u8])> {
-    let body = &msg[5..];
-    let (&which, rest) = body.split_first()?;
-    let (name, _) = cstr(rest)?;
-    Some((which, name))
-}
-
-/// Appends a Describe/Close message of type `tag` for statement `name`.
-pub fn put_target(out: &mut BytesMut, tag: u8, which: u8, name: &[u8]) {
-    out.put_u8(tag);
-    out.put_i32((4 + 1 + name.len() + 1) as i32);
-    out.put_u8(which);
-    out.put_slice(name);
-    out.put_u8(0);
 }
 
 /// What a simple Query means for prepared statements.
@@ -252,7 +209,7 @@ mod tests {
             a.server_name,
             server_stmt(1, b"select 1", b"\0\x01\0\0\0\x17").server_name
         );
-        let (name, sql, types) = split_parse(&a.parse).unwrap();
+        let (name, sql, types) = crate::protocol::frontend::split_parse(&a.parse).unwrap();
         assert_eq!(
             (name, sql, types),
             (&a.server_name[..], &b"select 1"[..], &b"\0\0"[..])
@@ -260,24 +217,6 @@ mod tests {
         assert_eq!(
             i32::from_be_bytes(a.parse[1..5].try_into().unwrap()) as usize,
             a.parse.len() - 1
-        );
-    }
-
-    #[test]
-    fn renames_bind() {
-        let msg = b"B\0\0\0\x12\0s1\0\0\0\0\0\0\0\0\0";
-        let mut out = BytesMut::new();
-        put_bind_renamed(&mut out, msg, b"pgt_x").unwrap();
-        let (portal, stmt, _) = split_bind(&out).unwrap();
-        assert_eq!((portal, stmt), (&b""[..], &b"pgt_x"[..]));
-        assert_eq!(
-            &out[out.len() - 9..],
-            &msg[msg.len() - 9..],
-            "everything after the name is kept"
-        );
-        assert_eq!(
-            i32::from_be_bytes(out[1..5].try_into().unwrap()) as usize,
-            out.len() - 1
         );
     }
 

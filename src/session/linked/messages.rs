@@ -84,7 +84,7 @@ pub(super) fn on_client_message(
                 link.expect.push(client_entry(Kind::Parse));
                 return Ok(());
             }
-            let (_, sql, types) = prepared::split_parse(msg).ok_or_else(malformed)?;
+            let (_, sql, types) = frontend::split_parse(msg).ok_or_else(malformed)?;
             // A client with temp objects gets statements of its own: PostgreSQL does not
             // plan a shared statement again when a new temp table hides a table it reads.
             let temp = (ctx.vs.pins() | link.maybe_pins) & sqlscan::pin::TEMP != 0;
@@ -116,13 +116,12 @@ pub(super) fn on_client_message(
         }
         Frontend::Bind => {
             link.unsynced = true;
-            let (_, name, _) = prepared::split_bind(msg).ok_or_else(malformed)?;
+            let (_, name, _) = frontend::split_bind(msg).ok_or_else(malformed)?;
             match mapped(ctx, link, name) {
                 Some(stmt) => {
                     let out = out.buf();
                     ensure_prepared(conn, link, &stmt, out);
-                    prepared::put_bind_renamed(out, msg, &stmt.server_name)
-                        .ok_or_else(malformed)?;
+                    encode::bind_renamed(out, msg, &stmt.server_name).ok_or_else(malformed)?;
                 }
                 None => out.forward(msg),
             }
@@ -130,12 +129,12 @@ pub(super) fn on_client_message(
         }
         Frontend::Describe => {
             link.unsynced = true;
-            let (which, name) = prepared::split_target(msg).ok_or_else(malformed)?;
+            let (which, name) = frontend::split_target(msg).ok_or_else(malformed)?;
             match mapped(ctx, link, name).filter(|_| which == b'S') {
                 Some(stmt) => {
                     let out = out.buf();
                     ensure_prepared(conn, link, &stmt, out);
-                    prepared::put_target(out, ftag::DESCRIBE, b'S', &stmt.server_name);
+                    encode::describe_or_close(out, ftag::DESCRIBE, b'S', &stmt.server_name);
                 }
                 None => out.forward(msg),
             }
@@ -143,7 +142,7 @@ pub(super) fn on_client_message(
         }
         Frontend::Close => {
             link.unsynced = true;
-            let (which, name) = prepared::split_target(msg).ok_or_else(malformed)?;
+            let (which, name) = frontend::split_target(msg).ok_or_else(malformed)?;
             if link.pooled && which == b'S' && !name.is_empty() {
                 // The server copy stays cached for the tenant's other clients.
                 ctx.stmts.remove(name);
@@ -285,7 +284,7 @@ fn ensure_prepared(
 /// Keeps the connection's statement cache under its cap: closes the least recently used.
 fn make_room(conn: &mut ServerConn, link: &mut Link, out: &mut BytesMut) {
     while let Some(victim) = conn.statements().evict_if_full() {
-        prepared::put_target(out, ftag::CLOSE, b'S', &victim);
+        encode::describe_or_close(out, ftag::CLOSE, b'S', &victim);
         let stmt = Some(StmtRef {
             server: victim,
             client: None,

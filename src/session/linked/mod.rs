@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 mod messages;
@@ -531,8 +531,8 @@ async fn emit_synths<S: AsyncRead + AsyncWrite + Unpin>(
     while let Some(synth) = link.expect.pop_synth() {
         let out = &mut client.wbuf;
         match synth {
-            Synth::ParseComplete { .. } => simple_message(out, btag::PARSE_COMPLETE),
-            Synth::CloseComplete => simple_message(out, btag::CLOSE_COMPLETE),
+            Synth::ParseComplete { .. } => encode::bodiless(out, btag::PARSE_COMPLETE),
+            Synth::CloseComplete => encode::bodiless(out, btag::CLOSE_COMPLETE),
             Synth::QueryDone { tag } => {
                 encode::command_complete(out, tag);
                 encode::ready_for_query(out, link.status);
@@ -541,11 +541,6 @@ async fn emit_synths<S: AsyncRead + AsyncWrite + Unpin>(
     }
     // A client that has gone away surfaces on its next read.
     let _ = client.flush().await;
-}
-
-fn simple_message(out: &mut BytesMut, tag: u8) {
-    out.put_u8(tag);
-    out.put_i32(4);
 }
 
 /// Relays what the server has sent, message by message against the [`Expect`] queue.
