@@ -47,6 +47,14 @@ pub enum ClientState {
 }
 
 impl ClientState {
+    pub const ALL: [ClientState; 5] = [
+        ClientState::Idle,
+        ClientState::Paused,
+        ClientState::Waiting,
+        ClientState::Active,
+        ClientState::Parked,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ClientState::Idle | ClientState::Parked => "idle",
@@ -57,20 +65,28 @@ impl ClientState {
     }
 }
 
-/// [`ClientEntry`]'s state byte also counts the park lot's sweeps that found the client
-/// idle (any `set_state` by the session starts the count again).
-const IDLE_SEEN_ONCE: u8 = 5;
-const IDLE_SEEN_TWICE: u8 = 6;
-
 /// Why a session's [`ClientEntry::stop`] was set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum StopReason {
     /// The proxy is shutting down: linked transactions finish.
-    Shutdown,
+    Shutdown = 1,
     /// A reload removed the tenant: the transaction in progress finishes.
-    Removed,
+    Removed = 2,
     /// `KILL tenant`: at once, even mid-transaction.
-    Killed,
+    Killed = 3,
+}
+
+impl StopReason {
+    fn from_code(code: u8) -> Option<StopReason> {
+        [
+            StopReason::Shutdown,
+            StopReason::Removed,
+            StopReason::Killed,
+        ]
+        .into_iter()
+        .find(|r| *r as u8 == code)
+    }
 }
 
 /// A session's stop signal. Checked at every transaction and waited on by the session's one
@@ -79,7 +95,8 @@ pub enum StopReason {
 /// a lock. It also carries the park lot's request that an idle session park itself.
 #[derive(Default)]
 pub struct Stop {
-    /// Low bits: 0 running, else a [`StopReason`] + 1. [`PARK`](Self::PARK): park requested.
+    /// Low bits: 0 running, else a [`StopReason`]'s code. [`PARK`](Self::PARK): park
+    /// requested.
     reason: AtomicU8,
     waker: AtomicWaker,
 }
@@ -89,7 +106,7 @@ impl Stop {
 
     /// Stops for `reason`. `Killed` overrides an earlier reason; the others keep the first.
     pub fn stop(&self, reason: StopReason) {
-        let code = reason as u8 + 1;
+        let code = reason as u8;
         let _ = self
             .reason
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
@@ -106,11 +123,8 @@ impl Stop {
 
     /// Why it stopped (meaningful once it has).
     pub fn reason(&self) -> StopReason {
-        match self.reason.load(Ordering::SeqCst) & !Self::PARK {
-            3 => StopReason::Killed,
-            2 => StopReason::Removed,
-            _ => StopReason::Shutdown,
-        }
+        StopReason::from_code(self.reason.load(Ordering::SeqCst) & !Self::PARK)
+            .unwrap_or(StopReason::Shutdown)
     }
 
     /// Asks the (idle) session to park itself.
@@ -165,6 +179,8 @@ pub struct ClientEntry {
     /// Where a cancel for this client goes while it is linked (also: which server).
     pub cancel: CancelSlot,
     state: AtomicU8,
+    /// Sweeps of the park lot that found the client idle since its last change of state.
+    idle_sweeps: AtomicU8,
     /// Set to end the session (see [`StopReason`]). One signal per session for all three
     /// reasons, so an idle session waits on one future only (idle sessions are the many:
     /// their size matters).
@@ -189,6 +205,7 @@ impl ClientEntry {
             since: Instant::now(),
             cancel: CancelSlot::default(),
             state: AtomicU8::new(ClientState::Idle as u8),
+            idle_sweeps: AtomicU8::new(0),
             stop: Stop::default(),
             pins: Default::default(),
         }
@@ -209,35 +226,28 @@ impl ClientEntry {
         self.stop.reason()
     }
 
+    /// Any change of state starts the park lot's count of idle sweeps again.
     #[inline]
     pub fn set_state(&self, state: ClientState) {
         self.state.store(state as u8, Ordering::Relaxed);
+        self.idle_sweeps.store(0, Ordering::Relaxed);
     }
 
     pub fn state(&self) -> ClientState {
-        match self.state.load(Ordering::Relaxed) {
-            1 => ClientState::Paused,
-            2 => ClientState::Waiting,
-            3 => ClientState::Active,
-            4 => ClientState::Parked,
-            _ => ClientState::Idle,
-        }
+        let code = self.state.load(Ordering::Relaxed);
+        ClientState::ALL
+            .into_iter()
+            .find(|s| *s as u8 == code)
+            .unwrap_or(ClientState::Idle)
     }
 
     /// The park lot's sweep: true when the session has been idle for three sweeps in a row
-    /// (at least two sweep periods) and should park.
+    /// (at least two sweep periods, no state change between) and should park.
     pub fn idle_for_three_sweeps(&self) -> bool {
-        let s = &self.state;
-        let step = |from: u8, to: u8| {
-            let _ = s.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
-        };
-        match s.load(Ordering::Relaxed) {
-            x if x == ClientState::Idle as u8 => step(x, IDLE_SEEN_ONCE),
-            IDLE_SEEN_ONCE => step(IDLE_SEEN_ONCE, IDLE_SEEN_TWICE),
-            IDLE_SEEN_TWICE => return true,
-            _ => {}
+        if self.state() != ClientState::Idle {
+            return false;
         }
-        false
+        self.idle_sweeps.fetch_add(1, Ordering::Relaxed) + 1 >= 3
     }
 }
 
@@ -321,5 +331,52 @@ impl Shared {
     /// connection that client is linked to right now, if any.
     pub async fn forward_cancel(&self, key: CancelKey) {
         crate::cancel::forward(self.clients.get(&key).and_then(|c| c.cancel.get())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> ClientEntry {
+        ClientEntry::new("u".into(), "t".into(), None, String::new())
+    }
+
+    #[test]
+    fn three_idle_sweeps_in_a_row_ask_to_park_and_any_state_change_restarts_the_count() {
+        let e = entry();
+        assert!(!e.idle_for_three_sweeps());
+        assert!(!e.idle_for_three_sweeps());
+        e.set_state(ClientState::Active);
+        e.set_state(ClientState::Idle);
+        assert!(!e.idle_for_three_sweeps());
+        assert!(!e.idle_for_three_sweeps());
+        assert!(e.idle_for_three_sweeps());
+        e.set_state(ClientState::Waiting);
+        assert!(!e.idle_for_three_sweeps(), "not idle");
+        for s in ClientState::ALL {
+            e.set_state(s);
+            assert_eq!(e.state(), s);
+        }
+    }
+
+    #[test]
+    fn kill_overrides_an_earlier_stop_and_parking_requests_are_apart() {
+        let e = entry();
+        e.stop.request_park();
+        assert!(!e.stop.is_stopped());
+        e.remove();
+        assert_eq!(e.stop_reason(), StopReason::Removed);
+        e.stop.stop(StopReason::Shutdown);
+        assert_eq!(
+            e.stop_reason(),
+            StopReason::Removed,
+            "the first reason is kept"
+        );
+        e.kill();
+        assert_eq!(e.stop_reason(), StopReason::Killed);
+        assert!(e.stop.take_park_request());
+        assert!(!e.stop.take_park_request());
+        assert!(e.stop.is_stopped());
     }
 }
