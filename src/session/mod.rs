@@ -1,6 +1,7 @@
 //! One client's life: handshake -> authentication -> tenant -> login reply -> then, in
 //! transaction mode, `Idle <-> Linked(server)` until the client leaves -> cleanup.
 
+mod checkout;
 mod cleanup;
 pub mod client;
 pub mod expect;
@@ -9,41 +10,40 @@ mod idle;
 pub mod linked;
 mod login;
 pub mod park;
+mod pause;
 pub mod prepared;
 pub mod sync;
 pub mod vsession;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::config::{PoolMode, ProxyConfig};
-use crate::kinds::{Kind, SessionErrorKind};
-use crate::pool::{Lease, Pooled};
+use crate::config::PoolMode;
+use crate::kinds::SessionErrorKind;
 use crate::protocol::encode::ErrorInfo;
 use crate::protocol::sqlstate;
-use crate::server::{ServerConn, ServerError};
 use crate::shared::{ClientEntry, ClientState, Generation, StopReason};
-use crate::tenant::{LoginFailure, TenantRuntime, TenantStats};
+use crate::tenant::LoginFailure;
 use crate::transport::counted::{Counted, Peer};
 use crate::transport::stream::ClientStream;
 pub use crate::transport::ClientIo;
+use checkout::{checkout, timed_checkout};
 use cleanup::dispose;
 use client::ClientCtx;
 use idle::{answer_listen, answer_repeated_set};
 use linked::{Disposition, Link, LinkEnd, LinkError};
 use login::{login, LoggedIn, LoginError};
+use pause::pass_pause_gate;
 
 pub use crate::shared::Shared;
 
 /// How long a client may take from connecting to being logged in (as PostgreSQL's
 /// `authentication_timeout`).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
-/// How much a client waiting at a paused tenant may send ahead before the proxy stops reading.
-const PAUSED_READ_LIMIT: usize = 1 << 20;
 
 /// Serves one client connection to the end (or until it parks: see [`park`]).
 pub async fn serve<S: ClientIo>(
@@ -243,84 +243,6 @@ async fn report_end<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(info) = e.to_client() {
         let _ = client.send_error(&info).await;
     }
-}
-
-/// Checks out a server connection for `tenant`, opening one if the pool allows.
-async fn checkout(
-    proxy: &ProxyConfig,
-    tenant: &TenantRuntime,
-    want: Option<&crate::server::StateKey>,
-) -> Result<Pooled<ServerConn>, ErrorInfo> {
-    let (conn, _) = checkout_timed(proxy, tenant, want).await?;
-    Ok(conn)
-}
-
-/// [`checkout`], also returning how long it took (waiting, and connecting when it opened a
-/// connection): zero, without reading the clock, when an idle connection was at hand.
-async fn checkout_timed(
-    proxy: &ProxyConfig,
-    tenant: &TenantRuntime,
-    want: Option<&crate::server::StateKey>,
-) -> Result<(Pooled<ServerConn>, Duration), ErrorInfo> {
-    let endpoint = &tenant.endpoint;
-    let none = crate::server::StateKey {
-        tenant: 0,
-        client_settings: 0,
-    };
-    let (lease, waited) = endpoint
-        .pool
-        .checkout_timed(
-            tenant.pool_id,
-            want.unwrap_or(&none),
-            proxy.query_wait_timeout,
-        )
-        .await
-        .map_err(|_| {
-            tracing::warn!(tenant = %tenant.name, backend = %endpoint.config.backend,
-                "timed out waiting for a server connection");
-            ErrorInfo::fatal(
-                sqlstate::TOO_MANY_CONNECTIONS,
-                "timed out waiting for a server connection (query_wait_timeout)",
-            )
-        })?;
-    match lease {
-        Lease::Ready(conn) => Ok((conn, waited)),
-        Lease::Connect(permit) => {
-            let started = Instant::now();
-            // Marked down by a recent failure: fail now rather than queue behind the
-            // attempts that are already timing out (the permit goes back on drop).
-            if let Err(retry_in) = endpoint.health.check(&endpoint.config) {
-                tracing::debug!(backend = %endpoint.config.backend, ?retry_in, "backend is down");
-                return Err(backend_down(&endpoint.config.backend));
-            }
-            // Boxed: connecting is rare, and its state would otherwise be part of every
-            // transaction's future.
-            let conn = Box::pin(ServerConn::open(endpoint.config.clone(), proxy)).await;
-            match conn {
-                Ok(conn) => {
-                    endpoint.health.succeeded(&endpoint.config);
-                    Ok((permit.fulfil(conn), waited + started.elapsed()))
-                }
-                Err(e) => {
-                    endpoint.health.failed(&endpoint.config);
-                    endpoint.connect_failures.record(e.kind());
-                    Err(unreachable_backend(&endpoint.config.backend, &e))
-                }
-            }
-        }
-    }
-}
-
-fn unreachable_backend(backend: &str, e: &ServerError) -> ErrorInfo {
-    tracing::warn!(backend, kind = e.kind().label(), error = %e, "server connection failed");
-    backend_down(backend)
-}
-
-fn backend_down(backend: &str) -> ErrorInfo {
-    ErrorInfo::fatal(
-        sqlstate::CONNECTION_FAILURE,
-        format!("could not connect to backend \"{backend}\""),
-    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -526,21 +448,6 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Checks out a server connection for the client, timing the wait.
-async fn timed_checkout(
-    proxy: &ProxyConfig,
-    ctx: &ClientCtx,
-    entry: &ClientEntry,
-) -> Result<Pooled<ServerConn>, SessionError> {
-    entry.set_state(ClientState::Waiting);
-    let (conn, waited) = checkout_timed(proxy, &ctx.tenant, Some(&ctx.wanted_state()))
-        .await
-        .map_err(|e| SessionError::NoServer(Box::new(e)))?;
-    ctx.tenant.stats.checkout_wait.observe(waited);
-    entry.set_state(ClientState::Active);
-    Ok(conn)
-}
-
 /// How an idle wait ended.
 enum Idle {
     /// A message to act on is buffered.
@@ -630,78 +537,6 @@ fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionEr
         ctx.tenant = tenant.clone();
     }
     Ok(())
-}
-
-/// Counts a client in its tenant's [`TenantStats::linked`] until dropped.
-struct LinkedGuard(Arc<TenantStats>);
-
-impl Drop for LinkedGuard {
-    fn drop(&mut self) {
-        self.0.linked.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Lets a new transaction through unless its tenant is paused (no await on that path).
-/// See [`crate::tenant::TenantControl`] for why the count goes up before the flag is read.
-fn enter(ctx: &ClientCtx) -> Option<LinkedGuard> {
-    let stats = &ctx.tenant.stats;
-    stats.linked.fetch_add(1, Ordering::SeqCst);
-    if !ctx.tenant.control.is_paused() {
-        return Some(LinkedGuard(stats.clone()));
-    }
-    stats.linked.fetch_sub(1, Ordering::SeqCst);
-    None
-}
-
-/// Passes the pause gate, waiting for RESUME if the tenant is paused. `None`: the client
-/// left while waiting.
-async fn pass_pause_gate<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut ClientStream<S>,
-    ctx: &ClientCtx,
-    entry: &ClientEntry,
-) -> Result<Option<LinkedGuard>, SessionError> {
-    loop {
-        if let Some(guard) = enter(ctx) {
-            return Ok(Some(guard));
-        }
-        // Boxed: rarely needed, and it would make every idle session's future bigger.
-        if Box::pin(wait_while_paused(client, ctx, entry)).await? == Paused::ClientLeft {
-            return Ok(None);
-        }
-    }
-}
-
-/// How a wait at a paused tenant ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Paused {
-    Resumed,
-    ClientLeft,
-}
-
-/// Waits until the tenant is resumed (or the client leaves).
-async fn wait_while_paused<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut ClientStream<S>,
-    ctx: &ClientCtx,
-    entry: &ClientEntry,
-) -> Result<Paused, SessionError> {
-    let (stats, control) = (&ctx.tenant.stats, &ctx.tenant.control);
-    entry.set_state(ClientState::Paused);
-    stats.paused_waiting.fetch_add(1, Ordering::Relaxed);
-    let waited = loop {
-        tokio::select! {
-            _ = control.wait_resumed() => break Ok(Paused::Resumed),
-            // Notices a client that leaves; what it sends meanwhile waits in the buffer.
-            r = client.fill(), if client.rbuf.len() < PAUSED_READ_LIMIT => match r {
-                Ok(n) if n > 0 => continue,
-                _ => break Ok(Paused::ClientLeft),
-            },
-            _ = entry.stop.stopped() => break Err(stopped(ctx, entry)),
-            _ = control.wait_removed() => break Err(stopped(ctx, entry)),
-        }
-    };
-    stats.paused_waiting.fetch_sub(1, Ordering::Relaxed);
-    entry.set_state(ClientState::Idle);
-    waited
 }
 
 #[cfg(test)]
