@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use crate::reliability::raw::{query, Raw};
 use crate::support::ops::{eventually, ops_toml, row_where, rows, sample, OpsProxy};
+use crate::support::wire::{query, Wire};
 use crate::support::{schema_tenant, tenant_of, Naming, ProxyOptions, PROXY_PASSWORD};
 
 /// Parks after 100 ms idle (sweeps every 50 ms, parks on the third): tests wait for it.
@@ -131,7 +131,7 @@ async fn removing_a_tenant_closes_its_parked_clients() {
 #[tokio::test]
 async fn shutdown_reaches_parked_clients() {
     let proxy = OpsProxy::start(parking());
-    let mut raw = Raw::login(proxy.addr(), "t1", PROXY_PASSWORD).await;
+    let mut raw = Wire::login(proxy.addr(), "t1", PROXY_PASSWORD).await;
     wait_parked(&proxy, 1).await;
     proxy.handle.shutdown();
     // The parked client is told, as an idle one is: 57P01, then the connection closes.
@@ -143,7 +143,7 @@ async fn shutdown_reaches_parked_clients() {
 #[tokio::test]
 async fn half_a_message_or_session_mode_never_parks() {
     let proxy = OpsProxy::start(parking());
-    let mut raw = Raw::login(proxy.addr(), "t2", PROXY_PASSWORD).await;
+    let mut raw = Wire::login(proxy.addr(), "t2", PROXY_PASSWORD).await;
     let q = query("SELECT tenant FROM whoami");
     raw.send(&q[..7]).await;
     // Long enough for several sweeps.

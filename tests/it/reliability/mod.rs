@@ -11,7 +11,6 @@
 //! ([`own_login`]), so what they count is theirs alone.
 
 mod load;
-pub(crate) mod raw;
 mod restart;
 mod timeouts;
 mod vanish;

@@ -9,6 +9,7 @@
 pub mod clients;
 pub mod ops;
 pub mod watch;
+pub mod wire;
 
 use std::fmt;
 use std::net::SocketAddr;
