@@ -2,8 +2,9 @@
 //! answers rows with the right counts while clients are active; PAUSE holds one tenant
 //! while others run; RESUME releases it; KILL disconnects; errors keep the console usable.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::support::clients::connect_with_notices;
 use crate::support::ops::{eventually, num, row_where, rows, OpsProxy, ADMIN_USER};
 use crate::support::{
     assert_db_error, connect, connect_watched, pg, simple_value, Naming, ProxyOptions,
@@ -330,6 +331,44 @@ async fn pause_lets_linked_transactions_finish() {
     let tenants = rows(&admin, "SHOW TENANTS").await;
     assert_eq!(tenants.len(), TENANTS);
     assert!(tenants.iter().all(|t| t.get("paused") == Some("f")));
+    simple_value(&t1, "select 1").await.unwrap();
+}
+
+/// PAUSE waits at most `shutdown_timeout` for linked transactions; one still running then
+/// gets a WARNING, and the tenant stays paused while the transaction carries on.
+#[tokio::test]
+async fn pause_warns_when_a_transaction_outlasts_shutdown_timeout() {
+    let proxy = OpsProxy::start(ProxyOptions::default().timeout("shutdown_timeout", "500ms"));
+    let t1 = proxy.connect("app", Naming::Options, "t1").await.unwrap();
+    t1.simple_query("BEGIN; UPDATE whoami SET n = n")
+        .await
+        .unwrap();
+    let console = proxy.conn_params(ADMIN_USER, PROXY_PASSWORD, "pgtenant", None);
+    let (admin, mut notices) = connect_with_notices(&console).await.unwrap();
+    let started = Instant::now();
+    admin.simple_query("PAUSE t1").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "PAUSE returned before shutdown_timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        notices.try_recv().ok().as_deref(),
+        Some("WARNING 00000: tenant \"t1\" paused, but 1 transaction(s) are still running")
+    );
+    assert!(notices.try_recv().is_err(), "one notice");
+    let tenants = rows(&admin, "SHOW TENANTS").await;
+    assert_eq!(row_where(&tenants, "tenant", "t1").get("paused"), Some("t"));
+    // The transaction carries on to its end.
+    assert_eq!(
+        simple_value(&t1, "select tenant from whoami")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("t1")
+    );
+    t1.simple_query("COMMIT").await.unwrap();
+    admin.simple_query("RESUME t1").await.unwrap();
     simple_value(&t1, "select 1").await.unwrap();
 }
 

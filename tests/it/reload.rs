@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
+use crate::reliability::{activity, own_login, own_login_on, superuser, OWN_LOGIN_PASSWORD};
 use crate::support::binary::Binary;
 use crate::support::ops::{eventually, num, ops_toml, row_where, rows, OpsProxy};
 use crate::support::{
-    assert_db_error, connect, connect_watched, schema_tenant, tenant_of, Naming, ProxyOptions,
+    assert_db_error, connect, connect_watched, own_pg, pg, schema_tenant, tenant_of, value, Naming,
+    ProxyOptions,
 };
 
 /// The standard config plus tenant `t8`, which reads schema t2.
@@ -231,6 +233,73 @@ async fn a_removed_user_is_closed_at_its_next_checkout() {
         "user \"limited\" may no longer use tenant \"t1\"",
     );
     assert_eq!(tenant_of(&app).await.as_deref(), Some("t1"));
+}
+
+/// The backend `side` (server login `moving`) on the server at `port`, and tenant `moving`
+/// on it.
+fn side_backend(port: u16) -> ProxyOptions {
+    ProxyOptions::default().extra(&format!(
+        "[backends.side]\nhost = \"127.0.0.1\"\nport = {port}\ndatabase = \"app\"\n\
+         user = \"moving\"\npassword = \"{OWN_LOGIN_PASSWORD}\"\npool_size = 2\n\
+         [tenants.moving]\nbackend = \"side\"\nsearch_path = [\"moving\"]\n"
+    ))
+}
+
+/// A backend moved to another server: a new pool; a transaction open at the reload finishes
+/// on the old server, every client's next checkout goes to the new one, and the old pool's
+/// idle connections are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_backend_serves_the_next_checkout_from_a_new_pool() {
+    let new_server = own_pg();
+    own_login("moving");
+    own_login_on(&new_server, "moving");
+    let (old_port, new_port) = (pg().port().to_string(), new_server.port().to_string());
+    let proxy = OpsProxy::start(side_backend(pg().port()));
+    let port = "SELECT current_setting('port') FROM whoami";
+    let idle = proxy
+        .connect("app", Naming::Options, "moving")
+        .await
+        .unwrap();
+    let busy = proxy
+        .connect("app", Naming::Options, "moving")
+        .await
+        .unwrap();
+    busy.simple_query("BEGIN").await.unwrap();
+    assert_eq!(value(&busy, port).await, Some(old_port.clone()));
+    // A second server connection, left idle in the old pool.
+    assert_eq!(value(&idle, port).await, Some(old_port.clone()));
+    let su = superuser().await;
+    assert_eq!(
+        activity(&su, "moving").await.len(),
+        2,
+        "busy's and an idle one"
+    );
+
+    proxy.write_config(&side_backend(new_server.port()));
+    let summary = proxy.handle.reload().await.unwrap();
+    assert_eq!(
+        summary.backends.changed,
+        vec!["side".to_string()],
+        "{summary}"
+    );
+    assert!(summary.tenants.changed.is_empty(), "{summary}");
+    // The open transaction is still on the old server.
+    assert_eq!(value(&busy, port).await, Some(old_port.clone()));
+    busy.simple_query("COMMIT").await.unwrap();
+    // The next checkouts: the new server.
+    assert_eq!(value(&busy, port).await, Some(new_port.clone()));
+    assert_eq!(value(&idle, port).await, Some(new_port.clone()));
+    eventually(
+        Duration::from_secs(10),
+        "the old pool's connections are closed",
+        || async { activity(&su, "moving").await.is_empty() },
+    )
+    .await;
+    let fresh = proxy
+        .connect("app", Naming::Options, "moving")
+        .await
+        .unwrap();
+    assert_eq!(value(&fresh, port).await, Some(new_port));
 }
 
 /// The real binary: SIGHUP reloads the file while a held connection keeps working.
