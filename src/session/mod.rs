@@ -322,7 +322,8 @@ enum SessionError {
     Refused(Box<ErrorInfo>),
     #[error("shutting down")]
     Shutdown,
-    /// `KILL tenant`. While linked the stream may be mid-message: nothing more is sent.
+    /// `KILL tenant`. Linked mid-reply the stream may be mid-message: nothing more is sent
+    /// (a KILL of a linked client at a message boundary is `LinkError::Killed`).
     #[error("killed by an administrator")]
     Killed { linked: bool },
     /// A reload removed the tenant (noticed between transactions).
@@ -475,6 +476,11 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             let pinned = ctx.vs.pins() != 0 || link.may_hold_objects();
             finish_session(conn, link, session_mode, pinned).await?;
             Ok(false)
+        }
+        Some(Err(LinkError::Killed)) => {
+            // As when cut mid-link: its transaction ends with the connection.
+            conn.discard();
+            Err(LinkError::Killed.into())
         }
         Some(Err(e)) => {
             let pinned = ctx.vs.pins() != 0 || link.may_hold_objects();

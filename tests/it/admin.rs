@@ -396,10 +396,13 @@ async fn kill_disconnects_one_tenants_clients() {
         "57P01",
         "terminating connection due to administrator command",
     );
-    // Linked (in a transaction): the link is cut with nothing more sent, since the client
-    // stream may be mid-message (`SessionError::Killed { linked: true }`).
+    // Linked, idle in its transaction: told the same.
     let e = b.simple_query("select 1").await.expect_err("killed");
-    b.closed_without_error(&e).await;
+    assert_db_error(
+        &b.closing_error(&e).await,
+        "57P01",
+        "terminating connection due to administrator command",
+    );
     // Its transaction did not survive: the server connection that held it is closed.
     let su = crate::support::clients::superuser().await;
     eventually(Duration::from_secs(5), "b's server backend is gone", || {

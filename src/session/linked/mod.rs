@@ -25,6 +25,7 @@ use crate::protocol::frontend::is_known_tag;
 use crate::protocol::sql::Resets;
 use crate::protocol::{btag, ftag, Scanned};
 use crate::server::ServerConn;
+use crate::shared::StopReason;
 
 /// Sent instead of a statement that would pin a client beyond `max_pinned_clients`: the
 /// server raises a clear error, with the transaction semantics of a real one.
@@ -105,6 +106,9 @@ pub enum LinkError {
     ServerProtocol(String),
     #[error("idle-in-transaction timeout")]
     IdleInTransaction,
+    /// `KILL tenant` while nothing was in flight to the client (see [`run`]).
+    #[error("killed by an administrator")]
+    Killed,
 }
 
 impl LinkError {
@@ -118,6 +122,10 @@ impl LinkError {
             LinkError::IdleInTransaction => Some(ErrorInfo::fatal(
                 "25P03",
                 "terminating connection due to idle-in-transaction timeout",
+            )),
+            LinkError::Killed => Some(ErrorInfo::fatal(
+                "57P01",
+                "terminating connection due to administrator command",
             )),
         }
     }
@@ -261,6 +269,16 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         reserve(&mut conn.rbuf);
         super::bufpool::room(&mut client.rbuf, 4096);
         let idle_in_tx = link.expect.owed() == 0 && link.status != TxStatus::Idle;
+        // Nothing owed and no server message half relayed: the client's stream is at a
+        // message boundary, so a KILL can tell it (57P01) as it tells an idle client. Mid-
+        // reply, `session::transaction` cuts the link with nothing more sent.
+        let client_at_boundary = link.expect.owed() == 0 && !conn.scanner.mid_message();
+        if client_at_boundary
+            && entry.stop.is_stopped()
+            && entry.stop.reason() == StopReason::Killed
+        {
+            return Err(LinkError::Killed);
+        }
         let timer = async {
             match idle_tx_timeout {
                 Some(d) if idle_in_tx => tokio::time::sleep(d).await,
@@ -288,6 +306,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             _ = timer => return Err(LinkError::IdleInTransaction),
+            // A stop: a KILL is answered at the top of the loop (shutdown and removal let
+            // the transaction finish; once stopped, the branch is off).
+            _ = entry.stop.stopped(), if client_at_boundary && !entry.stop.is_stopped() => {}
             // A pinned client between transactions gets its LISTEN connection's
             // notifications as a direct connection would.
             Some(n) = super::idle::next_notification(ctx), if link.quiet() && link.status == TxStatus::Idle => {
