@@ -488,7 +488,12 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e.into())
         }
         None => {
-            // Mid-link: closing the server connection is the only safe cleanup.
+            // Mid-link: closing the server connection is the only safe cleanup. A query
+            // running there would go on (holding its locks) until it next writes: cancel it.
+            let (endpoint, key) = (conn.endpoint.clone(), conn.backend_key);
+            tokio::spawn(async move {
+                let _ = crate::server::send_cancel(&endpoint, key).await;
+            });
             conn.discard();
             Err(SessionError::Killed { linked: true })
         }

@@ -440,3 +440,43 @@ async fn kill_disconnects_one_tenants_clients() {
     let tenants = rows(&admin, "SHOW TENANTS").await;
     assert_eq!(num(row_where(&tenants, "tenant", "t1"), "server_in_use"), 0);
 }
+
+/// KILL of a client whose query is running: the proxy may be in the middle of relaying a
+/// reply, so the link is cut with nothing more sent (docs/OPERATIONS.md), and the server
+/// connection, query and transaction with it.
+#[tokio::test]
+async fn kill_cuts_a_running_query_without_a_message() {
+    let proxy = OpsProxy::start(ProxyOptions::default());
+    let busy = connect_watched(&proxy.connect_str("app", Naming::Options, "t1"))
+        .await
+        .unwrap();
+    busy.simple_query("BEGIN").await.unwrap();
+    let backend = simple_value(&busy, "SELECT pg_backend_pid()")
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = proxy.admin().await;
+    let running = tokio::spawn(async move {
+        let r = busy.simple_query("SELECT pg_sleep(60)").await.map(drop);
+        (busy, r)
+    });
+    let su = crate::support::clients::superuser().await;
+    let sql = format!("SELECT wait_event FROM pg_stat_activity WHERE pid = {backend}");
+    eventually(Duration::from_secs(5), "the query is running", || async {
+        simple_value(&su, &sql).await.unwrap().as_deref() == Some("PgSleep")
+    })
+    .await;
+    admin.simple_query("KILL t1").await.unwrap();
+    let (busy, r) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the running query ends at the KILL")
+        .unwrap();
+    busy.closed_without_error(&r.expect_err("killed")).await;
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {backend}");
+    eventually(
+        Duration::from_secs(5),
+        "its server backend is gone",
+        || async { simple_value(&su, &sql).await.unwrap().as_deref() == Some("0") },
+    )
+    .await;
+}
