@@ -4,11 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::clients::connect_with_notices;
+use crate::support::clients::{connect_with_notices, psql_cmd, run_psql};
 use crate::support::ops::{eventually, num, row_where, rows, OpsProxy, ADMIN_USER};
 use crate::support::{
-    assert_db_error, connect, connect_watched, pg, simple_value, Naming, ProxyOptions,
-    PROXY_PASSWORD,
+    assert_db_error, connect, connect_watched, simple_value, Naming, ProxyOptions, PROXY_PASSWORD,
 };
 
 /// Tenants in the standard test config.
@@ -198,33 +197,9 @@ async fn psql_prints_console_tables() {
         "postgres://{ADMIN_USER}:{PROXY_PASSWORD}@127.0.0.1:{}/pgtenant",
         proxy.port()
     );
-    let mut cmd = tokio::process::Command::new(pg().psql_path());
-    cmd.arg(&url)
-        .args([
-            "-X",
-            "-c",
-            "SHOW TENANTS",
-            "-c",
-            "PAUSE t3",
-            "-c",
-            "SHOW TENANTS",
-        ])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .kill_on_drop(true);
-    for var in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGDATABASE",
-        "PGPASSWORD",
-        "PGOPTIONS",
-    ] {
-        cmd.env_remove(var);
-    }
-    let output = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("psql finished within 30s")
-        .expect("psql ran");
+    let mut cmd = psql_cmd(&url);
+    cmd.args(["-c", "SHOW TENANTS", "-c", "PAUSE t3", "-c", "SHOW TENANTS"]);
+    let output = run_psql(cmd).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "psql failed: {stderr}\n{stdout}");
@@ -278,6 +253,7 @@ async fn pause_holds_one_tenant_and_resume_releases_it() {
             .unwrap();
         assert_eq!(who.as_deref(), Some("t2"));
     }
+    // A fixed sleep on purpose: the paused query must not run meanwhile.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!held.is_finished(), "a paused tenant's query must wait");
 
@@ -305,6 +281,7 @@ async fn pause_lets_linked_transactions_finish() {
         let r = admin.simple_query("PAUSE").await.map(|_| ());
         (admin, r)
     });
+    // A fixed sleep on purpose: PAUSE must not return meanwhile.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!pause.is_finished(), "PAUSE waits for the open transaction");
     // The linked transaction carries on and ends.

@@ -595,6 +595,10 @@ async fn disconnect_mid_streamed_message_does_not_poison_the_connection() {
     partial.extend_from_slice(&1_000_000i32.to_be_bytes());
     partial.extend_from_slice(&[b'x'; 100]);
     wire.send(&partial).await;
+    // Fixed sleeps, as no condition shows from outside the isolated proxy: the partial
+    // message reaches the server connection (a server reading it looks as idle as one
+    // waiting for a message), then the disconnect is handled, before the next client comes.
+    // Were they too short, the next client would only wait for the connection's cleanup.
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(wire);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -638,6 +642,8 @@ async fn paused_partial_messages_do_not_stall_others() {
         wire.send(&q[..15]).await;
         paused.push(wire);
     }
+    // A fixed sleep on purpose: the two half-sent Queries must take no connection while
+    // they sit there.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for round in 0..3 {
         let started = Instant::now();

@@ -42,7 +42,14 @@ async fn metrics_agree_with_show_stats() {
         traffic(&proxy, "t1", 30),
         traffic(&proxy, "t2", 12),
         async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            eventually(
+                Duration::from_secs(10),
+                "t1's client is connected",
+                || async {
+                    sample(&proxy.scrape().await, "pgtenant_clients{tenant=\"t1\"}") == Some(1.0)
+                },
+            )
+            .await;
             proxy.scrape().await
         }
     );

@@ -53,6 +53,7 @@ async fn a_client_that_stops_reading_a_400_mb_result_holds_the_server_back() {
         },
     )
     .await;
+    // A fixed sleep on purpose: the proxy's memory must not grow while it lasts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stalled_growth = peak.load(Ordering::SeqCst).saturating_sub(before);
     eprintln!(

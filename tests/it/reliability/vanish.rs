@@ -226,7 +226,19 @@ async fn a_client_vanishing_mid_copy_leaves_no_partial_copy() {
     c.send(&wire::message(b'd', b"ghost\t1\nghost\t2\n")).await;
     // Half a CopyData message.
     c.send(&wire::message(b'd', b"ghost\t3\n")[..7]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The two whole rows are in (half a message streams after them).
+    let progress = format!("SELECT tuples_processed FROM pg_stat_progress_copy WHERE pid = {pid}");
+    eventually(
+        Duration::from_secs(10),
+        "the server has the rows",
+        || async {
+            admin
+                .query_one(&progress, &[])
+                .await
+                .is_ok_and(|r| r.get::<_, i64>(0) == 2)
+        },
+    )
+    .await;
     drop(c);
     nothing_survives(&proxy, tenant, pid).await;
 
