@@ -226,19 +226,10 @@ async fn a_client_vanishing_mid_copy_leaves_no_partial_copy() {
     c.send(&wire::message(b'd', b"ghost\t1\nghost\t2\n")).await;
     // Half a CopyData message.
     c.send(&wire::message(b'd', b"ghost\t3\n")[..7]).await;
-    // The two whole rows are in (half a message streams after them).
-    let progress = format!("SELECT tuples_processed FROM pg_stat_progress_copy WHERE pid = {pid}");
-    eventually(
-        Duration::from_secs(10),
-        "the server has the rows",
-        || async {
-            admin
-                .query_one(&progress, &[])
-                .await
-                .is_ok_and(|r| r.get::<_, i64>(0) == 2)
-        },
-    )
-    .await;
+    // A fixed sleep, as no condition shows it: the rows and the half message reach the
+    // server before the client goes (PostgreSQL 18 reports no COPY progress until more
+    // input arrives). Were it too short, the client would vanish earlier in the COPY.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     drop(c);
     nothing_survives(&proxy, tenant, pid).await;
 
