@@ -1,6 +1,7 @@
-//! `KILL tenant`: disconnects every client of the tenant at once (57P01); a client in the
-//! middle of a transaction loses it and its server connection is closed. New clients may
-//! connect again right away: `PAUSE` first to keep them waiting.
+//! `KILL tenant`: disconnects every client of the tenant at once: FATAL 57P01 to each one
+//! idle or idle in a transaction; one whose query is running is cut off with nothing sent
+//! (its reply may be half relayed). A transaction is lost with its server connection, which
+//! is closed. New clients may connect again right away: `PAUSE` first to keep them waiting.
 
 use super::Reply;
 use crate::protocol::encode::ErrorInfo;

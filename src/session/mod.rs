@@ -258,7 +258,8 @@ enum SessionError {
     Forbidden(Box<ErrorInfo>),
     #[error("shutting down")]
     Shutdown,
-    /// `KILL tenant`. While linked the stream may be mid-message: nothing more is sent.
+    /// `KILL tenant`. Linked mid-reply the stream may be mid-message: nothing more is sent
+    /// (a KILL of a linked client at a message boundary is `LinkError::Killed`).
     #[error("killed by an administrator")]
     Killed { linked: bool },
     /// A reload removed the tenant (noticed between transactions).
@@ -435,6 +436,11 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             dispose(conn, disposition).await;
             Ok(TxEnd::ClientLeft)
         }
+        Some(Err(LinkError::Killed)) => {
+            // As when cut mid-link: its transaction ends with the connection.
+            dispose(conn, Disposition::Close).await;
+            Err(LinkError::Killed.into())
+        }
         Some(Err(e)) => {
             let disposition = link.disposition(&conn, pinned);
             dispose(conn, disposition).await;
@@ -442,6 +448,10 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         }
         // KILL mid-link: closing the server connection is the only safe cleanup.
         None => {
+            // A query running there would go on (holding its locks) until it next writes:
+            // cancel it, then close the connection.
+            let target = (conn.endpoint().clone(), conn.backend_key());
+            tokio::spawn(crate::cancel::forward(Some(target)));
             dispose(conn, Disposition::Close).await;
             Err(SessionError::Killed { linked: true })
         }

@@ -2,12 +2,12 @@
 //! answers rows with the right counts while clients are active; PAUSE holds one tenant
 //! while others run; RESUME releases it; KILL disconnects; errors keep the console usable.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::support::clients::{connect_with_notices, psql_cmd, run_psql};
 use crate::support::ops::{eventually, num, row_where, rows, OpsProxy, ADMIN_USER};
 use crate::support::{
-    assert_db_error, connect, connect_watched, pg, simple_value, Naming, ProxyOptions,
-    PROXY_PASSWORD,
+    assert_db_error, connect, connect_watched, simple_value, Naming, ProxyOptions, PROXY_PASSWORD,
 };
 
 /// Tenants in the standard test config.
@@ -197,33 +197,9 @@ async fn psql_prints_console_tables() {
         "postgres://{ADMIN_USER}:{PROXY_PASSWORD}@127.0.0.1:{}/pgtenant",
         proxy.port()
     );
-    let mut cmd = tokio::process::Command::new(pg().psql_path());
-    cmd.arg(&url)
-        .args([
-            "-X",
-            "-c",
-            "SHOW TENANTS",
-            "-c",
-            "PAUSE t3",
-            "-c",
-            "SHOW TENANTS",
-        ])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .kill_on_drop(true);
-    for var in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGDATABASE",
-        "PGPASSWORD",
-        "PGOPTIONS",
-    ] {
-        cmd.env_remove(var);
-    }
-    let output = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("psql finished within 30s")
-        .expect("psql ran");
+    let mut cmd = psql_cmd(&url);
+    cmd.args(["-c", "SHOW TENANTS", "-c", "PAUSE t3", "-c", "SHOW TENANTS"]);
+    let output = run_psql(cmd).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "psql failed: {stderr}\n{stdout}");
@@ -277,6 +253,7 @@ async fn pause_holds_one_tenant_and_resume_releases_it() {
             .unwrap();
         assert_eq!(who.as_deref(), Some("t2"));
     }
+    // A fixed sleep on purpose: the paused query must not run meanwhile.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!held.is_finished(), "a paused tenant's query must wait");
 
@@ -304,6 +281,7 @@ async fn pause_lets_linked_transactions_finish() {
         let r = admin.simple_query("PAUSE").await.map(|_| ());
         (admin, r)
     });
+    // A fixed sleep on purpose: PAUSE must not return meanwhile.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!pause.is_finished(), "PAUSE waits for the open transaction");
     // The linked transaction carries on and ends.
@@ -333,6 +311,44 @@ async fn pause_lets_linked_transactions_finish() {
     simple_value(&t1, "select 1").await.unwrap();
 }
 
+/// PAUSE waits at most `shutdown_timeout` for linked transactions; one still running then
+/// gets a WARNING, and the tenant stays paused while the transaction carries on.
+#[tokio::test]
+async fn pause_warns_when_a_transaction_outlasts_shutdown_timeout() {
+    let proxy = OpsProxy::start(ProxyOptions::default().timeout("shutdown_timeout", "500ms"));
+    let t1 = proxy.connect("app", Naming::Options, "t1").await.unwrap();
+    t1.simple_query("BEGIN; UPDATE whoami SET n = n")
+        .await
+        .unwrap();
+    let console = proxy.conn_params(ADMIN_USER, PROXY_PASSWORD, "pgtenant", None);
+    let (admin, mut notices) = connect_with_notices(&console).await.unwrap();
+    let started = Instant::now();
+    admin.simple_query("PAUSE t1").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "PAUSE returned before shutdown_timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        notices.try_recv().ok().as_deref(),
+        Some("WARNING 00000: tenant \"t1\" paused, but 1 transaction(s) are still running")
+    );
+    assert!(notices.try_recv().is_err(), "one notice");
+    let tenants = rows(&admin, "SHOW TENANTS").await;
+    assert_eq!(row_where(&tenants, "tenant", "t1").get("paused"), Some("t"));
+    // The transaction carries on to its end.
+    assert_eq!(
+        simple_value(&t1, "select tenant from whoami")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("t1")
+    );
+    t1.simple_query("COMMIT").await.unwrap();
+    admin.simple_query("RESUME t1").await.unwrap();
+    simple_value(&t1, "select 1").await.unwrap();
+}
+
 #[tokio::test]
 async fn kill_disconnects_one_tenants_clients() {
     let proxy = OpsProxy::start(ProxyOptions::default());
@@ -357,10 +373,13 @@ async fn kill_disconnects_one_tenants_clients() {
         "57P01",
         "terminating connection due to administrator command",
     );
-    // Linked (in a transaction): the link is cut with nothing more sent, since the client
-    // stream may be mid-message (`SessionError::Killed { linked: true }`).
+    // Linked, idle in its transaction: told the same.
     let e = b.simple_query("select 1").await.expect_err("killed");
-    b.closed_without_error(&e).await;
+    assert_db_error(
+        &b.closing_error(&e).await,
+        "57P01",
+        "terminating connection due to administrator command",
+    );
     // Its transaction did not survive: the server connection that held it is closed.
     let su = crate::support::clients::superuser().await;
     eventually(Duration::from_secs(5), "b's server backend is gone", || {
@@ -397,4 +416,44 @@ async fn kill_disconnects_one_tenants_clients() {
     );
     let tenants = rows(&admin, "SHOW TENANTS").await;
     assert_eq!(num(row_where(&tenants, "tenant", "t1"), "server_in_use"), 0);
+}
+
+/// KILL of a client whose query is running: the proxy may be in the middle of relaying a
+/// reply, so the link is cut with nothing more sent (docs/OPERATIONS.md), and the server
+/// connection, query and transaction with it.
+#[tokio::test]
+async fn kill_cuts_a_running_query_without_a_message() {
+    let proxy = OpsProxy::start(ProxyOptions::default());
+    let busy = connect_watched(&proxy.connect_str("app", Naming::Options, "t1"))
+        .await
+        .unwrap();
+    busy.simple_query("BEGIN").await.unwrap();
+    let backend = simple_value(&busy, "SELECT pg_backend_pid()")
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = proxy.admin().await;
+    let running = tokio::spawn(async move {
+        let r = busy.simple_query("SELECT pg_sleep(60)").await.map(drop);
+        (busy, r)
+    });
+    let su = crate::support::clients::superuser().await;
+    let sql = format!("SELECT wait_event FROM pg_stat_activity WHERE pid = {backend}");
+    eventually(Duration::from_secs(5), "the query is running", || async {
+        simple_value(&su, &sql).await.unwrap().as_deref() == Some("PgSleep")
+    })
+    .await;
+    admin.simple_query("KILL t1").await.unwrap();
+    let (busy, r) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the running query ends at the KILL")
+        .unwrap();
+    busy.closed_without_error(&r.expect_err("killed")).await;
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {backend}");
+    eventually(
+        Duration::from_secs(5),
+        "its server backend is gone",
+        || async { simple_value(&su, &sql).await.unwrap().as_deref() == Some("0") },
+    )
+    .await;
 }

@@ -10,23 +10,20 @@ use tokio::io::AsyncWriteExt;
 use tokio_postgres::{Client, NoTls};
 
 use crate::support::clients::{connect_killable, psql_cmd, superuser, Killable};
+use crate::support::ops::sample;
 use crate::support::{
     assert_db_error, connect, connect_watched, describe, simple_value, Naming, ProxyOptions,
     TestProxy,
 };
-use crate::support::{tenant_client as proxy_client, value};
+use crate::support::{eventually, tenant_client as proxy_client, value};
 
-/// Polls `sql` (a count) on a direct superuser connection until it says `want`, for up to
-/// `within`. Returns the last value seen.
-async fn wait_for_count(su: &Client, sql: &str, want: &str, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = value(su, sql).await.unwrap_or_default();
-        if got == want || Instant::now() > deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits (at most `within`) until `sql` (a count, on a direct superuser connection) says
+/// `want`.
+async fn wait_for_count(su: &Client, sql: &str, want: &str, within: Duration) {
+    eventually(within, &format!("{sql} gives {want}"), || async {
+        value(su, sql).await.as_deref() == Some(want)
+    })
+    .await;
 }
 
 /// Waits until a statement whose text contains `marker` is active on the server.
@@ -35,8 +32,7 @@ async fn wait_until_active(su: &Client, marker: &str) {
         "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
          AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
     );
-    let seen = wait_for_count(su, &sql, "1", Duration::from_secs(10)).await;
-    assert_eq!(seen, "1", "statement {marker} never became active");
+    wait_for_count(su, &sql, "1", Duration::from_secs(10)).await;
 }
 
 /// The query's SQLSTATE, or its error text.
@@ -58,8 +54,6 @@ async fn cancel_stops_a_running_query() {
         (client, r)
     });
     wait_until_active(&su, "cancel-me").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let cancelled_at = Instant::now();
     token
         .cancel_query(NoTls)
         .await
@@ -68,11 +62,9 @@ async fn cancel_stops_a_running_query() {
         .await
         .expect("the cancelled query ended within 20s")
         .unwrap();
-    let elapsed = cancelled_at.elapsed();
-    eprintln!("cancel took effect after {elapsed:?}");
+    // 57014 (not the end of a 30 s sleep: the wait above is 20 s).
     let err = result.expect_err("the query was cancelled");
     assert_eq!(code_of(&err), "57014");
-    assert!(elapsed < Duration::from_secs(10), "cancel took {elapsed:?}");
     // The client goes on as usual.
     assert_eq!(
         value(&client, "SELECT tenant FROM whoami").await.as_deref(),
@@ -115,6 +107,7 @@ async fn cancel_of_an_idle_client_is_harmless() {
     assert!(rows.iter().any(|r| r.ends_with("|done")), "{rows:?}");
     // A cancel for the busy client after it finished is harmless too.
     busy_token.cancel_query(NoTls).await.expect("cancel sent");
+    // A fixed sleep on purpose: the stray cancel has time to land, and must hit nothing.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         value(&busy, "SELECT tenant FROM whoami").await.as_deref(),
@@ -156,10 +149,7 @@ async fn lock_released_after(death: Death, table: &str) {
             let a = connect_killable(&conn).await.expect("client A");
             a.client.batch_execute("BEGIN").await.unwrap();
             a.client.batch_execute(&lock_sql).await.unwrap();
-            assert_eq!(
-                wait_for_count(&su, &locks_sql, "1", Duration::from_secs(5)).await,
-                "1"
-            );
+            wait_for_count(&su, &locks_sql, "1", Duration::from_secs(5)).await;
             match death {
                 Death::Terminate => {
                     let Killable { client, task } = a;
@@ -185,11 +175,7 @@ async fn lock_released_after(death: Death, table: &str) {
                 .await
                 .unwrap();
             stdin.flush().await.unwrap();
-            assert_eq!(
-                wait_for_count(&su, &locks_sql, "1", Duration::from_secs(10)).await,
-                "1",
-                "psql never took the lock"
-            );
+            wait_for_count(&su, &locks_sql, "1", Duration::from_secs(10)).await;
             child.kill().await.expect("kill psql");
             psql = Some((child, stdin));
         }
@@ -221,16 +207,8 @@ async fn lock_released_after(death: Death, table: &str) {
         "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' \
          AND datname = 'app' AND application_name = '{app_name}'"
     );
-    assert_eq!(
-        wait_for_count(&su, &open, "0", Duration::from_secs(5)).await,
-        "0",
-        "{death:?}"
-    );
-    assert_eq!(
-        wait_for_count(&su, &locks_sql, "0", Duration::from_secs(5)).await,
-        "0",
-        "{death:?}"
-    );
+    wait_for_count(&su, &open, "0", Duration::from_secs(5)).await;
+    wait_for_count(&su, &locks_sql, "0", Duration::from_secs(5)).await;
     drop(psql);
 }
 
@@ -299,10 +277,7 @@ async fn client_killed_mid_copy_in_leaves_nothing() {
     sink.send(Bytes::from(rows)).await.expect("send rows");
     let active = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'copy_killer' \
                   AND state = 'active' AND query LIKE 'COPY%'";
-    assert_eq!(
-        wait_for_count(&su, active, "1", Duration::from_secs(10)).await,
-        "1"
-    );
+    wait_for_count(&su, active, "1", Duration::from_secs(10)).await;
     a.kill().await;
     assert_next_client_clean(&proxy, "copy_abort_tp").await;
 }
@@ -327,11 +302,7 @@ async fn psql_killed_mid_copy_in_leaves_nothing() {
     let active = "SELECT count(*) FROM pg_stat_activity \
                   WHERE application_name = 'copy_psql_killer' AND state = 'active' \
                   AND query LIKE 'COPY%'";
-    assert_eq!(
-        wait_for_count(&su, active, "1", Duration::from_secs(10)).await,
-        "1"
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_count(&su, active, "1", Duration::from_secs(10)).await;
     child.kill().await.expect("kill psql");
     drop(stdin);
     assert_next_client_clean(&proxy, "copy_abort_psql").await;
@@ -363,13 +334,12 @@ async fn client_killed_mid_query_frees_the_pool_quickly() {
     .await
     .expect("the next client got an answer within 15s")
     .unwrap_or_else(|e| panic!("next client: {}", describe(&e)));
-    let elapsed = started.elapsed();
-    eprintln!("next client answered {elapsed:?} after A was killed mid-query");
-    assert_eq!(got.as_deref(), Some("t2"));
-    assert!(
-        elapsed < Duration::from_secs(10),
-        "the next client waited {elapsed:?} (for A's 20 s query?)"
+    eprintln!(
+        "next client answered {:?} after A was killed mid-query",
+        started.elapsed()
     );
+    // Within 15 s (above): it did not wait for A's 20 s query.
+    assert_eq!(got.as_deref(), Some("t2"));
     query.abort();
 }
 
@@ -414,11 +384,19 @@ async fn idle_server_connections_terminated_under_the_proxy() {
             "SELECT count(*) FROM pg_stat_activity WHERE pid IN ({})",
             pids.join(",")
         );
-        assert_eq!(
-            wait_for_count(&su, &gone, "0", Duration::from_secs(5)).await,
-            "0"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_for_count(&su, &gone, "0", Duration::from_secs(5)).await;
+        eventually(
+            Duration::from_secs(5),
+            "the proxy has seen its idle connections close",
+            || async {
+                let text = proxy.handle.metrics_text();
+                sample(
+                    &text,
+                    "pgtenant_server_connections{backend=\"main\",state=\"idle\"}",
+                ) == Some(0.0)
+            },
+        )
+        .await;
         for (client, tenant) in &clients {
             let got = simple_value(client, "SELECT tenant FROM whoami").await;
             match got {

@@ -1,9 +1,8 @@
 //! Logging in to the proxy: the error each failed login gets (SQLSTATE and message, as
 //! SPEC.md lists them), and a real `psql` naming its tenant in a URL.
 
-use std::time::Duration;
-
-use crate::support::{connect, pg, simple_value, Naming, ProxyOptions, TestProxy};
+use crate::support::clients::{psql_cmd, run_psql};
+use crate::support::{connect, simple_value, Naming, ProxyOptions, TestProxy};
 
 #[tokio::test]
 async fn wrong_password_is_28p01() {
@@ -103,25 +102,9 @@ async fn psql_names_tenant_in_url_options() {
     let proxy = TestProxy::start("");
     let url = proxy.url("app", Naming::Options, "t2");
     assert!(url.ends_with("/app?options=-c%20tenant%3Dt2"), "{url}");
-    let mut cmd = tokio::process::Command::new(pg().psql_path());
-    cmd.arg(&url)
-        .args(["-X", "-At", "-c", "select tenant from whoami"])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .kill_on_drop(true);
-    for var in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGDATABASE",
-        "PGPASSWORD",
-        "PGOPTIONS",
-    ] {
-        cmd.env_remove(var);
-    }
-    let output = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("psql finished within 30s")
-        .expect("psql ran");
+    let mut cmd = psql_cmd(&url);
+    cmd.args(["-At", "-c", "select tenant from whoami"]);
+    let output = run_psql(cmd).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "psql failed: {stderr}");
     assert_eq!(

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
-use crate::support::ops::{num, row_where, rows, sample, OpsProxy};
-use crate::support::{connect_watched, simple_value, Naming, ProxyOptions};
+use crate::support::ops::{eventually, num, row_where, rows, sample, OpsProxy};
+use crate::support::wire::{packet, params, Wire};
+use crate::support::{
+    connect, connect_watched, simple_value, Naming, ProxyOptions, PROXY_PASSWORD,
+};
 
 /// A client and its prepared statement, kept alive until the numbers are read (dropping
 /// a statement sends a Close + Sync: one more transaction).
@@ -41,7 +44,14 @@ async fn metrics_agree_with_show_stats() {
         traffic(&proxy, "t1", 30),
         traffic(&proxy, "t2", 12),
         async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            eventually(
+                Duration::from_secs(10),
+                "t1's client is connected",
+                || async {
+                    sample(&proxy.scrape().await, "pgtenant_clients{tenant=\"t1\"}") == Some(1.0)
+                },
+            )
+            .await;
             proxy.scrape().await
         }
     );
@@ -153,6 +163,148 @@ async fn login_failures_are_counted_by_reason() {
         ),
         (
             "pgtenant_tenant_login_failures_total{tenant=\"t2\",reason=\"tenant_forbidden\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, series), Some(n), "{series} in\n{text}");
+    }
+}
+
+/// The reasons the test above does not produce, each once: nothing named, a tenant's
+/// `max_client_connections`, an unreachable backend, a malformed startup, the console
+/// refused. (`timeout` needs a login that lasts the fixed 60 s login limit: not tested.)
+#[tokio::test]
+async fn every_other_login_failure_reason_is_counted() {
+    let dead_port = crate::support::binary::free_port();
+    let proxy = OpsProxy::start(ProxyOptions::default().extra(&format!(
+        "[tenants.solo]\nbackend = \"main\"\nsearch_path = [\"t1\", \"public\"]\n\
+         max_client_connections = 1\n\
+         [backends.dead]\nhost = \"127.0.0.1\"\nport = {dead_port}\ndatabase = \"app\"\n\
+         user = \"app\"\npassword = \"app_pw\"\n\
+         [tenants.down]\nbackend = \"dead\"\nsearch_path = [\"t1\"]\n"
+    )));
+    let refused = |conn: String| async move {
+        let err = connect(&conn).await.expect_err("login refused");
+        (
+            err.code().map(str::to_string),
+            err.message().map(str::to_string),
+        )
+    };
+    let (code, _) = refused(proxy.conn_params("app", PROXY_PASSWORD, "app", None)).await;
+    assert_eq!(code.as_deref(), Some("28000"), "no tenant named");
+    let _solo = proxy.connect("app", Naming::Options, "solo").await.unwrap();
+    let (code, message) = refused(proxy.connect_str("app", Naming::Options, "solo")).await;
+    assert_eq!(
+        (code.as_deref(), message.as_deref()),
+        (
+            Some("53300"),
+            Some("sorry, too many clients already for tenant \"solo\"")
+        )
+    );
+    let (code, message) = refused(proxy.connect_str("app", Naming::Options, "down")).await;
+    assert_eq!(
+        (code.as_deref(), message.as_deref()),
+        (Some("08006"), Some("could not connect to backend \"dead\""))
+    );
+    let (code, _) = refused(proxy.conn_params("app", PROXY_PASSWORD, "pgtenant", None)).await;
+    assert_eq!(
+        code.as_deref(),
+        Some("42501"),
+        "the console is for admin_users"
+    );
+    let mut wire = Wire::connect(proxy.addr()).await;
+    wire.send(&packet(2 << 16, &params(&[("user", "app")])))
+        .await;
+    let reply = wire.until_closed().await.unwrap();
+    reply.expect_error("08P01").unwrap();
+
+    let text = proxy.scrape().await;
+    for (series, n) in [
+        ("pgtenant_login_failures_total{reason=\"no_tenant\"}", 1.0),
+        (
+            "pgtenant_login_failures_total{reason=\"too_many_clients\"}",
+            1.0,
+        ),
+        ("pgtenant_login_failures_total{reason=\"backend\"}", 1.0),
+        ("pgtenant_login_failures_total{reason=\"protocol\"}", 1.0),
+        (
+            "pgtenant_login_failures_total{reason=\"admin_forbidden\"}",
+            1.0,
+        ),
+        ("pgtenant_login_failures_total{reason=\"password\"}", 0.0),
+        (
+            "pgtenant_tenant_login_failures_total{tenant=\"solo\",reason=\"too_many_clients\"}",
+            1.0,
+        ),
+        (
+            "pgtenant_tenant_login_failures_total{tenant=\"down\",reason=\"backend\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, series), Some(n), "{series} in\n{text}");
+    }
+}
+
+/// `pgtenant_clients_waiting` and `pgtenant_tenant_server_connections` while one client
+/// holds the only server connection and another waits for it, then after.
+#[tokio::test]
+async fn waiting_clients_and_tenant_server_connections() {
+    let proxy = OpsProxy::start(ProxyOptions::default().pool_size(1));
+    let holder = proxy.connect("app", Naming::Options, "t1").await.unwrap();
+    holder
+        .simple_query("BEGIN; SELECT * FROM whoami")
+        .await
+        .unwrap();
+    let waiter = proxy.connect("app", Naming::Options, "t2").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let who = simple_value(&waiter, "select tenant from whoami").await;
+        (waiter, who)
+    });
+    eventually(Duration::from_secs(5), "t2's client is waiting", || async {
+        sample(
+            &proxy.scrape().await,
+            "pgtenant_clients_waiting{tenant=\"t2\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    let text = proxy.scrape().await;
+    for (series, n) in [
+        ("pgtenant_clients_waiting{tenant=\"t1\"}", 0.0),
+        ("pgtenant_clients_waiting{tenant=\"t2\"}", 1.0),
+        (
+            "pgtenant_tenant_server_connections{tenant=\"t1\",state=\"active\"}",
+            1.0,
+        ),
+        (
+            "pgtenant_tenant_server_connections{tenant=\"t1\",state=\"idle\"}",
+            0.0,
+        ),
+        (
+            "pgtenant_tenant_server_connections{tenant=\"t2\",state=\"active\"}",
+            0.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, series), Some(n), "{series} in\n{text}");
+    }
+    holder.simple_query("COMMIT").await.unwrap();
+    let (_waiter, who) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter runs once the holder committed")
+        .unwrap();
+    assert_eq!(who.unwrap().as_deref(), Some("t2"));
+    let text = proxy.scrape().await;
+    for (series, n) in [
+        ("pgtenant_clients_waiting{tenant=\"t2\"}", 0.0),
+        (
+            "pgtenant_tenant_server_connections{tenant=\"t1\",state=\"active\"}",
+            0.0,
+        ),
+        (
+            "pgtenant_tenant_server_connections{tenant=\"t2\",state=\"active\"}",
+            0.0,
+        ),
+        (
+            "pgtenant_tenant_server_connections{tenant=\"t2\",state=\"idle\"}",
             1.0,
         ),
     ] {

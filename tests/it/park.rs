@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use crate::reliability::raw::{query, Raw};
 use crate::support::ops::{eventually, ops_toml, row_where, rows, sample, OpsProxy};
+use crate::support::wire::{query, Wire};
 use crate::support::{schema_tenant, tenant_of, Naming, ProxyOptions, PROXY_PASSWORD};
 
 /// Parks after 100 ms idle (sweeps every 50 ms, parks on the third): tests wait for it.
@@ -64,7 +64,20 @@ async fn parked_clients_carry_on_in_their_own_tenant_with_their_statements() {
                 "round {round}: the statement runs in its tenant"
             );
         }
-        assert!(parked(&proxy).await < 8, "busy clients were resumed");
+        // A client in a transaction is linked, so never parked, however long the round took
+        // (idle ones may have parked again already).
+        let (_, first, _) = &clients[0];
+        first.batch_execute("BEGIN").await.unwrap();
+        let listed = rows(&admin, "SHOW CLIENTS").await;
+        assert_eq!(listed.len(), 8);
+        let active: Vec<_> = listed
+            .iter()
+            .filter(|c| c.get("state") == Some("active"))
+            .collect();
+        assert_eq!(active.len(), 1, "round {round}");
+        assert_eq!(active[0].get("parked"), Some("f"), "round {round}");
+        assert!(parked(&proxy).await < 8, "round {round}");
+        first.batch_execute("COMMIT").await.unwrap();
     }
 }
 
@@ -131,7 +144,7 @@ async fn removing_a_tenant_closes_its_parked_clients() {
 #[tokio::test]
 async fn shutdown_reaches_parked_clients() {
     let proxy = OpsProxy::start(parking());
-    let mut raw = Raw::login(proxy.addr(), "t1", PROXY_PASSWORD).await;
+    let mut raw = Wire::login(proxy.addr(), "t1", PROXY_PASSWORD).await;
     wait_parked(&proxy, 1).await;
     proxy.handle.shutdown();
     // The parked client is told, as an idle one is: 57P01, then the connection closes.
@@ -143,10 +156,10 @@ async fn shutdown_reaches_parked_clients() {
 #[tokio::test]
 async fn half_a_message_or_session_mode_never_parks() {
     let proxy = OpsProxy::start(parking());
-    let mut raw = Raw::login(proxy.addr(), "t2", PROXY_PASSWORD).await;
+    let mut raw = Wire::login(proxy.addr(), "t2", PROXY_PASSWORD).await;
     let q = query("SELECT tenant FROM whoami");
     raw.send(&q[..7]).await;
-    // Long enough for several sweeps.
+    // A fixed sleep on purpose, long enough for several sweeps: it must not park.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         parked(&proxy).await,
@@ -162,6 +175,7 @@ async fn half_a_message_or_session_mode_never_parks() {
     let session = OpsProxy::start(parking().pool_mode("session"));
     let client = session.connect("app", Naming::Options, "t3").await.unwrap();
     assert_eq!(tenant_of(&client).await.as_deref(), Some("t3"));
+    // A fixed sleep on purpose (several sweeps): it must not park.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(parked(&session).await, 0, "a session-mode client parks");
     assert_eq!(tenant_of(&client).await.as_deref(), Some("t3"));
@@ -171,6 +185,7 @@ async fn half_a_message_or_session_mode_never_parks() {
 async fn parking_off_keeps_every_client_in_its_task() {
     let proxy = OpsProxy::start(ProxyOptions::default().timeout("park_idle_clients_after", "0s"));
     let client = proxy.connect("app", Naming::Options, "t1").await.unwrap();
+    // A fixed sleep on purpose (what would be several sweeps): it must not park.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(parked(&proxy).await, 0);
     assert_eq!(tenant_of(&client).await.as_deref(), Some("t1"));

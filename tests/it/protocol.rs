@@ -751,7 +751,11 @@ async fn errors_in_transactions_match_direct() {
     // The extended protocol inside a failed transaction.
     for client in [&proxied, &direct] {
         client.batch_execute("BEGIN").await.unwrap();
-        assert!(client.batch_execute("SELECT 1/0").await.is_err());
+        let err = client
+            .batch_execute("SELECT 1/0")
+            .await
+            .expect_err("division by zero");
+        assert_eq!(err.code().map(|c| c.code()), Some("22012"));
         let err = client
             .query_typed("SELECT $1::int4", &[(&1i32, Type::INT4)])
             .await

@@ -2,13 +2,14 @@
 //! real binary. Tenants are added, changed and removed without dropping unaffected
 //! clients; a bad file is refused and the running config stays.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::ops::{eventually, num, ops_toml, row_where, rows, write_atomically, OpsProxy};
+use crate::reliability::{activity, own_login, own_login_on, superuser, OWN_LOGIN_PASSWORD};
+use crate::support::binary::Binary;
+use crate::support::ops::{eventually, num, ops_toml, row_where, rows, OpsProxy};
 use crate::support::{
-    assert_db_error, connect, connect_watched, schema_tenant, tenant_of, Naming, ProxyOptions,
-    PROXY_PASSWORD,
+    assert_db_error, connect, connect_watched, own_pg, pg, schema_tenant, tenant_of, value, Naming,
+    ProxyOptions,
 };
 
 /// The standard config plus tenant `t8`, which reads schema t2.
@@ -234,76 +235,108 @@ async fn a_removed_user_is_closed_at_its_next_checkout() {
     assert_eq!(tenant_of(&app).await.as_deref(), Some("t1"));
 }
 
+/// The backend `side` (server login `moving`) on the server at `port`, and tenant `moving`
+/// on it.
+fn side_backend(port: u16) -> ProxyOptions {
+    ProxyOptions::default().extra(&format!(
+        "[backends.side]\nhost = \"127.0.0.1\"\nport = {port}\ndatabase = \"app\"\n\
+         user = \"moving\"\npassword = \"{OWN_LOGIN_PASSWORD}\"\npool_size = 2\n\
+         [tenants.moving]\nbackend = \"side\"\nsearch_path = [\"moving\"]\n"
+    ))
+}
+
+/// A backend moved to another server: a new pool; a transaction open at the reload finishes
+/// on the old server, every client's next checkout goes to the new one, and the old pool's
+/// idle connections are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_backend_serves_the_next_checkout_from_a_new_pool() {
+    let new_server = own_pg();
+    own_login("moving");
+    own_login_on(&new_server, "moving");
+    let (old_port, new_port) = (pg().port().to_string(), new_server.port().to_string());
+    let proxy = OpsProxy::start(side_backend(pg().port()));
+    let port = "SELECT current_setting('port') FROM whoami";
+    let idle = proxy
+        .connect("app", Naming::Options, "moving")
+        .await
+        .unwrap();
+    let busy = proxy
+        .connect("app", Naming::Options, "moving")
+        .await
+        .unwrap();
+    busy.simple_query("BEGIN").await.unwrap();
+    assert_eq!(value(&busy, port).await, Some(old_port.clone()));
+    // A second server connection, left idle in the old pool.
+    assert_eq!(value(&idle, port).await, Some(old_port.clone()));
+    let su = superuser().await;
+    assert_eq!(
+        activity(&su, "moving").await.len(),
+        2,
+        "busy's and an idle one"
+    );
+
+    proxy.write_config(&side_backend(new_server.port()));
+    let summary = proxy.handle.reload().await.unwrap();
+    assert_eq!(
+        summary.backends.changed,
+        vec!["side".to_string()],
+        "{summary}"
+    );
+    assert!(summary.tenants.changed.is_empty(), "{summary}");
+    // The open transaction is still on the old server.
+    assert_eq!(value(&busy, port).await, Some(old_port.clone()));
+    busy.simple_query("COMMIT").await.unwrap();
+    // The next checkouts: the new server.
+    assert_eq!(value(&busy, port).await, Some(new_port.clone()));
+    assert_eq!(value(&idle, port).await, Some(new_port.clone()));
+    eventually(
+        Duration::from_secs(10),
+        "the old pool's connections are closed",
+        || async { activity(&su, "moving").await.is_empty() },
+    )
+    .await;
+    let fresh = proxy
+        .connect("app", Naming::Options, "moving")
+        .await
+        .unwrap();
+    assert_eq!(value(&fresh, port).await, Some(new_port));
+}
+
 /// The real binary: SIGHUP reloads the file while a held connection keeps working.
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    let listen = |text: String| {
-        text.replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
-    };
-    write_atomically(&path, &listen(ops_toml(&ProxyOptions::default())));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start pgtenant");
-    let conn = |tenant: &str| {
-        format!(
-            "host=127.0.0.1 port={port} user=app password={PROXY_PASSWORD} dbname=app \
-             options='-c tenant={tenant}' connect_timeout=10"
-        )
-    };
-    let mut held = None;
-    for _ in 0..250 {
-        if let Ok(c) = connect(&conn("t1")).await {
-            held = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let held = held.expect("the binary accepts clients");
+    let mut binary = Binary::start(&ops_toml(&ProxyOptions::default())).await;
+    let held = connect(&binary.conn_str("t1"))
+        .await
+        .unwrap_or_else(|e| panic!("the binary accepts clients: {e}"));
     held.simple_query("BEGIN; UPDATE whoami SET n = n")
         .await
         .unwrap();
     assert_eq!(
-        connect(&conn("t8")).await.expect_err("no t8 yet").code(),
+        connect(&binary.conn_str("t8"))
+            .await
+            .expect_err("no t8 yet")
+            .code(),
         Some("3D000")
     );
 
-    write_atomically(&path, &listen(ops_toml(&with_t8())));
-    let pid = child.id().expect("running") as libc::pid_t;
-    // SAFETY: sends a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    let mut added = None;
-    for _ in 0..250 {
-        if let Ok(c) = connect(&conn("t8")).await {
-            added = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let added = added.expect("SIGHUP added tenant t8");
+    binary.write_config(&ops_toml(&with_t8()));
+    binary.signal(libc::SIGHUP);
+    eventually(
+        Duration::from_secs(10),
+        "SIGHUP reloaded the file",
+        || async { binary.log().contains("configuration reloaded") },
+    )
+    .await;
+    let added = connect(&binary.conn_str("t8"))
+        .await
+        .unwrap_or_else(|e| panic!("SIGHUP added tenant t8: {e}"));
     assert_eq!(tenant_of(&added).await.as_deref(), Some("t2"));
     assert_eq!(tenant_of(&held).await.as_deref(), Some("t1"));
     held.simple_query("COMMIT").await.unwrap();
     assert_eq!(tenant_of(&held).await.as_deref(), Some("t1"));
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the binary stops on SIGTERM")
-        .unwrap();
+    binary.signal(libc::SIGTERM);
+    let status = binary.wait(Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
+    binary.check_log();
 }

@@ -27,6 +27,7 @@ use crate::protocol::sql::Resets;
 use crate::protocol::sqlstate;
 use crate::protocol::{btag, ftag, Scanned};
 use crate::server::ServerConn;
+use crate::shared::StopReason;
 use crate::transport::stream::ClientStream;
 
 /// Sent instead of a statement that would pin a client beyond `max_pinned_clients`: the
@@ -122,6 +123,9 @@ pub enum LinkError {
     ServerProtocol(String),
     #[error("idle-in-transaction timeout")]
     IdleInTransaction,
+    /// `KILL tenant` while nothing was in flight to the client (see [`run`]).
+    #[error("killed by an administrator")]
+    Killed,
 }
 
 impl LinkError {
@@ -132,6 +136,7 @@ impl LinkError {
             LinkError::ClientProtocol(_) => SessionErrorKind::ClientProtocol,
             LinkError::ServerProtocol(_) => SessionErrorKind::ServerProtocol,
             LinkError::IdleInTransaction => SessionErrorKind::IdleInTransaction,
+            LinkError::Killed => SessionErrorKind::Killed,
         }
     }
 
@@ -145,6 +150,10 @@ impl LinkError {
             LinkError::IdleInTransaction => Some(ErrorInfo::fatal(
                 sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
                 "terminating connection due to idle-in-transaction timeout",
+            )),
+            LinkError::Killed => Some(ErrorInfo::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
             )),
         }
     }
@@ -310,6 +319,16 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         reserve(&mut conn.io.rbuf);
         crate::transport::bufpool::room(&mut client.rbuf, 4096);
         let idle_in_tx = link.expect.owed() == 0 && link.status != TxStatus::Idle;
+        // Nothing owed and no server message half relayed: the client's stream is at a
+        // message boundary, so a KILL can tell it (57P01) as it tells an idle client. Mid-
+        // reply, `session::transaction` cuts the link with nothing more sent.
+        let client_at_boundary = link.expect.owed() == 0 && !conn.io.scanner.mid_message();
+        if client_at_boundary
+            && entry.stop.is_stopped()
+            && entry.stop.reason() == StopReason::Killed
+        {
+            return Err(LinkError::Killed);
+        }
         let timer = async {
             match idle_tx_timeout {
                 Some(d) if idle_in_tx => tokio::time::sleep(d).await,
@@ -339,6 +358,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             _ = timer => return Err(LinkError::IdleInTransaction),
+            // A stop: a KILL is answered at the top of the loop (shutdown and removal let
+            // the transaction finish; once stopped, the branch is off).
+            _ = entry.stop.stopped(), if client_at_boundary && !entry.stop.is_stopped() => {}
             // A pinned client between transactions gets its LISTEN connection's
             // notifications as a direct connection would.
             Some(n) = super::idle::next_notification(ctx), if link.quiet() && link.status == TxStatus::Idle => {

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::raw::{query, Raw};
 use super::{eventually, percentile, rss_kib_of, superuser};
+use crate::support::wire::{query, Wire};
 use crate::support::{describe, simple_value, ConnectError, Naming, ProxyOptions, TestProxy};
 
 const ROWS: u64 = 400_000;
@@ -21,7 +21,7 @@ async fn a_client_that_stops_reading_a_400_mb_result_holds_the_server_back() {
     let proxy = crate::hostile::IsolatedProxy::start(ProxyOptions::default().auth("trust"));
     let pid = proxy.pid();
     let rss_kib = move || rss_kib_of(pid);
-    let mut raw = Raw::login(proxy.addr(), "t1", "").await;
+    let mut raw = Wire::login(proxy.addr(), "t1", "").await;
     let admin = superuser().await;
     let before = rss_kib();
     let peak = Arc::new(AtomicU64::new(before));
@@ -53,6 +53,7 @@ async fn a_client_that_stops_reading_a_400_mb_result_holds_the_server_back() {
         },
     )
     .await;
+    // A fixed sleep on purpose: the proxy's memory must not grow while it lasts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stalled_growth = peak.load(Ordering::SeqCst).saturating_sub(before);
     eprintln!(

@@ -11,7 +11,6 @@
 //! ([`own_login`]), so what they count is theirs alone.
 
 mod load;
-pub(crate) mod raw;
 mod restart;
 mod timeouts;
 mod vanish;
@@ -22,24 +21,30 @@ pub(crate) use crate::support::eventually;
 use crate::support::{connect, describe, pg, pg_conn_str};
 
 /// Password of the server logins made by [`own_login`].
-const OWN_LOGIN_PASSWORD: &str = "rel_pw";
+pub(crate) const OWN_LOGIN_PASSWORD: &str = "rel_pw";
 
 /// Creates server role `name` with a schema of its own (holding a `whoami` table saying
 /// `name`) in database `app` of the shared PostgreSQL, and returns the TOML of a tenant
 /// `name` that logs in as it. Each test uses its own name (the cluster lives for one run).
-fn own_login(name: &str) -> String {
-    pg().psql_db(
-        "app",
-        &format!(
-            "CREATE ROLE {name} LOGIN PASSWORD '{OWN_LOGIN_PASSWORD}';\n\
+pub(crate) fn own_login(name: &str) -> String {
+    own_login_on(pg(), name)
+}
+
+/// [`own_login`] on the PostgreSQL `server` (e.g. a test's own second server).
+pub(crate) fn own_login_on(server: &pgtenant::localpg::LocalPostgres, name: &str) -> String {
+    server
+        .psql_db(
+            "app",
+            &format!(
+                "CREATE ROLE {name} LOGIN PASSWORD '{OWN_LOGIN_PASSWORD}';\n\
              CREATE SCHEMA {name} AUTHORIZATION {name};\n\
              SET ROLE {name};\n\
              CREATE TABLE {name}.whoami (tenant text, n int);\n\
              INSERT INTO {name}.whoami VALUES ('{name}', 0);\n\
              RESET ROLE;\n"
-        ),
-    )
-    .unwrap_or_else(|e| panic!("creating role {name}: {e}"));
+            ),
+        )
+        .unwrap_or_else(|e| panic!("creating role {name}: {e}"));
     format!(
         "[tenants.{name}]\nbackend = \"main\"\nuser = \"{name}\"\n\
          password = \"{OWN_LOGIN_PASSWORD}\"\nsearch_path = [\"{name}\"]\n"
@@ -47,14 +52,14 @@ fn own_login(name: &str) -> String {
 }
 
 /// A superuser connection straight to the shared PostgreSQL.
-async fn superuser() -> tokio_postgres::Client {
+pub(crate) async fn superuser() -> tokio_postgres::Client {
     connect(&pg_conn_str("postgres", "postgres", "postgres"))
         .await
         .unwrap_or_else(|e| panic!("superuser connection: {e}"))
 }
 
 /// `(pid, state)` of every backend logged in as `user`.
-async fn activity(admin: &tokio_postgres::Client, user: &str) -> Vec<(i32, String)> {
+pub(crate) async fn activity(admin: &tokio_postgres::Client, user: &str) -> Vec<(i32, String)> {
     admin
         .query(
             "SELECT pid, coalesce(state, '') FROM pg_stat_activity WHERE usename = $1",

@@ -1,12 +1,16 @@
 //! `idle_transaction_timeout`, `server_idle_timeout` and `server_lifetime`, observed from
-//! the server side (`pg_stat_activity` of a server login of the test's own).
+//! the server side (`pg_stat_activity` of a server login of the test's own), and
+//! `query_wait_timeout` ending a wait for a server connection.
 
 use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
 use super::{activity, eventually, own_login, superuser};
-use crate::support::{describe, simple_value, Naming, ProxyOptions, TestProxy};
+use crate::support::{
+    assert_db_error, connect_watched, describe, simple_value, tenant_client, tenant_of, Naming,
+    ProxyOptions, TestProxy,
+};
 
 async fn pid(client: &tokio_postgres::Client) -> i32 {
     simple_value(client, "SELECT pg_backend_pid()")
@@ -53,8 +57,9 @@ async fn idle_transaction_timeout_ends_the_client_and_frees_its_connection() {
         Some("1"),
         "the sleeper's insert was rolled back"
     );
+    // Not before the timeout (500 ms, counted from the sleeper's last message, a little
+    // before `began`).
     assert!(waited >= Duration::from_millis(400), "{waited:?}");
-    assert!(waited < Duration::from_secs(5), "{waited:?}");
 
     let end = tokio::time::timeout(Duration::from_secs(5), ended)
         .await
@@ -177,6 +182,8 @@ async fn server_lifetime_retires_old_connections_but_never_mid_transaction() {
     // A transaction that outlives the lifetime keeps its connection to the end.
     client.simple_query("BEGIN").await.expect("begin");
     let in_tx = pid(&client).await;
+    // A fixed sleep on purpose: it shows that nothing happens to the transaction's
+    // connection while it outlives its lifetime.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(pid(&client).await, in_tx, "cut mid-transaction");
     client.simple_query("COMMIT").await.expect("commit");
@@ -195,4 +202,44 @@ async fn server_lifetime_retires_old_connections_but_never_mid_transaction() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn query_wait_timeout_ends_a_wait_with_53300() {
+    let proxy = TestProxy::start_with(
+        ProxyOptions::default()
+            .pool_size(1)
+            .timeout("query_wait_timeout", "500ms"),
+    );
+    let holder = tenant_client(&proxy, "t1").await;
+    holder
+        .simple_query("BEGIN; SELECT * FROM whoami")
+        .await
+        .unwrap();
+    let waiter = connect_watched(&proxy.connect_str("app", Naming::Options, "t2"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = waiter
+        .simple_query("SELECT tenant FROM whoami")
+        .await
+        .expect_err("no server connection within query_wait_timeout");
+    let waited = started.elapsed();
+    let db = waiter.closing_error(&e).await;
+    assert_db_error(
+        &db,
+        "53300",
+        "timed out waiting for a server connection (query_wait_timeout)",
+    );
+    assert_eq!(db.severity(), "FATAL");
+    assert!(
+        waited >= Duration::from_millis(500),
+        "not before query_wait_timeout: {waited:?}"
+    );
+    // The holder is untouched, and once it is done the pool serves others again.
+    assert_eq!(tenant_of(&holder).await.as_deref(), Some("t1"));
+    holder.simple_query("COMMIT").await.unwrap();
+    let next = tenant_client(&proxy, "t2").await;
+    assert_eq!(tenant_of(&next).await.as_deref(), Some("t2"));
+    proxy.stop().await.unwrap();
 }

@@ -37,18 +37,32 @@ CREATE POLICY tenant_isolation ON public.rls_items
     USING (tenant_id = current_setting('app.tenant_id')::int);
 RESET ROLE;
 
--- A tenant with its own server login: schema t7 owned by tenant_t7.
+-- A tenant with its own server login: schema t7 owned by tenant_t7. Schemas t7a and t7b
+-- are for tenants that log in as tenant_t7 too (tests/it/collision.rs: they share its pool).
 CREATE SCHEMA t7 AUTHORIZATION tenant_t7;
+CREATE SCHEMA t7a AUTHORIZATION tenant_t7;
+CREATE SCHEMA t7b AUTHORIZATION tenant_t7;
 SET ROLE tenant_t7;
 CREATE TABLE t7.whoami (tenant text, n int);
 INSERT INTO t7.whoami VALUES ('t7', 7);
+CREATE TABLE t7a.whoami (tenant text, n int);
+INSERT INTO t7a.whoami VALUES ('t7a', 7);
+CREATE TABLE t7b.whoami (tenant text, n int);
+INSERT INTO t7b.whoami VALUES ('t7b', 7);
 RESET ROLE;
 
--- Model 3: a database per tenant.
+-- Model 3: a database per tenant. Schemas t5a and t5b in app_t5 are for tenants that name
+-- the same database (tests/it/collision.rs: they share its pool).
 \connect app_t5
 SET ROLE app;
 CREATE TABLE public.whoami (tenant text, n int);
 INSERT INTO public.whoami VALUES ('t5', 5);
+CREATE SCHEMA t5a;
+CREATE TABLE t5a.whoami (tenant text, n int);
+INSERT INTO t5a.whoami VALUES ('t5a', 5);
+CREATE SCHEMA t5b;
+CREATE TABLE t5b.whoami (tenant text, n int);
+INSERT INTO t5b.whoami VALUES ('t5b', 5);
 RESET ROLE;
 
 \connect app_t6

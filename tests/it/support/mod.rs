@@ -6,9 +6,11 @@
 //! exits, so `cargo test` leaves no postgres processes behind.
 #![allow(dead_code)] // Not every test module uses every helper.
 
+pub mod binary;
 pub mod clients;
 pub mod ops;
 pub mod watch;
+pub mod wire;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -78,6 +80,27 @@ pub fn own_pg_with(options: LocalPgOptions) -> LocalPostgres {
         LocalPostgres::start_with(options).unwrap_or_else(|e| panic!("starting PostgreSQL: {e}"));
     pg.psql(FIXTURE_SQL)
         .unwrap_or_else(|e| panic!("applying the test fixture: {e}"));
+    pg
+}
+
+/// A PostgreSQL of the test's own whose `pg_hba.conf` starts with `hba_line` (e.g.
+/// `"host all app 127.0.0.1/32 md5"`) and which stores passwords as `password_encryption`
+/// (`"md5"` or `"scram-sha-256"`; the fixture's roles are created with it), with
+/// `log_connections` on so the log names the method each login used
+/// (`method=md5 (...pg_hba.conf:1)`).
+pub fn own_pg_with_auth(hba_line: &str, password_encryption: &str) -> LocalPostgres {
+    let pg = own_pg_with(
+        LocalPgOptions::default()
+            .conf(format!("password_encryption = '{password_encryption}'"))
+            .conf("log_connections = on"),
+    );
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    // Rewritten in place: the file keeps its owner (`postgres` when run as root).
+    std::fs::write(&hba, format!("{hba_line}\n{rules}")).expect("write pg_hba.conf");
+    // A restart rather than a reload: the rules are in force when it returns.
+    pg.stop_immediate().expect("stop PostgreSQL");
+    pg.start_again().expect("start PostgreSQL again");
     pg
 }
 
@@ -277,7 +300,12 @@ impl TestProxy {
     /// Starts a proxy whose backend `main` is the PostgreSQL at `pg_host:pg_port` (e.g. a
     /// test's own [`own_pg`]). Call inside a tokio runtime.
     pub fn start_on(options: ProxyOptions, pg_host: &str, pg_port: u16) -> TestProxy {
-        let config_text = options.toml(pg_host, pg_port);
+        TestProxy::start_text(options.toml(pg_host, pg_port))
+    }
+
+    /// Starts a proxy with exactly this config text (e.g. [`ProxyOptions::toml`] edited).
+    /// Call inside a tokio runtime.
+    pub fn start_text(config_text: String) -> TestProxy {
         let config = Config::from_toml_str(&config_text, "test.toml")
             .unwrap_or_else(|e| panic!("test config does not load: {e}\n---\n{config_text}"));
         let std_listener =
