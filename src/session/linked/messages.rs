@@ -32,126 +32,24 @@ pub(super) fn on_client_message(
     if link.messages > 1 {
         link.pending.sole_set = None;
     }
-    let malformed = || client_protocol(format!("malformed message of type {}", msg[0] as char));
-    let client_entry = |kind| Entry::Client { kind, stmt: None };
     match decoded {
-        Frontend::Query { sql } => {
-            let fx = sqlscan::effects(sql);
-            if link.messages == 1 && fx.plain_set && link.status == TxStatus::Idle {
-                link.pending.sole_set = Some(sql.into());
-            }
-            note_effects(&fx, ctx, conn, link);
-            match link.pooled.then(|| prepared::classify_sql(sql)) {
-                Some(SqlStatement::Deallocate(name)) if !server_deallocates(ctx, link, &name) => {
-                    let tag = match name {
-                        Some(name) => {
-                            ctx.stmts.remove(&name);
-                            "DEALLOCATE"
-                        }
-                        None => {
-                            ctx.stmts.clear();
-                            "DEALLOCATE ALL"
-                        }
-                    };
-                    link.expect.push(Entry::Synth(Synth::QueryDone { tag }));
-                    return Ok(());
-                }
-                _ if refuse_pin(&fx, ctx, link) => encode::query(out.buf(), PIN_REFUSED),
-                _ => out.forward(msg),
-            }
-            link.expect.push(client_entry(Kind::Query));
-            merge_resets(&mut link.pending.fixup, fx.resets);
-            if !link.pending.fixup.is_none() {
-                link.pending.hold = true;
-            }
-        }
-        Frontend::Parse { name, sql } => {
-            link.unsynced = true;
-            let fx = sqlscan::effects(sql);
-            note_effects(&fx, ctx, conn, link);
-            let refused = refuse_pin(&fx, ctx, link);
-            // Put back at the next Sync (see `Frontend::Sync`).
-            merge_resets(&mut link.pending.fixup, fx.resets);
-            if refused {
-                // The statement becomes the refusal (same name, no parameters).
-                let out = out.buf();
-                encode::parse(out, name, PIN_REFUSED.as_bytes(), &[0, 0]);
-                link.expect.push(client_entry(Kind::Parse));
-                return Ok(());
-            }
-            if !link.pooled || name.is_empty() {
-                out.forward(msg);
-                link.expect.push(client_entry(Kind::Parse));
-                return Ok(());
-            }
-            let (_, sql, types) = frontend::split_parse(msg).ok_or_else(malformed)?;
-            // A client with temp objects gets statements of its own: PostgreSQL does not
-            // plan a shared statement again when a new temp table hides a table it reads.
-            let temp = (ctx.vs.pins() | link.maybe_pins) & sqlscan::pin::TEMP != 0;
-            let owner = if temp { ctx.listener_id() } else { 0 };
-            let stmt = std::sync::Arc::new(prepared::server_stmt(
-                ctx.tenant.state_id ^ owner,
-                sql,
-                types,
-            ));
-            let client_name = bytes::Bytes::copy_from_slice(name);
-            ctx.stmts.insert(client_name.clone(), stmt.clone());
-            if conn.statements().has(&stmt.server_name) {
-                link.expect
-                    .push(Entry::Synth(Synth::ParseComplete { client_name }));
-            } else {
-                let out = out.buf();
-                make_room(conn, link, out);
-                out.extend_from_slice(&stmt.parse);
-                conn.statements().add(stmt.server_name.clone());
-                let stmt = Some(StmtRef {
-                    server: stmt.server_name.clone(),
-                    client: Some(client_name),
-                });
-                link.expect.push(Entry::Client {
-                    kind: Kind::Parse,
-                    stmt,
-                });
-            }
-        }
+        Frontend::Query { sql } => on_query(msg, sql, ctx, conn, link, out),
+        Frontend::Parse { name, sql } => on_parse(msg, name, sql, ctx, conn, link, out)?,
         Frontend::Bind => {
             link.unsynced = true;
-            let (_, name, _) = frontend::split_bind(msg).ok_or_else(malformed)?;
+            let (_, name, _) = frontend::split_bind(msg).ok_or_else(|| malformed(msg))?;
             match mapped(ctx, link, name) {
                 Some(stmt) => {
                     let out = out.buf();
                     ensure_prepared(conn, link, &stmt, out);
-                    encode::bind_renamed(out, msg, &stmt.server_name).ok_or_else(malformed)?;
+                    encode::bind_renamed(out, msg, &stmt.server_name)
+                        .ok_or_else(|| malformed(msg))?;
                 }
                 None => out.forward(msg),
             }
             link.expect.push(client_entry(Kind::Bind));
         }
-        Frontend::Describe => {
-            link.unsynced = true;
-            let (which, name) = frontend::split_target(msg).ok_or_else(malformed)?;
-            match mapped(ctx, link, name).filter(|_| which == b'S') {
-                Some(stmt) => {
-                    let out = out.buf();
-                    ensure_prepared(conn, link, &stmt, out);
-                    encode::describe_or_close(out, ftag::DESCRIBE, b'S', &stmt.server_name);
-                }
-                None => out.forward(msg),
-            }
-            link.expect.push(client_entry(Kind::Describe));
-        }
-        Frontend::Close => {
-            link.unsynced = true;
-            let (which, name) = frontend::split_target(msg).ok_or_else(malformed)?;
-            if link.pooled && which == b'S' && !name.is_empty() {
-                // The server copy stays cached for the tenant's other clients.
-                ctx.stmts.remove(name);
-                link.expect.push(Entry::Synth(Synth::CloseComplete));
-            } else {
-                out.forward(msg);
-                link.expect.push(client_entry(Kind::Close));
-            }
-        }
+        Frontend::Describe | Frontend::Close => on_target(msg, ctx, conn, link, out)?,
         Frontend::Execute => {
             link.unsynced = true;
             out.forward(msg);
@@ -181,6 +79,148 @@ pub(super) fn on_client_message(
         }
         Frontend::Terminate => {}
     }
+    Ok(())
+}
+
+fn malformed(msg: &[u8]) -> LinkError {
+    client_protocol(format!("malformed message of type {}", msg[0] as char))
+}
+
+fn client_entry(kind: Kind) -> Entry {
+    Entry::Client { kind, stmt: None }
+}
+
+/// A simple Query: its effects noted, a DEALLOCATE of a mapped statement answered here, a
+/// statement that would pin beyond the cap replaced by the refusal.
+fn on_query(
+    msg: &[u8],
+    sql: &[u8],
+    ctx: &mut ClientCtx,
+    conn: &mut ServerConn,
+    link: &mut Link,
+    out: &mut Outgoing<'_>,
+) {
+    let fx = sqlscan::effects(sql);
+    if link.messages == 1 && fx.plain_set && link.status == TxStatus::Idle {
+        link.pending.sole_set = Some(sql.into());
+    }
+    note_effects(&fx, ctx, conn, link);
+    match link.pooled.then(|| prepared::classify_sql(sql)) {
+        Some(SqlStatement::Deallocate(name)) if !server_deallocates(ctx, link, &name) => {
+            let tag = match name {
+                Some(name) => {
+                    ctx.stmts.remove(&name);
+                    "DEALLOCATE"
+                }
+                None => {
+                    ctx.stmts.clear();
+                    "DEALLOCATE ALL"
+                }
+            };
+            link.expect.push(Entry::Synth(Synth::QueryDone { tag }));
+            return;
+        }
+        _ if refuse_pin(&fx, ctx, link) => encode::query(out.buf(), PIN_REFUSED),
+        _ => out.forward(msg),
+    }
+    link.expect.push(client_entry(Kind::Query));
+    merge_resets(&mut link.pending.fixup, fx.resets);
+    if !link.pending.fixup.is_none() {
+        link.pending.hold = true;
+    }
+}
+
+/// A Parse: effects noted; in transaction mode a named statement becomes the tenant's
+/// shared server statement (prepared here unless the connection has it).
+fn on_parse(
+    msg: &[u8],
+    name: &[u8],
+    sql: &[u8],
+    ctx: &mut ClientCtx,
+    conn: &mut ServerConn,
+    link: &mut Link,
+    out: &mut Outgoing<'_>,
+) -> Result<(), LinkError> {
+    link.unsynced = true;
+    let fx = sqlscan::effects(sql);
+    note_effects(&fx, ctx, conn, link);
+    let refused = refuse_pin(&fx, ctx, link);
+    // Put back at the next Sync (see `Frontend::Sync`).
+    merge_resets(&mut link.pending.fixup, fx.resets);
+    if refused {
+        // The statement becomes the refusal (same name, no parameters).
+        encode::parse(out.buf(), name, PIN_REFUSED.as_bytes(), &[0, 0]);
+        link.expect.push(client_entry(Kind::Parse));
+        return Ok(());
+    }
+    if !link.pooled || name.is_empty() {
+        out.forward(msg);
+        link.expect.push(client_entry(Kind::Parse));
+        return Ok(());
+    }
+    let (_, sql, types) = frontend::split_parse(msg).ok_or_else(|| malformed(msg))?;
+    // A client with temp objects gets statements of its own: PostgreSQL does not plan a
+    // shared statement again when a new temp table hides a table it reads.
+    let temp = (ctx.vs.pins() | link.maybe_pins) & sqlscan::pin::TEMP != 0;
+    let owner = if temp { ctx.listener_id() } else { 0 };
+    let stmt = std::sync::Arc::new(prepared::server_stmt(
+        ctx.tenant.state_id ^ owner,
+        sql,
+        types,
+    ));
+    let client_name = bytes::Bytes::copy_from_slice(name);
+    ctx.stmts.insert(client_name.clone(), stmt.clone());
+    if conn.statements().has(&stmt.server_name) {
+        link.expect
+            .push(Entry::Synth(Synth::ParseComplete { client_name }));
+        return Ok(());
+    }
+    let out = out.buf();
+    make_room(conn, link, out);
+    out.extend_from_slice(&stmt.parse);
+    conn.statements().add(stmt.server_name.clone());
+    let stmt = Some(StmtRef {
+        server: stmt.server_name.clone(),
+        client: Some(client_name),
+    });
+    link.expect.push(Entry::Client {
+        kind: Kind::Parse,
+        stmt,
+    });
+    Ok(())
+}
+
+/// Describe or Close of a statement (`S`) or portal (`P`): a mapped statement is described
+/// under its server name (prepared first if need be); a Close of one is answered here (the
+/// server copy stays cached for the tenant's other clients).
+fn on_target(
+    msg: &[u8],
+    ctx: &mut ClientCtx,
+    conn: &mut ServerConn,
+    link: &mut Link,
+    out: &mut Outgoing<'_>,
+) -> Result<(), LinkError> {
+    link.unsynced = true;
+    let (which, name) = frontend::split_target(msg).ok_or_else(|| malformed(msg))?;
+    if msg[0] == ftag::CLOSE {
+        if link.pooled && which == b'S' && !name.is_empty() {
+            ctx.stmts.remove(name);
+            link.expect.push(Entry::Synth(Synth::CloseComplete));
+        } else {
+            out.forward(msg);
+            link.expect.push(client_entry(Kind::Close));
+        }
+        return Ok(());
+    }
+    match mapped(ctx, link, name).filter(|_| which == b'S') {
+        Some(stmt) => {
+            let out = out.buf();
+            ensure_prepared(conn, link, &stmt, out);
+            encode::describe_or_close(out, ftag::DESCRIBE, b'S', &stmt.server_name);
+        }
+        None => out.forward(msg),
+    }
+    link.expect.push(client_entry(Kind::Describe));
     Ok(())
 }
 

@@ -10,17 +10,19 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 mod messages;
+mod relay;
 mod settle;
 
-use messages::{forget, on_client_message, on_forwarded};
+use messages::on_client_message;
+use relay::server_to_client;
 use settle::{resolve_fixup, settle};
 
 use super::client::ClientCtx;
-use super::expect::{Entry, Expect, Step, Synth};
+use super::expect::{Entry, Expect, Synth};
 use super::sync::{self, Prelude, Reply};
 use crate::config::PoolMode;
 use crate::kinds::SessionErrorKind;
-use crate::protocol::backend::{self, Backend, TxStatus};
+use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::frontend::is_known_tag;
 use crate::protocol::sql::Resets;
@@ -284,37 +286,14 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     idle_tx_timeout: Option<Duration>,
 ) -> Result<LinkEnd, LinkError> {
     if let Some(p) = prelude {
-        if p.unverified {
-            let mut out = BytesMut::new();
-            sync::encode_prelude(&mut out, &p);
-            round_trip(client, ctx, conn, p, out).await?;
-        } else {
-            sync::encode_prelude(&mut client.sbuf, &p);
-            link.expect.push(Entry::Prelude);
-            link.pending_state = p.state;
-        }
+        send_prelude(client, ctx, conn, link, p).await?;
     }
     if client_to_server(client, ctx, conn, link).await? == Sent::Terminate {
         return Ok(LinkEnd::ClientGone);
     }
     loop {
-        if link.pending.hold && link.expect.is_empty() {
-            resolve_fixup(client, ctx, conn, link).await?;
-            if client_to_server(client, ctx, conn, link).await? == Sent::Terminate {
-                return Ok(LinkEnd::ClientGone);
-            }
-            continue;
-        }
-        if link.quiet() && (link.pending.capture || link.pending.census) {
-            settle(client, ctx, entry, conn, link).await?;
-        }
-        if let Some(ready) = link.held_ready.take() {
-            client.wbuf.extend_from_slice(&ready);
-            // A client that has gone away surfaces on its next read.
-            let _ = client.flush().await;
-        }
-        if link.released(ctx) {
-            return Ok(LinkEnd::Released);
+        if let Some(end) = catch_up(client, ctx, entry, conn, link).await? {
+            return Ok(end);
         }
         reserve(&mut conn.io.rbuf);
         crate::transport::bufpool::room(&mut client.rbuf, 4096);
@@ -369,6 +348,53 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// A prelude that only re-applies known settings goes in the same write as the client's
+/// first messages; one with settings never applied before runs in a round trip of its own.
+async fn send_prelude<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &mut ClientCtx,
+    conn: &mut ServerConn,
+    link: &mut Link,
+    p: Prelude,
+) -> Result<(), LinkError> {
+    if p.unverified {
+        let mut out = BytesMut::new();
+        sync::encode_prelude(&mut out, &p);
+        return round_trip(client, ctx, conn, p, out).await;
+    }
+    sync::encode_prelude(&mut client.sbuf, &p);
+    link.expect.push(Entry::Prelude);
+    link.pending_state = p.state;
+    Ok(())
+}
+
+/// What the link owes once the server has answered: the client's defaults put back after
+/// a RESET (then the messages held back meanwhile sent), its session settled, the held
+/// ReadyForQuery passed on. `Some`: the link ends.
+async fn catch_up<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    ctx: &mut ClientCtx,
+    entry: &crate::shared::ClientEntry,
+    conn: &mut ServerConn,
+    link: &mut Link,
+) -> Result<Option<LinkEnd>, LinkError> {
+    while link.pending.hold && link.expect.is_empty() {
+        resolve_fixup(client, ctx, conn, link).await?;
+        if client_to_server(client, ctx, conn, link).await? == Sent::Terminate {
+            return Ok(Some(LinkEnd::ClientGone));
+        }
+    }
+    if link.quiet() && (link.pending.capture || link.pending.census) {
+        settle(client, ctx, entry, conn, link).await?;
+    }
+    if let Some(ready) = link.held_ready.take() {
+        client.wbuf.extend_from_slice(&ready);
+        // A client that has gone away surfaces on its next read.
+        let _ = client.flush().await;
+    }
+    Ok(link.released(ctx).then_some(LinkEnd::Released))
 }
 
 fn reserve(buf: &mut BytesMut) {
@@ -546,7 +572,7 @@ enum Sent {
 }
 
 /// Writes made-up responses that are at the front of the queue.
-async fn emit_synths<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn emit_synths<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     link: &mut Link,
 ) {
@@ -563,132 +589,4 @@ async fn emit_synths<S: AsyncRead + AsyncWrite + Unpin>(
     }
     // A client that has gone away surfaces on its next read.
     let _ = client.flush().await;
-}
-
-/// Relays what the server has sent, message by message against the [`Expect`] queue.
-async fn server_to_client<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut ClientStream<S>,
-    ctx: &mut ClientCtx,
-    conn: &mut ServerConn,
-    link: &mut Link,
-) -> Result<(), LinkError> {
-    // The buffer is taken out for the duration so messages in it can be read while the
-    // connection's bookkeeping is updated.
-    let mut rbuf = std::mem::take(&mut conn.io.rbuf);
-    let result = relay(client, ctx, conn, link, &mut rbuf).await;
-    conn.io.rbuf = rbuf;
-    result
-}
-
-async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut ClientStream<S>,
-    ctx: &mut ClientCtx,
-    conn: &mut ServerConn,
-    link: &mut Link,
-    rbuf: &mut BytesMut,
-) -> Result<(), LinkError> {
-    let proto = |e: &dyn std::fmt::Display| LinkError::ServerProtocol(e.to_string());
-    // Bytes at the front of `rbuf` that are ready to go to the client.
-    let mut off = 0;
-    loop {
-        let expect = &link.expect;
-        // The prelude's replies are all swallowed, rows included (its SELECTs).
-        let swallowing = expect.prelude_pending();
-        let inspect = |t: u8| {
-            swallowing
-                || t != btag::DATA_ROW
-                    && t != btag::COPY_DATA
-                    && (matches!(
-                        t,
-                        btag::READY_FOR_QUERY
-                            | btag::COMMAND_COMPLETE
-                            | btag::ERROR_RESPONSE
-                            | btag::PARAMETER_STATUS
-                    ) || expect.needs_whole(t))
-        };
-        let item = conn
-            .io
-            .scanner
-            .scan(&rbuf[off..], inspect)
-            .map_err(|e| proto(&e))?;
-        let (tag, len) = match item {
-            None => break,
-            Some(Scanned::Through { len, .. }) => {
-                off += len;
-                continue;
-            }
-            Some(Scanned::Message { tag, len }) => (tag, len),
-        };
-        let step = if link.expect.is_empty() {
-            // Nothing is owed (e.g. an asynchronous notice): forward, keep track of state.
-            Step::Forward
-        } else {
-            link.expect.on_message(tag)
-        };
-        match step {
-            Step::Forward | Step::Completed(_) | Step::Failed { .. } => {
-                on_forwarded(&rbuf[off..off + len], ctx, conn, link).map_err(|e| proto(&e))?;
-                if tag == btag::READY_FOR_QUERY && link.settles_before_ready() {
-                    // The client sees this ReadyForQuery once its session is recorded (its
-                    // settings read back, its objects counted): what it does next finds
-                    // its pins and settings in place.
-                    flush_front(client, rbuf, &mut off).await;
-                    link.held_ready = Some(rbuf.split_to(len));
-                    continue;
-                }
-                off += len;
-                if let Step::Failed { entry, dropped } = &step {
-                    forget(entry, conn, ctx);
-                    for e in dropped {
-                        forget(e, conn, ctx);
-                    }
-                }
-            }
-            Step::Swallow(_) => {
-                flush_front(client, rbuf, &mut off).await;
-                rbuf.advance(len);
-            }
-            Step::Prelude | Step::PreludeDone => {
-                flush_front(client, rbuf, &mut off).await;
-                let msg = rbuf.split_to(len);
-                if let Backend::ParameterStatus { name, value } =
-                    backend::decode(&msg).map_err(|e| proto(&e))?
-                {
-                    conn.set_param(&String::from_utf8_lossy(name), value);
-                }
-                if tag == btag::READY_FOR_QUERY {
-                    let state = link.pending_state.take();
-                    sync::finish(conn, ctx, state, &mut client.wbuf);
-                }
-            }
-            Step::PreludeFailed => {
-                conn.mark_broken();
-                flush_front(client, rbuf, &mut off).await;
-                client.wbuf.extend_from_slice(&rbuf[..len]);
-                let _ = client.flush().await;
-                return Err(LinkError::StateFailed);
-            }
-        }
-        if link.expect.front_is_synth() || !client.wbuf.is_empty() {
-            flush_front(client, rbuf, &mut off).await;
-            emit_synths(client, link).await;
-        }
-    }
-    flush_front(client, rbuf, &mut off).await;
-    Ok(())
-}
-
-/// Writes the first `off` bytes of the server buffer to the client.
-async fn flush_front<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut ClientStream<S>,
-    rbuf: &mut BytesMut,
-    off: &mut usize,
-) {
-    if *off > 0 {
-        // A client that has gone away surfaces on its next read; keep the server stream
-        // consistent meanwhile.
-        let _ = client.io.write_all(&rbuf[..*off]).await;
-        rbuf.advance(*off);
-        *off = 0;
-    }
 }
