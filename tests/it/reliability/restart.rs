@@ -138,14 +138,14 @@ async fn server_restart_under_load_loses_at_most_the_in_flight_transaction() {
     // Transactions each looping client has completed before the stop.
     let done_before: Vec<Arc<AtomicUsize>> = (0..8).map(|_| Arc::default()).collect();
     let mut clients = Vec::new();
-    for i in 0..8 {
+    for (i, done) in done_before.iter().enumerate() {
         let tenant = if i % 2 == 0 { "t1" } else { "t2" };
         let conn = proxy.connect_str("app", Naming::Options, tenant);
         clients.push(tokio::spawn(looping_client(
             conn,
             tenant.to_string(),
             phase.clone(),
-            done_before[i].clone(),
+            done.clone(),
         )));
     }
     // Two clients that are idle (connected to the proxy, not linked) across the restart.
