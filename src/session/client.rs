@@ -25,6 +25,17 @@ pub struct StartupInfo {
     pub settings: Vec<(String, String)>,
 }
 
+impl StartupInfo {
+    /// The `application_name` it asked for (empty when none).
+    pub fn application_name(&self) -> String {
+        self.reported
+            .iter()
+            .find(|(name, _)| *name == "application_name")
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default()
+    }
+}
+
 pub fn read_startup(params: Vec<(String, String)>) -> Result<StartupInfo, ErrorInfo> {
     let mut info = StartupInfo::default();
     let mut database = None;

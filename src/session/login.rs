@@ -133,53 +133,55 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     if info.database == crate::admin::ADMIN_DATABASE {
         return admin_login(config, &identity.user).map_err(|i| fail(F::AdminForbidden, i));
     }
-    let tenant_name = match &identity.tenant {
-        Ok(name) => name.clone(),
-        Err(e @ IdentifyError::Unknown(_)) => return Err(fail(F::UnknownTenant, e.to_client())),
-        Err(e @ IdentifyError::NoneNamed) => return Err(fail(F::NoTenant, e.to_client())),
-    };
-    // Authentication succeeded, so `user` is configured.
-    if !user.is_some_and(|u| u.tenants.allows(&tenant_name)) {
-        let message = format!(
-            "user \"{}\" may not use tenant \"{tenant_name}\"",
-            identity.user
-        );
-        return Err(fail(
-            F::TenantForbidden,
-            ErrorInfo::fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, message),
-        ));
-    }
+    let tenant_name = allowed_tenant(&identity, user).map_err(|(reason, i)| fail(reason, i))?;
     // `identify` found the tenant in this same generation's config.
     let tenant = generation.registry.tenants[&tenant_name].clone();
     admit_to_tenant(&tenant).map_err(|i| fail(F::TooManyClients, i))?;
     let proxy = &config.proxy;
-    match finish_login(
+    let ctx = finish_login(
         client,
         shared,
         proxy,
         identity.user.clone(),
         tenant.clone(),
         &info,
-    )
-    .await
-    {
-        Ok(ctx) => {
-            let application_name = info
-                .reported
-                .iter()
-                .find(|(name, _)| *name == "application_name")
-                .map(|(_, value)| value.clone())
-                .unwrap_or_default();
-            Ok(Some(LoggedIn::Tenant {
-                ctx: Box::new(ctx),
-                application_name,
-            }))
-        }
+    );
+    match ctx.await {
+        Ok(ctx) => Ok(Some(LoggedIn::Tenant {
+            ctx: Box::new(ctx),
+            application_name: info.application_name(),
+        })),
         Err(i) => {
             tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
             Err(fail(F::Backend, i))
         }
     }
+}
+
+/// The tenant the client named, if it exists and its (authenticated, so configured) user
+/// may use it.
+fn allowed_tenant(
+    identity: &crate::tenant::Identity,
+    user: Option<&std::sync::Arc<crate::config::UserConfig>>,
+) -> Result<String, (LoginFailure, ErrorInfo)> {
+    let tenant_name = match &identity.tenant {
+        Ok(name) => name.clone(),
+        Err(e @ IdentifyError::Unknown(_)) => {
+            return Err((LoginFailure::UnknownTenant, e.to_client()))
+        }
+        Err(e @ IdentifyError::NoneNamed) => return Err((LoginFailure::NoTenant, e.to_client())),
+    };
+    if !user.is_some_and(|u| u.tenants.allows(&tenant_name)) {
+        let message = format!(
+            "user \"{}\" may not use tenant \"{tenant_name}\"",
+            identity.user
+        );
+        return Err((
+            LoginFailure::TenantForbidden,
+            ErrorInfo::fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, message),
+        ));
+    }
+    Ok(tenant_name)
 }
 
 /// Database `pgtenant`: the console, for `admin_users` only.

@@ -24,8 +24,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::PoolMode;
 use crate::kinds::SessionErrorKind;
+use crate::pool::Pooled;
 use crate::protocol::encode::ErrorInfo;
 use crate::protocol::sqlstate;
+use crate::server::ServerConn;
 use crate::shared::{ClientEntry, ClientState, Generation, StopReason};
 use crate::tenant::LoginFailure;
 use crate::transport::counted::{Counted, Peer};
@@ -422,6 +424,17 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     entry.cancel.set(None);
     entry.set_state(ClientState::Idle);
     let pinned = ctx.vs.pins() != 0 || link.may_hold_objects();
+    let_go(conn, link, pinned, end).await
+}
+
+/// What becomes of the connection once the link has ended (`end`: `None` when a KILL cut
+/// it mid-link), and how the transaction ended for the session.
+async fn let_go(
+    conn: Pooled<ServerConn>,
+    link: &Link,
+    pinned: bool,
+    end: Option<Result<LinkEnd, LinkError>>,
+) -> Result<TxEnd, SessionError> {
     match end {
         Some(Ok(LinkEnd::Released)) => {
             // Released means nothing is owed and nothing pins the client: the connection

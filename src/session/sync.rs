@@ -91,20 +91,7 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
             }
         }
     }
-    for (i, name) in TRACKED_PARAMS.iter().enumerate() {
-        let Some(value) = ctx.params.tracked(i) else {
-            continue;
-        };
-        let current = conn.params().tracked(i);
-        let after_reset = conn.startup_params().tracked(i);
-        if current != Some(value) || (resets(name) && after_reset != Some(value)) {
-            sql.push_str("SET ");
-            sql.push_str(name);
-            sql.push_str(" TO ");
-            sql.push_str(&escape_literal(&String::from_utf8_lossy(value)));
-            sql.push(';');
-        }
-    }
+    set_reported(&mut sql, ctx, conn, &resets);
     if sql.is_empty() {
         return None;
     }
@@ -123,6 +110,30 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
         },
         unverified,
     })
+}
+
+/// Appends a `SET` for each reported parameter whose value on `conn` (after the resets the
+/// prelude does, `resets` telling which) is not what the client was told.
+fn set_reported(
+    sql: &mut String,
+    ctx: &ClientCtx,
+    conn: &ServerConn,
+    resets: &dyn Fn(&str) -> bool,
+) {
+    for (i, name) in TRACKED_PARAMS.iter().enumerate() {
+        let Some(value) = ctx.params.tracked(i) else {
+            continue;
+        };
+        let current = conn.params().tracked(i);
+        let after_reset = conn.startup_params().tracked(i);
+        if current != Some(value) || (resets(name) && after_reset != Some(value)) {
+            sql.push_str("SET ");
+            sql.push_str(name);
+            sql.push_str(" TO ");
+            sql.push_str(&escape_literal(&String::from_utf8_lossy(value)));
+            sql.push(';');
+        }
+    }
 }
 
 pub fn encode_prelude(buf: &mut BytesMut, p: &Prelude) {
@@ -184,41 +195,12 @@ pub fn fixup_sql(resets: &Resets, ctx: &ClientCtx) -> String {
     let mut listed: Vec<(String, String)> = Vec::new();
     let mut custom: Vec<(String, String)> = Vec::new();
     let tenant = &ctx.tenant.config;
-    // As `SET search_path TO "a","b"` shows it: quoted only where needed (the server's own
-    // quote_ident), joined by ", ".
-    let search_path = || {
-        let items: Vec<String> = tenant
-            .search_path
-            .iter()
-            .map(|s| escape_literal(s))
-            .collect();
-        format!(
-            "pg_catalog.array_to_string(ARRAY(SELECT pg_catalog.quote_ident(x) \
-             FROM pg_catalog.unnest(ARRAY[{}]::text[]) WITH ORDINALITY u(x, n) ORDER BY n), ', ')",
-            items.join(", ")
-        )
-    };
     let mut add = |name: &str| {
         let lower = name.to_ascii_lowercase();
         if listed.iter().chain(custom.iter()).any(|(n, _)| *n == lower) {
             return;
         }
-        // Each value as an SQL expression.
-        let value = if lower == "search_path" {
-            Some(search_path())
-        } else if let Some((_, v)) = tenant
-            .settings
-            .iter()
-            .chain(ctx.startup_settings())
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
-            Some(escape_literal(v))
-        } else {
-            crate::server::tracked_name(name)
-                .and_then(|t| ctx.login_params.get(t))
-                .map(|v| escape_literal(&String::from_utf8_lossy(v)))
-        };
-        if let Some(value) = value {
+        if let Some(value) = default_value(ctx, name) {
             if lower.contains('.') {
                 custom.push((lower, value));
             } else {
@@ -239,27 +221,7 @@ pub fn fixup_sql(resets: &Resets, ctx: &ClientCtx) -> String {
         }
         Resets::Names(names) => names.iter().for_each(|n| add(n)),
     }
-    let mut sql = String::new();
-    if !listed.is_empty() {
-        sql.push_str(
-            "SELECT pg_catalog.set_config(s.name, v.value, false) \
-             FROM pg_catalog.pg_settings s JOIN (VALUES ",
-        );
-        for (i, (name, value)) in listed.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            sql.push_str(&escape_literal(name));
-            sql.push_str(", ");
-            sql.push_str(value);
-            sql.push(')');
-        }
-        sql.push_str(
-            ") v(name, value) ON pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) v.name \
-             WHERE s.source OPERATOR(pg_catalog.<>) 'session';",
-        );
-    }
+    let mut sql = restore_listed(&listed);
     for (name, value) in custom {
         let name = escape_literal(&name);
         sql.push_str("SELECT pg_catalog.set_config(");
@@ -270,6 +232,65 @@ pub fn fixup_sql(resets: &Resets, ctx: &ClientCtx) -> String {
         sql.push_str(&name);
         sql.push_str(", true) OPERATOR(pg_catalog.=) '';");
     }
+    sql
+}
+
+/// The client's default for `name` as an SQL expression: the tenant's `search_path` or
+/// setting, the client's startup option, or the reported value it logged in with.
+fn default_value(ctx: &ClientCtx, name: &str) -> Option<String> {
+    let tenant = &ctx.tenant.config;
+    if name.eq_ignore_ascii_case("search_path") {
+        // As `SET search_path TO "a","b"` shows it: quoted only where needed (the server's
+        // own quote_ident), joined by ", ".
+        let items: Vec<String> = tenant
+            .search_path
+            .iter()
+            .map(|s| escape_literal(s))
+            .collect();
+        return Some(format!(
+            "pg_catalog.array_to_string(ARRAY(SELECT pg_catalog.quote_ident(x) \
+             FROM pg_catalog.unnest(ARRAY[{}]::text[]) WITH ORDINALITY u(x, n) ORDER BY n), ', ')",
+            items.join(", ")
+        ));
+    }
+    if let Some((_, v)) = tenant
+        .settings
+        .iter()
+        .chain(ctx.startup_settings())
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+    {
+        return Some(escape_literal(v));
+    }
+    crate::server::tracked_name(name)
+        .and_then(|t| ctx.login_params.get(t))
+        .map(|v| escape_literal(&String::from_utf8_lossy(v)))
+}
+
+/// One query putting back the built-in settings of `listed` (name, value expression) where
+/// the server says a reset happened (their source is no longer `session`).
+fn restore_listed(listed: &[(String, String)]) -> String {
+    let mut sql = String::new();
+    if listed.is_empty() {
+        return sql;
+    }
+    sql.push_str(
+        "SELECT pg_catalog.set_config(s.name, v.value, false) \
+         FROM pg_catalog.pg_settings s JOIN (VALUES ",
+    );
+    for (i, (name, value)) in listed.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        sql.push_str(&escape_literal(name));
+        sql.push_str(", ");
+        sql.push_str(value);
+        sql.push(')');
+    }
+    sql.push_str(
+        ") v(name, value) ON pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) v.name \
+         WHERE s.source OPERATOR(pg_catalog.<>) 'session';",
+    );
     sql
 }
 
