@@ -33,7 +33,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves `/metrics` on `listener` until shutdown.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(listen = %addr, "serving Prometheus metrics at /metrics");
+        tracing::info!(listen = %addr, "serving /metrics, /health and /ready");
     }
     loop {
         let accepted = tokio::select! {
@@ -81,8 +81,18 @@ async fn respond(mut stream: TcpStream, shared: Arc<Shared>) {
         .unwrap_or_default();
     let (status, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => ("200 OK", render(&shared)),
-        (_, "/metrics") => ("405 Method Not Allowed", "use GET\n".to_string()),
-        _ => ("404 Not Found", "pgtenant serves /metrics\n".to_string()),
+        ("GET" | "HEAD", "/health") => ("200 OK", "ok\n".to_string()),
+        ("GET" | "HEAD", "/ready") => match readiness(&shared).await {
+            Ok(()) => ("200 OK", "ready\n".to_string()),
+            Err(why) => ("503 Service Unavailable", why),
+        },
+        (_, "/metrics" | "/health" | "/ready") => {
+            ("405 Method Not Allowed", "use GET\n".to_string())
+        }
+        _ => (
+            "404 Not Found",
+            "pgtenant serves /metrics, /health and /ready\n".to_string(),
+        ),
     };
     let content_type = if status.starts_with("200") {
         "text/plain; version=0.0.4; charset=utf-8"
@@ -99,6 +109,46 @@ async fn respond(mut stream: TcpStream, shared: Arc<Shared>) {
     }
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// How long `/ready` waits for a backend to accept a TCP connection.
+const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `/ready`: the proxy accepts clients (not shutting down) and every backend is reachable:
+/// not marked down by failed connection attempts, and accepting a TCP connection now.
+/// `Err`: why not, one line per problem.
+async fn readiness(shared: &Shared) -> Result<(), String> {
+    if shared.shutdown.is_cancelled() {
+        return Err("shutting down\n".into());
+    }
+    let generation = shared.current();
+    let mut problems = String::new();
+    let mut seen = std::collections::HashSet::new();
+    for endpoint in &generation.registry.endpoints {
+        let config = &endpoint.config;
+        if endpoint.health.check(config).is_err() {
+            let _ = writeln!(problems, "backend {:?} is marked down", config.backend);
+            continue;
+        }
+        if !seen.insert((config.host.clone(), config.port)) {
+            continue;
+        }
+        let connect = TcpStream::connect((config.host.as_str(), config.port));
+        match tokio::time::timeout(READY_CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                let _ = writeln!(problems, "backend {:?} is unreachable: {e}", config.backend);
+            }
+            Err(_) => {
+                let _ = writeln!(problems, "backend {:?} did not answer", config.backend);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
 
 /// The metrics text, as `/metrics` answers it now.

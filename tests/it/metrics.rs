@@ -338,7 +338,7 @@ async fn tenant_labels_can_be_turned_off() {
 }
 
 #[tokio::test]
-async fn the_responder_answers_only_metrics() {
+async fn the_responder_answers_its_paths_only() {
     let proxy = OpsProxy::start(ProxyOptions::default());
     let (status, _) = proxy.http_get("/nope").await;
     assert!(status.starts_with("HTTP/1.1 404"), "{status}");
@@ -434,4 +434,39 @@ async fn session_errors_and_connect_failures_are_counted_by_kind() {
         let series = format!("pgtenant_server_connect_failures_total{{kind=\"{kind}\"}}");
         assert_eq!(value(&series), 0.0, "{series}");
     }
+}
+
+/// `/health` answers while the process runs; `/ready` only while every backend is
+/// reachable: a backend nothing listens on makes it 503, naming the backend.
+#[tokio::test]
+async fn health_and_ready_answer_for_probes() {
+    let proxy = OpsProxy::start(ProxyOptions::default());
+    let (status, body) = proxy.http_get("/health").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(body, "ok\n");
+    let (status, body) = proxy.http_get("/ready").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}: {body}");
+    let (status, _) = crate::support::ops::http(proxy.metrics_addr, "POST /ready HTTP/1.1").await;
+    assert!(status.starts_with("HTTP/1.1 405"), "{status}");
+
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!(
+        "[backends.dead]\nhost = \"127.0.0.1\"\nport = {dead_port}\ndatabase = \"app\"\n\
+         user = \"app\"\npassword = \"app\"\n\n\
+         [tenants.gone]\nbackend = \"dead\"\nsearch_path = [\"t1\"]\n"
+    );
+    let proxy = OpsProxy::start(ProxyOptions::default().extra(&extra));
+    let (status, body) = proxy.http_get("/ready").await;
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}: {body}");
+    assert!(body.contains("backend \"dead\""), "{body}");
+    assert!(
+        !body.contains("\"main\""),
+        "the reachable backend is fine: {body}"
+    );
+    let (status, _) = proxy.http_get("/health").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
 }
