@@ -6,6 +6,10 @@ pgbench itself. On a machine that the clients, the pooler and PostgreSQL share, 
 about (cores / total CPU per transaction), so this says what a pooler can and cannot win.
 
     python3 benches/breakdown.py [--rounds 2] [--clients 64] [--systems direct,pgbouncer,pgtenant]
+    python3 benches/breakdown.py --base OLD/pgtenant --systems pgtenant-base,pgtenant --rounds 6
+
+With `--base`, a second pgtenant (another build, e.g. the commit before a change) runs beside
+the first as system `pgtenant-base`, so a change's cost is read A B A B in one run.
 
 Same stack as benches/pgbench.py (its own PostgreSQL, PgBouncer, pgtenant release build).
 """
@@ -23,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pgbench as pb  # noqa: E402
 from harness.scenarios import Bench, Options  # noqa: E402
-from harness.stack import Reaper  # noqa: E402
+from harness.runner import Target  # noqa: E402
+from harness.stack import PROXY_PASSWORD, PgTenant, Reaper  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 GROUPS = ("pooler", "postgres", "pgbench")
@@ -107,6 +112,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--systems", default="direct,pgbouncer,pgtenant")
     ap.add_argument("--pgtenant", default=str(pb.REPO / "target" / "release" / "pgtenant"))
+    ap.add_argument("--base", help="another pgtenant binary, run as system pgtenant-base")
     args = ap.parse_args()
     systems = args.systems.split(",")
     reaper = Reaper()
@@ -115,6 +121,11 @@ def main() -> int:
         opts = Options(seconds=args.seconds, pairs=1, quick=False, idle_clients=[], isolation_queries=0)
         bench = Bench(reaper, pg, f"{bin_dir}/pgbench", pb.ensure_pgbouncer(), args.pgtenant, auth, opts)
         bench.start_poolers()
+        if args.base:
+            base = PgTenant(reaper, args.base, pg, auth, name="pgtenant-base", default_tenant=True)
+            base.start()
+            bench.tenant["pgtenant-base"] = base
+            bench.targets["pgtenant-base"] = Target("pgtenant-base", base.port, PROXY_PASSWORD, "proxy")
         print("per transaction: CPU µs (user + system) and voluntary / involuntary context switches")
         for rnd in range(args.rounds):
             for system in systems if rnd % 2 == 0 else systems[::-1]:
