@@ -139,8 +139,7 @@ fn proxy(path: &Path) -> anyhow::Result<ExitCode> {
     };
     runtime(config.proxy.workers)?.block_on(async move {
         let addr = config.proxy.listen;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
+        let listener = bind(addr, config.proxy.reuse_port)
             .with_context(|| format!("cannot listen on {addr}"))?;
         defer_accept(&listener);
         info!(%addr, config = %path.display(), "listening");
@@ -151,6 +150,23 @@ fn proxy(path: &Path) -> anyhow::Result<ExitCode> {
         info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The client listener: `SO_REUSEADDR` (a restart finds the port free at once), and with
+/// `reuse_port` `SO_REUSEPORT`, so that several processes can listen on one address (the
+/// kernel spreads new connections over them).
+fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// How long the kernel holds a connection that has sent nothing before handing it over

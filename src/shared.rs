@@ -329,8 +329,24 @@ impl Shared {
 
     /// Forwards a client's CancelRequest, with the server's own key, to the server
     /// connection that client is linked to right now, if any.
-    pub async fn forward_cancel(&self, key: CancelKey) {
-        crate::cancel::forward(self.clients.get(&key).and_then(|c| c.cancel.get())).await
+    /// A CancelRequest for `key`: to the server its client is linked to when the client is
+    /// ours; to the peer that issued the key when it is a peer's (unless a peer sent it:
+    /// passed on once at most); else dropped, as PostgreSQL drops unknown keys.
+    pub async fn forward_cancel(&self, key: CancelKey, from_peer: bool) {
+        if let Some(client) = self.clients.get(&key) {
+            let target = client.cancel.get();
+            drop(client);
+            return crate::cancel::forward(target).await;
+        }
+        let generation = self.current();
+        let own = generation.config.proxy.instance_id;
+        let issuer = crate::cancel::instance_of(key);
+        match generation.config.peers.get(&issuer) {
+            Some(peer) if !from_peer && own != 0 && issuer != own => {
+                crate::cancel::to_peer(peer, key).await
+            }
+            _ => tracing::debug!("cancel request for no client of this instance (ignored)"),
+        }
     }
 }
 

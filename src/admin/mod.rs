@@ -160,7 +160,7 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     for (name, value) in params {
         encode::parameter_status(out, name.as_bytes(), value.as_bytes());
     }
-    let key = crate::cancel::issue(|_| false);
+    let key = crate::cancel::issue(0, |_| false);
     encode::backend_key_data(out, key.0, key.1);
     encode::ready_for_query(out, TxStatus::Idle);
     client.flush().await

@@ -25,6 +25,19 @@ pub struct Config {
     pub backends: BTreeMap<String, Arc<BackendConfig>>,
     pub users: BTreeMap<String, Arc<UserConfig>>,
     pub tenants: BTreeMap<String, Arc<TenantConfig>>,
+    /// The other instances, by `instance_id`: where a cancel for their clients goes.
+    pub peers: BTreeMap<u16, PeerConfig>,
+}
+
+/// The largest `instance_id`: it takes the 11 bits above the 20 random ones of a cancel
+/// key's process id (which stays a positive `i32`).
+pub const MAX_INSTANCE_ID: u16 = 2047;
+
+/// `[peers.N]`: another pgtenant instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub host: String,
+    pub port: u16,
 }
 
 impl Config {
@@ -102,6 +115,11 @@ pub struct ProxyConfig {
     /// least one). One means a single-threaded runtime: a client, its server connection and
     /// every wakeup between them stay on one thread.
     pub workers: usize,
+    /// This instance's id among its peers, encoded in the cancel keys it gives clients
+    /// (0: a lone instance).
+    pub instance_id: u16,
+    /// SO_REUSEPORT on the listener: several processes may listen on one address.
+    pub reuse_port: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,6 +23,22 @@ pub(super) struct RawConfig {
     pub users: BTreeMap<String, RawUser>,
     #[serde(default)]
     pub tenants: BTreeMap<String, RawTenant>,
+    /// `[peers.N]`: the other instances, by their `instance_id`.
+    #[serde(default)]
+    pub peers: BTreeMap<String, RawPeer>,
+}
+
+/// `[peers.N]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeer {
+    pub host: String,
+    #[serde(default = "default_proxy_port")]
+    pub port: u16,
+}
+
+fn default_proxy_port() -> u16 {
+    6432
 }
 
 /// `[proxy]`; every key is optional.
@@ -55,6 +71,10 @@ pub(super) struct RawProxy {
     pub max_pinned_clients: usize,
     /// Threads serving clients; 0 = automatic (half the cores, at least one).
     pub workers: usize,
+    /// This instance among its peers (encoded in every cancel key); 0 = alone.
+    pub instance_id: u16,
+    /// SO_REUSEPORT on the listener.
+    pub reuse_port: bool,
 }
 
 impl Default for RawProxy {
@@ -83,6 +103,8 @@ impl Default for RawProxy {
             max_prepared_statements: 200,
             max_pinned_clients: 100,
             workers: 0,
+            instance_id: 0,
+            reuse_port: false,
         }
     }
 }

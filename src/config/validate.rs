@@ -87,12 +87,52 @@ fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Problem> {
         users.insert(name, Arc::new(user));
     }
     let proxy = proxy_config(raw.proxy, &tenants, &users)?;
+    let peers = peers(raw.peers, proxy.instance_id)?;
     Ok(Config {
         proxy,
         backends,
         users,
         tenants,
+        peers,
     })
+}
+
+/// `[peers.N]`: N an instance id other than this one's, which must then be set.
+fn peers(
+    raw: BTreeMap<String, super::raw::RawPeer>,
+    instance_id: u16,
+) -> Result<BTreeMap<u16, super::PeerConfig>, Problem> {
+    if !raw.is_empty() && instance_id == 0 {
+        return Err(
+            "proxy.instance_id: must be set (1 to 2047) when [peers] lists other instances".into(),
+        );
+    }
+    let mut peers = BTreeMap::new();
+    for (name, peer) in raw {
+        let id: u16 = match name.parse() {
+            Ok(id) if (1..=super::MAX_INSTANCE_ID).contains(&id) => id,
+            _ => {
+                return Err(format!(
+                    "peers.{name}: the section name must be the peer's instance_id (1 to {})",
+                    super::MAX_INSTANCE_ID
+                ))
+            }
+        };
+        if id == instance_id {
+            return Err(format!("peers.{name}: is this instance's own instance_id"));
+        }
+        if peer.host.is_empty() {
+            return Err(format!("peers.{name}.host: must not be empty"));
+        }
+        peers.insert(
+            id,
+            super::PeerConfig {
+                host: peer.host,
+                port: peer.port,
+            },
+        );
+    }
+    Ok(peers)
 }
 
 fn proxy_config<T, U>(
@@ -143,6 +183,16 @@ fn proxy_config<T, U>(
             0 => auto_workers(),
             n => n,
         },
+        instance_id: match raw.instance_id {
+            id if id <= super::MAX_INSTANCE_ID => id,
+            id => {
+                return Err(format!(
+                    "proxy.instance_id: {id} is out of range (0 to {})",
+                    super::MAX_INSTANCE_ID
+                ))
+            }
+        },
+        reuse_port: raw.reuse_port,
     })
 }
 

@@ -2,7 +2,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::config::{AuthMethod, PoolMode, SearchPathSync, UserSecret};
+use crate::config::{AuthMethod, PeerConfig, PoolMode, SearchPathSync, UserSecret};
 
 /// The sample from SPEC.md, verbatim apart from `admin_users` needing an `admin` user.
 const SPEC_SAMPLE: &str = r#"
@@ -531,4 +531,33 @@ fn summary_lists_everything_but_secrets() {
     ] {
         assert!(!summary.contains(secret), "{secret:?} leaked:\n{summary}");
     }
+}
+
+#[test]
+fn peers_need_an_instance_id_and_numeric_distinct_names() {
+    let with_id = |id: u32, tail: &str| format!("[proxy]\ninstance_id = {id}\n{MINIMAL}{tail}");
+    let peer = "\n[peers.2]\nhost = \"10.0.0.12\"\n";
+    let config = load(&with_id(1, peer)).expect("peers load");
+    assert_eq!(config.proxy.instance_id, 1);
+    assert_eq!(
+        config.peers.get(&2),
+        Some(&PeerConfig {
+            host: "10.0.0.12".into(),
+            port: 6432
+        })
+    );
+    assert!(!config.proxy.reuse_port);
+    assert_error(
+        &format!("{MINIMAL}{peer}"),
+        &["proxy.instance_id", "must be set"],
+    );
+    assert_error(
+        &with_id(1, "\n[peers.b]\nhost = \"h\"\n"),
+        &["peers.b", "instance_id"],
+    );
+    assert_error(
+        &with_id(1, "\n[peers.1]\nhost = \"h\"\n"),
+        &["peers.1", "own instance_id"],
+    );
+    assert_error(&with_id(4000, ""), &["proxy.instance_id", "out of range"]);
 }

@@ -243,6 +243,17 @@ pub fn parse(buf: &mut BytesMut, name: &[u8], sql: &[u8], types: &[u8]) {
 }
 
 /// Terminate (server-bound).
+/// A CancelRequest one pgtenant instance passes to the peer whose client it is for: the
+/// standard 16 bytes plus [`super::startup::PEER_CANCEL_MARKER`], so the peer never passes
+/// it on again.
+pub fn peer_cancel_request(buf: &mut BytesMut, pid: i32, secret: i32) {
+    buf.put_i32(20);
+    buf.put_i32(super::startup::CANCEL_REQUEST_CODE);
+    buf.put_i32(pid);
+    buf.put_i32(secret);
+    buf.put_slice(&super::startup::PEER_CANCEL_MARKER);
+}
+
 /// A whole Terminate message, for a best-effort write where no buffer is at hand (a
 /// Appends `msg` (a Bind) to `out` with its statement name replaced.
 pub fn bind_renamed(out: &mut BytesMut, msg: &[u8], server_name: &[u8]) -> Option<()> {

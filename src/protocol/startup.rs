@@ -11,12 +11,19 @@ pub const PROTOCOL_3_0: i32 = 196_608;
 pub const SSL_REQUEST_CODE: i32 = 80_877_103;
 pub const GSSENC_REQUEST_CODE: i32 = 80_877_104;
 pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
+/// Ends a CancelRequest passed on by a peer pgtenant (see `encode::peer_cancel_request`).
+pub const PEER_CANCEL_MARKER: [u8; 4] = *b"pgtP";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartupRequest {
     Ssl,
     GssEnc,
     Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    /// A CancelRequest another pgtenant instance passed on: acted on here, never passed on.
+    PeerCancel {
         pid: i32,
         secret: i32,
     },
@@ -74,6 +81,12 @@ pub fn decode(buf: &[u8]) -> Result<Option<(StartupRequest, usize)>, StartupErro
             pid: i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]),
             secret: i32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]),
         },
+        CANCEL_REQUEST_CODE if rest.len() == 12 && rest[8..] == PEER_CANCEL_MARKER => {
+            StartupRequest::PeerCancel {
+                pid: i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]),
+                secret: i32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]),
+            }
+        }
         SSL_REQUEST_CODE | GSSENC_REQUEST_CODE | CANCEL_REQUEST_CODE => {
             return Err(StartupError::Malformed(
                 "wrong length for a special request",

@@ -60,7 +60,11 @@ pub async fn open<S: AsyncRead + AsyncWrite + Unpin>(
                 client.io.write_all(b"N").await.map_err(StreamError::from)?;
             }
             StartupRequest::Cancel { pid, secret } => {
-                shared.forward_cancel((pid, secret)).await;
+                shared.forward_cancel((pid, secret), false).await;
+                return Ok(Opening::Cancelled);
+            }
+            StartupRequest::PeerCancel { pid, secret } => {
+                shared.forward_cancel((pid, secret), true).await;
                 return Ok(Opening::Cancelled);
             }
             StartupRequest::Startup { params, minor } => {

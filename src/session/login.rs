@@ -240,7 +240,7 @@ async fn finish_login<S: AsyncRead + AsyncWrite + Unpin>(
     for (name, value) in &info.reported {
         params.set(name, value.as_bytes());
     }
-    let key = crate::cancel::issue(|key| shared.clients.contains_key(key));
+    let key = crate::cancel::issue(proxy.instance_id, |key| shared.clients.contains_key(key));
     let out = &mut client.wbuf;
     encode::authentication_ok(out);
     for (name, value) in params.iter() {

@@ -8,6 +8,7 @@ mod collision;
 mod faults;
 mod features;
 mod hostile;
+mod instances;
 mod login;
 mod metrics;
 mod park;

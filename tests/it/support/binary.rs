@@ -33,7 +33,11 @@ impl Binary {
     /// Writes `config_text` (its `listen = "127.0.0.1:0"` replaced by a free port) to a file,
     /// starts the binary on it and waits until it listens.
     pub async fn start(config_text: &str) -> Binary {
-        let port = free_port();
+        Binary::start_on(config_text, free_port()).await
+    }
+
+    /// [`Binary::start`] on `port` (which another process may share with `reuse_port`).
+    pub async fn start_on(config_text: &str, port: u16) -> Binary {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("proxy.toml");
         let log_path = dir.path().join("pgtenant.log");

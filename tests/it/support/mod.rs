@@ -306,10 +306,16 @@ impl TestProxy {
     /// Starts a proxy with exactly this config text (e.g. [`ProxyOptions::toml`] edited).
     /// Call inside a tokio runtime.
     pub fn start_text(config_text: String) -> TestProxy {
-        let config = Config::from_toml_str(&config_text, "test.toml")
-            .unwrap_or_else(|e| panic!("test config does not load: {e}\n---\n{config_text}"));
         let std_listener =
             std::net::TcpListener::bind("127.0.0.1:0").expect("bind a proxy listener");
+        TestProxy::start_text_on(config_text, std_listener)
+    }
+
+    /// [`TestProxy::start_text`] on a listener bound beforehand (so that another proxy's
+    /// config can name its port).
+    pub fn start_text_on(config_text: String, std_listener: std::net::TcpListener) -> TestProxy {
+        let config = Config::from_toml_str(&config_text, "test.toml")
+            .unwrap_or_else(|e| panic!("test config does not load: {e}\n---\n{config_text}"));
         std_listener
             .set_nonblocking(true)
             .expect("nonblocking listener");

@@ -313,6 +313,43 @@ impl Wire {
         wire
     }
 
+    /// [`Wire::login`], also returning the cancel key the proxy gave (BackendKeyData).
+    pub async fn login_keyed(
+        addr: std::net::SocketAddr,
+        tenant: &str,
+        password: &str,
+    ) -> (Wire, (i32, i32)) {
+        let mut wire = Wire::connect(addr).await;
+        wire.send(&startup(tenant)).await;
+        let first = wire.read().await.expect("an authentication request");
+        assert_eq!(first.tag, b'R', "{:?}", first.message());
+        match first.int() {
+            0 => {}
+            10 => wire.scram(password).await,
+            other => panic!("authentication request {other}: neither trust nor SCRAM"),
+        }
+        let mut key = None;
+        loop {
+            let msg = wire
+                .read()
+                .await
+                .expect("login messages through ReadyForQuery");
+            match msg.tag {
+                b'K' => {
+                    let b = &msg.body;
+                    key = Some((
+                        i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                        i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                    ));
+                }
+                b'Z' => break,
+                b'E' => panic!("login failed: {:?}", msg.message()),
+                _ => {}
+            }
+        }
+        (wire, key.expect("BackendKeyData"))
+    }
+
     /// The client side of SCRAM-SHA-256 after AuthenticationSASL, through AuthenticationOk.
     pub async fn scram(&mut self, password: &str) {
         let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
