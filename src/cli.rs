@@ -37,7 +37,12 @@ pub enum Command {
         password: Option<String>,
     },
     /// Start a throwaway local PostgreSQL with four tenants, and the proxy in front of it.
-    Demo,
+    Demo {
+        /// Write the demo's proxy.toml into DIR and keep it after the demo stops (a starting
+        /// point for your own); by default it lives in a temp dir removed at exit.
+        #[arg(long, value_name = "DIR")]
+        keep_config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
