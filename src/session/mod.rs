@@ -26,7 +26,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::config::{PoolMode, ProxyConfig};
 use crate::pool::{Lease, Pooled};
 use crate::protocol::encode::ErrorInfo;
-use crate::server::{ServerConn, ServerError};
+use crate::server::{ConnectFailure, ServerConn, ServerError};
 use crate::shared::{ClientEntry, ClientState, Generation, StopReason};
 use crate::tenant::{LoginFailure, TenantRuntime, TenantStats};
 use cleanup::{abandon, finish_session};
@@ -282,7 +282,12 @@ async fn checkout_timed(
             // attempts that are already timing out (the permit goes back on drop).
             if let Err(retry_in) = endpoint.health.check(&endpoint.config) {
                 tracing::debug!(backend = %endpoint.config.backend, ?retry_in, "backend is down");
-                return Err(backend_down(&endpoint.config.backend));
+                let reason = endpoint.health.last_failure(&endpoint.config);
+                return Err(backend_down(
+                    &endpoint.config.backend,
+                    reason,
+                    Some(retry_in),
+                ));
             }
             // Boxed: connecting is rare, and its state would otherwise be part of every
             // transaction's future.
@@ -293,24 +298,42 @@ async fn checkout_timed(
                     Ok((permit.fulfil(conn), waited + started.elapsed()))
                 }
                 Err(e) => {
-                    endpoint.health.failed(&endpoint.config);
-                    Err(unreachable_backend(&endpoint.config.backend, &e))
+                    let reason = ConnectFailure::of(&e);
+                    endpoint.health.failed_because(&endpoint.config, reason);
+                    Err(unreachable_backend(&endpoint.config.backend, &e, reason))
                 }
             }
         }
     }
 }
 
-fn unreachable_backend(backend: &str, e: &ServerError) -> ErrorInfo {
+fn unreachable_backend(backend: &str, e: &ServerError, reason: ConnectFailure) -> ErrorInfo {
     tracing::warn!(backend, kind = e.kind(), error = %e, "server connection failed");
-    backend_down(backend)
+    backend_down(backend, Some(reason), None)
 }
 
-fn backend_down(backend: &str) -> ErrorInfo {
+/// 08006 naming the backend, with the class of the failure as the HINT (never the server's
+/// own text: see [`ConnectFailure`]); `retry_in` while the backend is marked down.
+fn backend_down(
+    backend: &str,
+    reason: Option<ConnectFailure>,
+    retry_in: Option<Duration>,
+) -> ErrorInfo {
+    let mut hint = reason.map_or_else(
+        || "the backend failed recently; the proxy's log says why".to_string(),
+        |r| r.hint(),
+    );
+    if let Some(retry_in) = retry_in {
+        hint += &format!(
+            " (the backend is marked down after repeated failures; next attempt in {} ms)",
+            retry_in.as_millis().max(1)
+        );
+    }
     ErrorInfo::fatal(
         "08006",
         format!("could not connect to backend \"{backend}\""),
     )
+    .with_hint(hint)
 }
 
 #[derive(Debug, thiserror::Error)]
