@@ -21,9 +21,12 @@
 //! - [`metrics`]: Prometheus text at `/metrics`.
 //! - [`localpg`]: starting a throwaway local PostgreSQL (demo, tests, benchmarks).
 //! - [`demo`]: `pgtenant demo`.
+//! - [`check`]: `pgtenant check --connect`: logging in to every backend, checking tenants'
+//!   schemas.
 
 pub mod admin;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
         None => proxy(&cli.config),
-        Some(Command::Check) => check(&cli.config),
+        Some(Command::Check { connect }) => check(&cli.config, connect),
         Some(Command::Verifier { password }) => verifier(password),
         Some(Command::Demo { keep_config }) => demo(keep_config),
     };
@@ -89,15 +89,27 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-/// `pgtenant check`
-fn check(path: &Path) -> anyhow::Result<ExitCode> {
+/// `pgtenant check [--connect]`
+fn check(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
     let config = match load_config(path) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
     println!("{}: ok", path.display());
     print!("{}", config.summary());
-    Ok(ExitCode::SUCCESS)
+    if !connect {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let problems = runtime(1)?.block_on(pgtenant::check::connect_check(&config));
+    if problems.is_empty() {
+        println!("connect: every backend logs in; every tenant's schemas exist");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &problems {
+        println!("problem: {problem}");
+    }
+    println!("connect: {} problem(s)", problems.len());
+    Ok(ExitCode::FAILURE)
 }
 
 /// `pgtenant verifier [PASSWORD]`

@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod collision;
+mod diagnose;
 mod faults;
 mod hostile;
 mod login;
