@@ -16,6 +16,7 @@ mod prepared;
 mod protocol;
 mod reliability;
 mod reload;
+mod security;
 mod selfcheck;
 mod sessions;
 mod vsession;
