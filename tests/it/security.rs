@@ -98,7 +98,10 @@ async fn own_login_per_tenant_is_a_boundary() {
     assert_eq!(sqlstate(&t7, "SELECT * FROM t1.whoami").await, "42501");
     // It cannot become another login either.
     assert_eq!(sqlstate(&t7, "SET ROLE app").await, "42501");
-    assert_eq!(sqlstate(&t7, "SET SESSION AUTHORIZATION app").await, "42501");
+    assert_eq!(
+        sqlstate(&t7, "SET SESSION AUTHORIZATION app").await,
+        "42501"
+    );
     proxy.stop().await.unwrap();
 }
 
@@ -109,17 +112,23 @@ async fn rls_on_a_setting_the_client_can_change_is_not_a_boundary() {
     // r1 runs with app.tenant_id = 1 and sees its one row of sec_owned ...
     let r1 = tenant_client(&proxy, "r1").await;
     assert_eq!(
-        value(&r1, "SELECT string_agg(tenant_id::text, ',') FROM public.sec_owned")
-            .await
-            .as_deref(),
+        value(
+            &r1,
+            "SELECT string_agg(tenant_id::text, ',') FROM public.sec_owned"
+        )
+        .await
+        .as_deref(),
         Some("1")
     );
     // ... until it sets the setting the policy reads.
     r1.simple_query("SET app.tenant_id = '2'").await.unwrap();
     assert_eq!(
-        value(&r1, "SELECT string_agg(tenant_id::text, ',') FROM public.sec_owned")
-            .await
-            .as_deref(),
+        value(
+            &r1,
+            "SELECT string_agg(tenant_id::text, ',') FROM public.sec_owned"
+        )
+        .await
+        .as_deref(),
         Some("2")
     );
     proxy.stop().await.unwrap();
@@ -159,7 +168,11 @@ async fn rls_on_current_user_with_a_login_per_tenant_is_a_boundary() {
     assert_eq!(value(&a, rows).await.as_deref(), Some("a1,a2"));
     assert_eq!(sqlstate(&a, "SET ROLE sec_b").await, "42501");
     assert_eq!(
-        sqlstate(&a, "ALTER TABLE public.sec_items DISABLE ROW LEVEL SECURITY").await,
+        sqlstate(
+            &a,
+            "ALTER TABLE public.sec_items DISABLE ROW LEVEL SECURITY"
+        )
+        .await,
         "42501"
     );
     let b = tenant_client(&proxy, "sec_b").await;
