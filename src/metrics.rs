@@ -1,5 +1,6 @@
 //! Prometheus metrics: the text exposition format at `/metrics` on `metrics_listen`, served
-//! by a deliberately tiny HTTP/1.1 responder (one request per connection, `GET`/`HEAD`).
+//! by a deliberately tiny HTTP/1.1 responder (one request per connection, `GET`/`HEAD`),
+//! which also answers `/health` (`200 ok` while the process runs) for liveness checks.
 //!
 //! Per-tenant series carry a `tenant` label. With `metrics_tenant_labels = false` the same
 //! metric names are emitted once, summed over all tenants (so `sum(...)` queries work in
@@ -80,8 +81,13 @@ async fn respond(mut stream: TcpStream, shared: Arc<Shared>) {
         .unwrap_or_default();
     let (status, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => ("200 OK", render(&shared)),
-        (_, "/metrics") => ("405 Method Not Allowed", "use GET\n".to_string()),
-        _ => ("404 Not Found", "pgtenant serves /metrics\n".to_string()),
+        // Liveness: the process answers (container HEALTHCHECKs, Kubernetes probes).
+        ("GET" | "HEAD", "/health") => ("200 OK", "ok\n".to_string()),
+        (_, "/metrics" | "/health") => ("405 Method Not Allowed", "use GET\n".to_string()),
+        _ => (
+            "404 Not Found",
+            "pgtenant serves /metrics and /health\n".to_string(),
+        ),
     };
     let content_type = if status.starts_with("200") {
         "text/plain; version=0.0.4; charset=utf-8"
