@@ -182,3 +182,40 @@ async fn rls_on_current_user_with_a_login_per_tenant_is_a_boundary() {
     assert_eq!(value(&bypass, rows).await.as_deref(), Some("a1,a2,b1"));
     proxy.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn database_per_tenant_cannot_query_another_database() {
+    let proxy = TestProxy::start("");
+    // t5 and t6 share the login `app` but each has a database of its own.
+    let t5 = tenant_client(&proxy, "t5").await;
+    assert_eq!(
+        value(&t5, "SELECT tenant FROM whoami").await.as_deref(),
+        Some("t5")
+    );
+    assert_eq!(
+        sqlstate(&t5, "SELECT tenant FROM app_t6.public.whoami").await,
+        "0A000"
+    );
+    proxy.stop().await.unwrap();
+}
+
+/// Naming another tenant at login is refused only when the proxy user is limited to its
+/// own (`tenants = ["t1"]`); with `["*"]` whoever has the password may name any tenant.
+#[tokio::test]
+async fn a_proxy_user_limited_to_its_tenant_cannot_name_another() {
+    let proxy = TestProxy::start("");
+    let err = proxy
+        .connect("limited", crate::support::Naming::Options, "t2")
+        .await
+        .expect_err("limited may use t1 only");
+    assert_eq!(err.code(), Some("28000"), "{err}");
+    let t2 = proxy
+        .connect("app", crate::support::Naming::Options, "t2")
+        .await
+        .expect("app may name any tenant");
+    assert_eq!(
+        value(&t2, "SELECT tenant FROM whoami").await.as_deref(),
+        Some("t2")
+    );
+    proxy.stop().await.unwrap();
+}
