@@ -30,14 +30,24 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate the config file and print a summary (exit 1 on error).
-    Check,
+    Check {
+        /// Also log in to every backend and check that every tenant's search_path schemas
+        /// exist there; one line per problem, exit 1 if any.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Print a SCRAM-SHA-256 verifier for a [users] password.
     Verifier {
         /// The password; read from one line of stdin when omitted (safer: not in shell history).
         password: Option<String>,
     },
     /// Start a throwaway local PostgreSQL with four tenants, and the proxy in front of it.
-    Demo,
+    Demo {
+        /// Write the demo's proxy.toml into DIR and keep it after the demo stops (a starting
+        /// point for your own); by default it lives in a temp dir removed at exit.
+        #[arg(long, value_name = "DIR")]
+        keep_config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -58,7 +68,15 @@ mod tests {
     fn config_is_global() {
         let cli = parse(&["check", "--config", "x.toml"]);
         assert_eq!(cli.config, PathBuf::from("x.toml"));
-        assert!(matches!(cli.command, Some(Command::Check)));
+        assert!(matches!(
+            cli.command,
+            Some(Command::Check { connect: false })
+        ));
+        let cli = parse(&["check", "--connect"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Check { connect: true })
+        ));
         let cli = parse(&["--config", "y.toml", "--log-format", "json"]);
         assert_eq!(cli.config, PathBuf::from("y.toml"));
         assert_eq!(cli.log_format, LogFormat::Json);

@@ -1,7 +1,9 @@
 //! `pgtenant demo`: a throwaway local PostgreSQL with four schema-per-tenant tenants, the
-//! proxy in front of it, and ready-to-paste `psql` lines. Ctrl-C (or SIGTERM) stops the
-//! proxy and removes the server and its temp dir.
+//! proxy in front of it (with an admin console user and `/metrics`), the config it runs
+//! written to a file, and ready-to-paste `psql` and `curl` lines. Ctrl-C (or SIGTERM) stops
+//! the proxy and removes the server, its temp dir and the config (unless `--keep-config`).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -38,11 +40,26 @@ const TENANTS: [(&str, [&str; 3]); 4] = [
     ),
 ];
 
-/// The port the demo proxy prefers (PgBouncer's); a random one if it is taken.
+/// The port the demo proxy prefers (PgBouncer's); another one if it is taken.
 const PREFERRED_PORT: u16 = 6432;
+
+/// The port the demo's `/metrics` prefers (the one docs/OPERATIONS.md uses).
+const PREFERRED_METRICS_PORT: u16 = 9930;
 
 /// Password of the demo's proxy user `app`.
 const PROXY_PASSWORD: &str = "secret";
+
+/// The demo's admin console user (database `pgtenant`) and its password.
+const ADMIN_USER: &str = "admin";
+const ADMIN_PASSWORD: &str = "admin_secret";
+
+/// How `pgtenant demo` runs.
+#[derive(Debug, Clone, Default)]
+pub struct DemoOptions {
+    /// Write the config here (as `proxy.toml`) and keep it after the demo stops; by default
+    /// it goes to a temp dir removed at exit.
+    pub keep_config: Option<PathBuf>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -52,7 +69,7 @@ pub enum DemoError {
     Config(#[from] ConfigError),
     #[error("{what}: {source}")]
     Io {
-        what: &'static str,
+        what: String,
         source: std::io::Error,
     },
     #[error("the proxy stopped: {0}")]
@@ -61,41 +78,93 @@ pub enum DemoError {
     ProxyTask(#[from] tokio::task::JoinError),
 }
 
-/// Runs the demo until Ctrl-C or SIGTERM.
-pub async fn run() -> Result<(), DemoError> {
-    println!("Starting a throwaway PostgreSQL (initdb in a temp dir)...");
-    let pg = tokio::task::spawn_blocking(start_postgres).await??;
-
-    let listener = bind_listener().await?;
-    let addr = listener.local_addr().map_err(|e| DemoError::Io {
-        what: "proxy address",
-        source: e,
-    })?;
-    let config = Config::from_toml_str(&config_toml(&pg, addr), "demo.toml")?;
-    let shutdown = CancellationToken::new();
-    let mut proxy = tokio::spawn(crate::run(listener, Arc::new(config), shutdown.clone()));
-
-    print_banner(&pg, addr.port());
-    tokio::select! {
-        signal = wait_for_stop() => signal?,
-        result = &mut proxy => {
-            // The proxy ended on its own: report why, then clean up.
-            pg_cleanup(pg).await;
-            return match result? {
-                Ok(()) => Ok(()),
-                Err(e) => Err(DemoError::Proxy(e)),
-            };
-        }
-    }
-    println!("\nStopping: closing the proxy and removing the PostgreSQL temp dir...");
-    shutdown.cancel();
-    let result = proxy.await?;
-    pg_cleanup(pg).await;
-    result.map_err(DemoError::Proxy)
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
+    let what = what.into();
+    move |source| DemoError::Io { what, source }
 }
 
-/// Starts the server and creates role `app`, database `app` and the tenant schemas.
-fn start_postgres() -> Result<LocalPostgres, DemoError> {
+/// Where the demo's config lives: a temp dir removed on drop, or a directory it keeps.
+enum ConfigDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl ConfigDir {
+    fn new(keep: Option<PathBuf>) -> Result<ConfigDir, DemoError> {
+        match keep {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(io_error(format!("creating {}", dir.display())))?;
+                Ok(ConfigDir::Kept(dir))
+            }
+            None => tempfile::Builder::new()
+                .prefix("pgtenant-demo-")
+                .tempdir()
+                .map(ConfigDir::Temp)
+                .map_err(io_error("creating a temp dir for the config")),
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        match self {
+            ConfigDir::Temp(dir) => dir.path().join("proxy.toml"),
+            ConfigDir::Kept(dir) => dir.join("proxy.toml"),
+        }
+    }
+}
+
+/// Runs the demo until Ctrl-C or SIGTERM.
+pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
+    println!("Starting a throwaway PostgreSQL (initdb in a temp dir)...");
+    let (pg, version) = tokio::task::spawn_blocking(start_postgres).await??;
+
+    let listener = bind_listener(PREFERRED_PORT, "the proxy").await?;
+    let metrics = bind_listener(PREFERRED_METRICS_PORT, "/metrics").await?;
+    let addr = listener.local_addr().map_err(io_error("proxy address"))?;
+    let metrics_addr = metrics.local_addr().map_err(io_error("metrics address"))?;
+
+    let dir = ConfigDir::new(options.keep_config)?;
+    let path = dir.file();
+    std::fs::write(&path, config_toml(&pg, addr, metrics_addr))
+        .map_err(io_error(format!("writing {}", path.display())))?;
+    // Loaded from the file, as `pgtenant --config` would: what runs is what the file says,
+    // and the console's RELOAD reads it again.
+    let config = Config::load(&path)?;
+    let shutdown = CancellationToken::new();
+    let proxy = crate::Proxy::new(Arc::new(config), Some(path.clone()), shutdown.clone())
+        .with_metrics_listener(metrics);
+    let mut proxy = tokio::spawn(proxy.serve(listener));
+
+    print_banner(&pg, &version, addr.port(), metrics_addr, &path, &dir);
+    let ended = tokio::select! {
+        signal = wait_for_stop() => { signal?; None }
+        result = &mut proxy => Some(result),
+    };
+    let result = match ended {
+        // The proxy ended on its own: report why, after cleaning up.
+        Some(result) => result?.map_err(DemoError::Proxy),
+        None => {
+            println!("\nStopping: closing the proxy and removing the PostgreSQL temp dir...");
+            shutdown.cancel();
+            proxy.await?.map_err(DemoError::Proxy)
+        }
+    };
+    pg_cleanup(pg).await;
+    match &dir {
+        ConfigDir::Temp(_) => println!("pgtenant demo stopped; everything it made is removed."),
+        ConfigDir::Kept(_) => println!(
+            "pgtenant demo stopped; everything it made is removed except {} (its backend, \
+             this demo's PostgreSQL, is gone: point [backends.main] at your own).",
+            path.display()
+        ),
+    }
+    drop(dir);
+    result
+}
+
+/// Starts the server and creates role `app`, database `app` and the tenant schemas; returns
+/// the server with its version as PostgreSQL spells it (`SHOW server_version`).
+fn start_postgres() -> Result<(LocalPostgres, String), DemoError> {
     let pg = LocalPostgres::start()?;
     pg.psql(
         "CREATE ROLE app LOGIN PASSWORD 'app_pw';\n\
@@ -112,7 +181,8 @@ fn start_postgres() -> Result<LocalPostgres, DemoError> {
         }
     }
     pg.psql_db("app", &sql)?;
-    Ok(pg)
+    let version = pg.psql("SHOW server_version")?.trim().to_string();
+    Ok((pg, version))
 }
 
 /// Drops the server off the async runtime (stopping it runs `pg_ctl`).
@@ -121,25 +191,39 @@ async fn pg_cleanup(pg: LocalPostgres) {
     let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
 }
 
-async fn bind_listener() -> Result<TcpListener, DemoError> {
-    match TcpListener::bind(("127.0.0.1", PREFERRED_PORT)).await {
-        Ok(listener) => Ok(listener),
-        Err(_) => TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| DemoError::Io {
-                what: "binding the proxy listener",
-                source: e,
-            }),
+/// Binds 127.0.0.1:`preferred`, or any free port if that fails, saying so and why.
+async fn bind_listener(preferred: u16, what: &str) -> Result<TcpListener, DemoError> {
+    let e = match TcpListener::bind(("127.0.0.1", preferred)).await {
+        Ok(listener) => return Ok(listener),
+        Err(e) => e,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(io_error(format!("binding a port for {what}")))?;
+    if let Ok(addr) = listener.local_addr() {
+        println!(
+            "Port {preferred} is not available for {what} ({e}): using port {} instead.",
+            addr.port()
+        );
     }
+    Ok(listener)
 }
 
-/// The demo's `proxy.toml`, as text, so it goes through the same validation as a real one.
-fn config_toml(pg: &LocalPostgres, listen: std::net::SocketAddr) -> String {
+/// The demo's `proxy.toml`.
+fn config_toml(
+    pg: &LocalPostgres,
+    listen: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+) -> String {
     let mut text = format!(
-        "[proxy]\nlisten = \"{listen}\"\npool_mode = \"transaction\"\n\n\
+        "# Written by `pgtenant demo`; every key: docs/CONFIGURATION.md.\n\
+         # Its backend is the demo's throwaway PostgreSQL: point [backends.main] at your own.\n\n\
+         [proxy]\nlisten = \"{listen}\"\npool_mode = \"transaction\"\n\
+         admin_users = [\"{ADMIN_USER}\"]\nmetrics_listen = \"{metrics}\"\n\n\
          [backends.main]\nhost = \"{host}\"\nport = {port}\ndatabase = \"app\"\n\
          user = \"app\"\npassword = \"app_pw\"\npool_size = 4\n\n\
-         [users.app]\npassword = \"{PROXY_PASSWORD}\"\ntenants = [\"*\"]\n",
+         [users.app]\npassword = \"{PROXY_PASSWORD}\"\ntenants = [\"*\"]\n\n\
+         [users.{ADMIN_USER}]\npassword = \"{ADMIN_PASSWORD}\"\ntenants = []\n",
         host = pg.host(),
         port = pg.port(),
     );
@@ -151,16 +235,27 @@ fn config_toml(pg: &LocalPostgres, listen: std::net::SocketAddr) -> String {
     text
 }
 
-fn print_banner(pg: &LocalPostgres, port: u16) {
+fn print_banner(
+    pg: &LocalPostgres,
+    version: &str,
+    port: u16,
+    metrics: std::net::SocketAddr,
+    config: &Path,
+    dir: &ConfigDir,
+) {
     println!();
     println!("pgtenant demo is running.");
     println!("  proxy:      127.0.0.1:{port}  (user app, password {PROXY_PASSWORD})");
     println!(
-        "  PostgreSQL: 127.0.0.1:{} ({}), data in {}",
+        "  PostgreSQL: {version} on 127.0.0.1:{}, data in {}",
         pg.port(),
-        pg.version_num(),
         pg.data_dir().display()
     );
+    let kept = match dir {
+        ConfigDir::Temp(_) => "removed at exit; `pgtenant demo --keep-config DIR` keeps it",
+        ConfigDir::Kept(_) => "kept after exit",
+    };
+    println!("  config:     {} ({kept})", config.display());
     println!();
     println!("Each tenant sees only its own customers (pool of 4 shared by all four):");
     for (tenant, _) in TENANTS {
@@ -173,19 +268,26 @@ fn print_banner(pg: &LocalPostgres, port: u16) {
     println!("Or name the tenant in the user name:");
     println!("  psql \"postgres://app.acme:{PROXY_PASSWORD}@127.0.0.1:{port}/app\" -c \"select * from customers\"");
     println!();
+    println!("Admin console (user {ADMIN_USER}, password {ADMIN_PASSWORD}; SHOW HELP lists the commands):");
+    println!("  psql \"postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{port}/pgtenant\" -c \"SHOW TENANTS\"");
+    println!("Metrics (Prometheus text):");
+    println!("  curl -s http://{metrics}/metrics");
+    println!();
+    println!("All four tenants share the server login `app`: a search_path is not a security");
+    println!(
+        "boundary (acme can `select * from globex.customers`); see README \"Security model\"."
+    );
+    println!();
     println!("Press Ctrl-C to stop and remove everything.");
 }
 
 /// Waits for Ctrl-C or SIGTERM.
 async fn wait_for_stop() -> Result<(), DemoError> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| DemoError::Io {
-            what: "listening for SIGTERM",
-            source: e,
-        })?;
+        .map_err(io_error("listening for SIGTERM"))?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => {
-            result.map_err(|e| DemoError::Io { what: "listening for Ctrl-C", source: e })
+            result.map_err(io_error("listening for Ctrl-C"))
         }
         _ = sigterm.recv() => Ok(()),
     }

@@ -25,10 +25,13 @@
 //! - [`listener`]: accepting clients, the client cap, graceful shutdown; [`Proxy`] and the
 //!   [`ProxyHandle`] that reloads or stops it.
 //! - [`demo`]: `pgtenant demo`.
+//! - [`check`]: `pgtenant check --connect`: logging in to every backend, checking tenants'
+//!   schemas.
 
 pub mod admin;
 pub mod auth;
 pub mod cancel;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;

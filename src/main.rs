@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use pgtenant::cli::{Cli, Command, LogFormat};
-use pgtenant::config::Config;
+use pgtenant::config::{Config, ConfigError};
 
 /// jemalloc, told to give memory back as soon as pages empty out (no decay delay): after a
 /// burst of logins, what those logins freed (the tasks of clients that then parked, login
@@ -39,9 +39,9 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
         None => proxy(&cli.config),
-        Some(Command::Check) => check(&cli.config),
+        Some(Command::Check { connect }) => check(&cli.config, connect),
         Some(Command::Verifier { password }) => verifier(password),
-        Some(Command::Demo) => demo(),
+        Some(Command::Demo { keep_config }) => demo(keep_config),
     };
     match result {
         Ok(code) => code,
@@ -72,23 +72,44 @@ fn no_color_unset() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// Printed when the config file does not exist (most often: no `./proxy.toml` here).
+const NO_CONFIG_HINT: &str = "hint: name the config file with --config FILE (or PGTENANT_CONFIG); \
+every key is described in docs/CONFIGURATION.md, and proxy.toml in the source tree is a \
+commented sample. To try pgtenant without a config: pgtenant demo";
+
 /// Loads the config; a bad file is reported as is (it already names file, key and problem).
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
+        if matches!(&e, ConfigError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        {
+            eprintln!("{NO_CONFIG_HINT}");
+        }
         ExitCode::FAILURE
     })
 }
 
-/// `pgtenant check`
-fn check(path: &Path) -> anyhow::Result<ExitCode> {
+/// `pgtenant check [--connect]`
+fn check(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
     let config = match load_config(path) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
     println!("{}: ok", path.display());
     print!("{}", config.summary());
-    Ok(ExitCode::SUCCESS)
+    if !connect {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let problems = runtime(1)?.block_on(pgtenant::check::connect_check(&config));
+    if problems.is_empty() {
+        println!("connect: every backend logs in; every tenant's schemas exist");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &problems {
+        println!("problem: {problem}");
+    }
+    println!("connect: {} problem(s)", problems.len());
+    Ok(ExitCode::FAILURE)
 }
 
 /// `pgtenant verifier [PASSWORD]`
@@ -124,9 +145,10 @@ fn read_password_line() -> anyhow::Result<String> {
 }
 
 /// `pgtenant demo`
-fn demo() -> anyhow::Result<ExitCode> {
+fn demo(keep_config: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
+    let options = pgtenant::demo::DemoOptions { keep_config };
     runtime(pgtenant::config::auto_workers())?
-        .block_on(pgtenant::demo::run())
+        .block_on(pgtenant::demo::run(options))
         .context("demo")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! Prometheus metrics: the text exposition format at `/metrics` on `metrics_listen`, served
-//! by a deliberately tiny HTTP/1.1 responder (one request per connection, `GET`/`HEAD`).
+//! by a deliberately tiny HTTP/1.1 responder (one request per connection, `GET`/`HEAD`),
+//! which also answers `/health` (`200 ok` while the process runs) for liveness checks.
 //!
 //! Per-tenant series carry a `tenant` label. With `metrics_tenant_labels = false` the same
 //! metric names are emitted once, summed over all tenants (so `sum(...)` queries work in

@@ -19,7 +19,7 @@ const ORDER: &[&[&str]] = &[
     &["admin"],
     &["session"],
     &["metrics", "localpg"],
-    &["listener", "demo"],
+    &["listener", "demo", "check"],
 ];
 
 fn level(module: &str) -> Option<usize> {

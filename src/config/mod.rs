@@ -9,6 +9,9 @@ mod secret;
 mod summary;
 mod validate;
 
+#[cfg(test)]
+mod doc_tests;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,10 +1,13 @@
 //! Raw serde structs mirroring `proxy.toml` one to one (`deny_unknown_fields`).
 //!
-//! These hold what the file says, with the defaults of SPEC.md filled in, and nothing more:
-//! no cross-references are checked and no strings are interpreted here. Enumerated choices
-//! (`pool_mode`, `auth`, ...) stay strings so that [`super::validate`] can report a bad value
-//! with its key path. Durations and setting values have small wrapper types whose only job is
-//! a readable type error (toml adds the line and column).
+//! These hold what the file says, with the defaults docs/CONFIGURATION.md lists filled in,
+//! and nothing more: no cross-references are checked and no strings are interpreted here.
+//! Enumerated choices (`pool_mode`, `auth`, ...) stay strings so that [`super::validate`] can
+//! report a bad value with its key path. Durations and setting values have small wrapper
+//! types whose only job is a readable type error (toml adds the line and column).
+//!
+//! Every field here is a key users may write: document it in docs/CONFIGURATION.md
+//! (`doc_tests` fails until the key is in its section's table).
 use std::collections::BTreeMap;
 use std::fmt;
 

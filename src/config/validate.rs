@@ -47,13 +47,17 @@ impl ConfigError {
 }
 
 /// Looks up an environment variable (`password_env`); replaced in tests.
-type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     parse_with_env(text, origin, &|name| std::env::var(name).ok())
 }
 
-fn parse_with_env(text: &str, origin: &str, env: Env<'_>) -> Result<Config, ConfigError> {
+pub(super) fn parse_with_env(
+    text: &str,
+    origin: &str,
+    env: Env<'_>,
+) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Toml {
         origin: origin.to_string(),
         source,

@@ -4,8 +4,9 @@ use std::time::Duration;
 use super::*;
 use crate::config::{AuthMethod, PeerConfig, PoolMode, SearchPathSync, UserSecret};
 
-/// The sample from SPEC.md, verbatim apart from `admin_users` needing an `admin` user.
-const SPEC_SAMPLE: &str = r#"
+/// A sample setting every `[proxy]` key of the original design (docs/CONFIGURATION.md has
+/// them all), with `admin_users` naming an `admin` user.
+const FULL_SAMPLE: &str = r#"
 [proxy]
 listen = "0.0.0.0:6432"
 pool_mode = "transaction"          # "transaction" | "session"
@@ -98,7 +99,7 @@ fn minimal_with(find: &str, replace: &str) -> String {
 
 #[test]
 fn spec_sample_parses() {
-    let config = load(SPEC_SAMPLE).unwrap();
+    let config = load(FULL_SAMPLE).unwrap();
     let p = &config.proxy;
     assert_eq!(p.listen, "0.0.0.0:6432".parse().unwrap());
     assert_eq!(p.pool_mode, PoolMode::Transaction);
@@ -508,7 +509,7 @@ fn user_secrets_are_parsed() {
 
 #[test]
 fn summary_lists_everything_but_secrets() {
-    let summary = load(SPEC_SAMPLE).unwrap().summary();
+    let summary = load(FULL_SAMPLE).unwrap().summary();
     for part in [
         "127.0.0.1:5432",
         "database app",

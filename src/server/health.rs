@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::FailureReason;
 use crate::config::EndpointConfig;
 
 /// Failed attempts in a row (no success between) that mark an endpoint down.
@@ -27,6 +28,8 @@ struct Down {
     failures: u32,
     retry_at: Instant,
     interval: Duration,
+    /// Why the last attempt failed (for the hint of clients refused while marked down).
+    reason: Option<FailureReason>,
 }
 
 /// Down marks by endpoint (host, port, database, user).
@@ -65,13 +68,29 @@ impl Health {
     /// marked down, and each failed retry after an interval doubles it. Failures of attempts
     /// that were under way together do not stretch the interval.
     pub fn failed(&self, endpoint: &EndpointConfig) {
+        self.failed_with(endpoint, None);
+    }
+
+    /// [`Health::failed`], remembering why (see [`Health::last_failure`]).
+    pub fn failed_because(&self, endpoint: &EndpointConfig, reason: FailureReason) {
+        self.failed_with(endpoint, Some(reason));
+    }
+
+    /// Why the last attempt failed, while attempts are failing.
+    pub fn last_failure(&self, endpoint: &EndpointConfig) -> Option<FailureReason> {
+        self.lock().get(&key(endpoint)).and_then(|d| d.reason)
+    }
+
+    fn failed_with(&self, endpoint: &EndpointConfig, reason: Option<FailureReason>) {
         let mut down = self.lock();
         let now = Instant::now();
         let d = down.entry(key(endpoint)).or_insert(Down {
             failures: 0,
             retry_at: now,
             interval: RETRY_FIRST,
+            reason: None,
         });
+        d.reason = reason.or(d.reason);
         d.failures = d.failures.saturating_add(1);
         if d.failures == MARK_AFTER {
             d.interval = RETRY_FIRST;

@@ -6,6 +6,7 @@ mod health;
 mod login;
 pub mod notify;
 mod params;
+mod reason;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use crate::protocol::{DecodeError, FrameError, FrameScanner};
 
 pub use health::Health;
 pub use params::{tracked_name, Params, TRACKED_PARAMS};
+pub use reason::FailureReason;
 
 /// The names of the settings a state sets: the tenant's (`search_path` first) and the
 /// client's own. Shared, so recording them on a connection is two reference counts.

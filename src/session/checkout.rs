@@ -11,7 +11,7 @@ use crate::kinds::Kind;
 use crate::pool::{Lease, Pooled};
 use crate::protocol::encode::ErrorInfo;
 use crate::protocol::sqlstate;
-use crate::server::{ServerConn, ServerError};
+use crate::server::{FailureReason, ServerConn, ServerError};
 use crate::shared::{ClientEntry, ClientState};
 use crate::tenant::TenantRuntime;
 
@@ -61,7 +61,12 @@ async fn checkout_timed(
             // attempts that are already timing out (the permit goes back on drop).
             if let Err(retry_in) = endpoint.health.check(&endpoint.config) {
                 tracing::debug!(backend = %endpoint.config.backend, ?retry_in, "backend is down");
-                return Err(backend_down(&endpoint.config.backend));
+                let reason = endpoint.health.last_failure(&endpoint.config);
+                return Err(backend_down(
+                    &endpoint.config.backend,
+                    reason,
+                    Some(retry_in),
+                ));
             }
             // Boxed: connecting is rare, and its state would otherwise be part of every
             // transaction's future.
@@ -72,25 +77,43 @@ async fn checkout_timed(
                     Ok((permit.fulfil(conn), waited + started.elapsed()))
                 }
                 Err(e) => {
-                    endpoint.health.failed(&endpoint.config);
+                    let reason = FailureReason::of(&e);
+                    endpoint.health.failed_because(&endpoint.config, reason);
                     endpoint.connect_failures.record(e.kind());
-                    Err(unreachable_backend(&endpoint.config.backend, &e))
+                    Err(unreachable_backend(&endpoint.config.backend, &e, reason))
                 }
             }
         }
     }
 }
 
-fn unreachable_backend(backend: &str, e: &ServerError) -> ErrorInfo {
+fn unreachable_backend(backend: &str, e: &ServerError, reason: FailureReason) -> ErrorInfo {
     tracing::warn!(backend, kind = e.kind().label(), error = %e, "server connection failed");
-    backend_down(backend)
+    backend_down(backend, Some(reason), None)
 }
 
-fn backend_down(backend: &str) -> ErrorInfo {
+/// 08006 naming the backend, with a HINT saying why in classes only (see
+/// [`FailureReason::hint`]) and, when it is marked down, when the next attempt is.
+fn backend_down(
+    backend: &str,
+    reason: Option<FailureReason>,
+    retry_in: Option<Duration>,
+) -> ErrorInfo {
+    let mut hint = reason.map_or_else(
+        || "the backend failed recently; the proxy's log says why".to_string(),
+        |r| r.hint(),
+    );
+    if let Some(retry_in) = retry_in {
+        hint += &format!(
+            " (the backend is marked down after repeated failures; next attempt in {} ms)",
+            retry_in.as_millis().max(1)
+        );
+    }
     ErrorInfo::fatal(
         sqlstate::CONNECTION_FAILURE,
         format!("could not connect to backend \"{backend}\""),
     )
+    .with_hint(hint)
 }
 
 /// Checks out a server connection for the client, timing the wait.

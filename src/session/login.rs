@@ -37,7 +37,8 @@ pub(super) struct LoginError {
     reason: LoginFailure,
     pub(super) info: ErrorInfo,
     user: Option<String>,
-    /// The tenant the client named, if it exists (its counters get the failure too).
+    /// The tenant the client named, even one that does not exist (the log line shows it);
+    /// an existing one's counters get the failure too.
     tenant: Option<String>,
 }
 
@@ -106,7 +107,11 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         &info.database,
         info.options_tenant.as_deref(),
     );
-    let named = identity.tenant.as_ref().ok().cloned();
+    // Logged even when it does not exist (what the client tried); counted only if it does.
+    let named = match &identity.tenant {
+        Ok(name) | Err(IdentifyError::Unknown(name)) => Some(name.clone()),
+        Err(IdentifyError::NoneNamed) => None,
+    };
     let fail = |reason, info| {
         Box::new(LoginError {
             reason,

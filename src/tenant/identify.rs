@@ -1,4 +1,5 @@
-//! Which tenant a client names, exactly as SPEC.md's "Naming the tenant" says:
+//! Which tenant a client names, as README's "Naming the tenant" and docs/CONFIGURATION.md
+//! (`tenant_from`, `user_separator`, `default_tenant`) say:
 //! `options` and `user` name a tenant explicitly (a name that is not a tenant is an error);
 //! `database` names one only when it is a tenant's name; methods are tried in the configured
 //! order; nothing named falls back to `default_tenant`, else an error with a hint.

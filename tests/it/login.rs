@@ -1,5 +1,5 @@
 //! Logging in to the proxy: the error each failed login gets (SQLSTATE and message, as
-//! SPEC.md lists them), and a real `psql` naming its tenant in a URL.
+//! README's "Naming the tenant" lists them), and a real `psql` naming its tenant in a URL.
 
 use crate::support::clients::{psql_cmd, run_psql};
 use crate::support::{connect, simple_value, Naming, ProxyOptions, TestProxy};

@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod collision;
+mod diagnose;
 mod faults;
 mod features;
 mod hostile;
@@ -17,6 +18,7 @@ mod prepared;
 mod protocol;
 mod reliability;
 mod reload;
+mod security;
 mod selfcheck;
 mod sessions;
 mod vsession;

@@ -344,6 +344,9 @@ async fn the_responder_answers_its_paths_only() {
     assert!(status.starts_with("HTTP/1.1 404"), "{status}");
     let (status, _) = crate::support::ops::http(proxy.metrics_addr, "POST /metrics HTTP/1.1").await;
     assert!(status.starts_with("HTTP/1.1 405"), "{status}");
+    let (status, body) = proxy.http_get("/health").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(body, "ok\n");
     let (status, body) = proxy.http_get("/metrics?x=1").await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert!(body.contains("pgtenant_info{version="), "{body}");

@@ -1,4 +1,4 @@
-//! Reliability: the promises a pooler must keep when things go wrong (SPEC.md, issue 5).
+//! Reliability: the promises a pooler must keep when things go wrong (issue 5; README "Known limits", docs/OPERATIONS.md).
 //! - [`restart`]: the server stops (immediately) and starts again under load; commits the
 //!   client saw acknowledged are all there afterwards.
 //! - [`load`]: a client that stops reading a 400 MB result; `max_client_connections`

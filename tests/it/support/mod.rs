@@ -471,6 +471,14 @@ impl ConnectError {
             ConnectError::TimedOut => None,
         }
     }
+
+    /// The ErrorResponse's hint, if it has one.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            ConnectError::Postgres(e) => e.as_db_error().and_then(|d| d.hint()),
+            ConnectError::TimedOut => None,
+        }
+    }
 }
 
 impl fmt::Display for ConnectError {
