@@ -503,8 +503,26 @@ async fn max_pinned_clients_holds_in_the_extended_protocol() {
         (db.code().code(), db.message()),
         ("53400", PIN_REFUSED_MESSAGE)
     );
+    assert_refusal_is_pgtenants(db);
     assert_eq!(value(&b, TEMP_OBJECTS).await.as_deref(), Some("0"));
+    // The simple protocol's refusal is built by pgtenant too.
+    let e = b
+        .batch_execute("CREATE TEMP TABLE y (a int)")
+        .await
+        .expect_err("refused");
+    assert_refusal_is_pgtenants(e.as_db_error().expect("a server error"));
     proxy.stop().await.unwrap();
+}
+
+/// A refusal is pgtenant's own ErrorResponse: ERROR 53400 with its hint, and nothing that
+/// shows how it was raised (no PL/pgSQL CONTEXT).
+fn assert_refusal_is_pgtenants(db: &tokio_postgres::error::DbError) {
+    assert_eq!(db.severity(), "ERROR");
+    assert_eq!(db.where_(), None, "the refusal shows internals: {db:?}");
+    assert!(
+        db.hint().is_some_and(|h| h.contains("max_pinned_clients")),
+        "{db:?}"
+    );
 }
 
 /// psycopg 3's two-phase commit (`tpc_begin`, `tpc_prepare`, `tpc_commit`, `tpc_recover`,

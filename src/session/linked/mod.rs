@@ -33,10 +33,28 @@ use crate::shared::StopReason;
 use crate::transport::stream::ClientStream;
 
 /// Sent instead of a statement that would pin a client beyond `max_pinned_clients`: the
-/// server raises a clear error, with the transaction semantics of a real one.
-const PIN_REFUSED: &str = "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'configuration_limit_exceeded', \
-MESSAGE = 'too many pinned clients for this tenant (max_pinned_clients)', \
-HINT = 'Temp tables, session advisory locks, LISTEN, WITH HOLD cursors and SQL PREPARE keep a client on its server connection; end them (DISCARD ALL) or raise max_pinned_clients.'; END $pgtenant$";
+/// server raises an error, with the transaction semantics of a real one (a transaction
+/// block is aborted), when it runs (a refused Parse fails at its Execute, maybe in a later
+/// link). The relay gives the client [`pin_refused`] in place of any error with this
+/// message, which shows nothing of how it was raised.
+const PIN_REFUSED: &str =
+    "DO $pgtenant$ BEGIN RAISE EXCEPTION USING ERRCODE = 'configuration_limit_exceeded', \
+MESSAGE = 'pgtenant: pin refused'; END $pgtenant$";
+
+/// The message [`PIN_REFUSED`] raises.
+const PIN_REFUSED_MARK: &[u8] = b"pgtenant: pin refused";
+
+/// What a client is told for a statement that would pin it beyond `max_pinned_clients`.
+fn pin_refused() -> ErrorInfo {
+    ErrorInfo::error(
+        sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+        "too many pinned clients for this tenant (max_pinned_clients)",
+    )
+    .with_hint(
+        "Temp tables, session advisory locks, LISTEN, WITH HOLD cursors and SQL PREPARE keep \
+         a client on its server connection; end them (DISCARD ALL) or raise max_pinned_clients.",
+    )
+}
 
 /// Bookkeeping of one link.
 #[derive(Debug)]

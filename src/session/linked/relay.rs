@@ -6,10 +6,10 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::messages::{forget, on_forwarded};
-use super::{emit_synths, Link, LinkError};
+use super::{emit_synths, pin_refused, Link, LinkError, PIN_REFUSED_MARK};
 use crate::protocol::backend::{self, Backend};
-use crate::protocol::btag;
 use crate::protocol::Scanned;
+use crate::protocol::{btag, encode, sqlstate};
 use crate::server::ServerConn;
 use crate::session::client::ClientCtx;
 use crate::session::expect::{Expect, Step};
@@ -67,15 +67,21 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
         match step {
             Step::Forward | Step::Completed(_) | Step::Failed { .. } => {
                 on_forwarded(&rbuf[off..off + len], ctx, conn, link).map_err(|e| proto(&e))?;
-                if tag == btag::READY_FOR_QUERY && link.settles_before_ready() {
+                if tag == btag::ERROR_RESPONSE && is_refusal(&rbuf[off..off + len]) {
+                    // The server's error for a refused pin: the client gets pgtenant's own.
+                    flush_front(client, rbuf, &mut off).await;
+                    rbuf.advance(len);
+                    encode::error_response(&mut client.wbuf, &pin_refused());
+                } else if tag == btag::READY_FOR_QUERY && link.settles_before_ready() {
                     // The client sees this ReadyForQuery once its session is recorded (its
                     // settings read back, its objects counted): what it does next finds
                     // its pins and settings in place.
                     flush_front(client, rbuf, &mut off).await;
                     link.held_ready = Some(rbuf.split_to(len));
                     continue;
+                } else {
+                    off += len;
                 }
-                off += len;
                 if let Step::Failed { entry, dropped } = &step {
                     forget(entry, conn, ctx);
                     for e in dropped {
@@ -122,6 +128,14 @@ async fn flush_front<S: AsyncRead + AsyncWrite + Unpin>(
         rbuf.advance(*off);
         *off = 0;
     }
+}
+
+/// Whether `msg` (an ErrorResponse) is the server's error for a refused pin (sent in this
+/// link or, for a refused Parse, in an earlier one).
+fn is_refusal(msg: &[u8]) -> bool {
+    matches!(backend::decode(msg), Ok(Backend::Error(fields))
+        if fields.code() == sqlstate::CONFIGURATION_LIMIT_EXCEEDED
+            && fields.get(b'M') == Some(PIN_REFUSED_MARK))
 }
 
 fn proto(e: &dyn std::fmt::Display) -> LinkError {
