@@ -12,6 +12,8 @@
 //! - [`server`]: one server connection: connect, log in, the state it carries.
 //! - [`session`]: one client's life: handshake, auth, idle/linked state machine; parking
 //!   idle clients (no task, socket in one shared epoll set).
+//! - [`admission`]: logins in progress (`max_pending_logins`, oldest dropped first) counted
+//!   apart from logged-in clients (`max_client_connections`).
 //! - [`listener`]: accepting clients, the client cap, graceful shutdown; [`Proxy`] and the
 //!   [`ProxyHandle`] that reloads or stops it.
 //! - [`shared`]: state every session sees: the config generation (swapped on reload), the
@@ -23,6 +25,7 @@
 //! - [`demo`]: `pgtenant demo`.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod cancel;
 pub mod cli;

@@ -257,6 +257,8 @@ pub struct Shared {
     pub started: Instant,
     /// Idle clients parked now (kept by the park lot, see `session::park`).
     pub clients_parked: AtomicUsize,
+    /// Logins in progress and client places (`max_client_connections`).
+    pub admission: Arc<crate::admission::Admission>,
     /// Test hook ([`crate::ProxyHandle::panic_next_client`]): the next accepted client's
     /// task panics, so the test suite can show that it notices a panicking session.
     #[doc(hidden)]
@@ -269,6 +271,7 @@ impl Shared {
         config_path: Option<PathBuf>,
         shutdown: CancellationToken,
     ) -> Self {
+        let max_clients = config.proxy.max_client_connections;
         let generation = Generation {
             id: 1,
             registry: Registry::build(&config),
@@ -285,6 +288,7 @@ impl Shared {
             reload_lock: Mutex::new(()),
             started: Instant::now(),
             clients_parked: AtomicUsize::new(0),
+            admission: crate::admission::Admission::new(max_clients),
             panic_next_client: AtomicBool::new(false),
         }
     }

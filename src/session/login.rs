@@ -7,10 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::client::{self, ClientCtx, StartupInfo};
 use super::handshake::{self, Opening};
 use super::{checkout, Shared};
+use crate::admission::PendingLogin;
 use crate::config::ProxyConfig;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
@@ -76,8 +78,8 @@ impl LoginError {
 pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     shared: &Shared,
-    admitted: bool,
-) -> Result<Option<LoggedIn>, Box<LoginError>> {
+    pending: &PendingLogin,
+) -> Result<Option<(LoggedIn, Option<OwnedSemaphorePermit>)>, Box<LoginError>> {
     use LoginFailure as F;
     let params = match handshake::open(client, shared).await {
         Ok(Opening::Startup(params)) => params,
@@ -89,9 +91,9 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     client.reserve_write();
-    if !admitted {
-        let info = ErrorInfo::fatal("53300", "sorry, too many clients already");
-        return Err(LoginError::anonymous(F::TooManyClients, info));
+    let too_many = || ErrorInfo::fatal("53300", "sorry, too many clients already");
+    if pending.clients_full() {
+        return Err(LoginError::anonymous(F::TooManyClients, too_many()));
     }
     let info = client::read_startup(params).map_err(|i| LoginError::anonymous(F::Protocol, i))?;
     let generation = shared.current();
@@ -126,8 +128,15 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         // No message: the client left mid-exchange (psql does, to prompt for a password).
         return e.to_client().map_or(Ok(None), |i| Err(fail(reason, i)));
     }
+    // A client place only now: logins that never authenticate hold none.
+    let Some(permit) = pending.admit() else {
+        return Err(fail(F::TooManyClients, too_many()));
+    };
+    let permit = Some(permit);
     if info.database == crate::admin::ADMIN_DATABASE {
-        return admin_login(config, &identity.user).map_err(|i| fail(F::AdminForbidden, i));
+        return admin_login(config, &identity.user)
+            .map(|admin| admin.map(|a| (a, permit)))
+            .map_err(|i| fail(F::AdminForbidden, i));
     }
     let tenant_name = match &identity.tenant {
         Ok(name) => name.clone(),
@@ -163,10 +172,11 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 .find(|(name, _)| *name == "application_name")
                 .map(|(_, value)| value.clone())
                 .unwrap_or_default();
-            Ok(Some(LoggedIn::Tenant {
+            let tenant = LoggedIn::Tenant {
                 ctx: Box::new(ctx),
                 application_name,
-            }))
+            };
+            Ok(Some((tenant, permit)))
         }
         Err(i) => {
             tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::admission::PendingLogin;
 use crate::config::{PoolMode, ProxyConfig};
 use crate::pool::{Lease, Pooled};
 use crate::protocol::encode::ErrorInfo;
@@ -37,9 +38,6 @@ use login::{login, LoggedIn, LoginError};
 
 pub use crate::shared::Shared;
 
-/// How long a client may take from connecting to being logged in (as PostgreSQL's
-/// `authentication_timeout`).
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much a client waiting at a paused tenant may send ahead before the proxy stops reading.
 const PAUSED_READ_LIMIT: usize = 1 << 20;
 
@@ -48,12 +46,11 @@ pub async fn serve<S: ClientIo>(
     io: S,
     shared: Arc<Shared>,
     lot: Option<Arc<park::ParkLot>>,
-    permit: Option<OwnedSemaphorePermit>,
+    login: PendingLogin,
 ) {
     // Boxed, and so are the rarely used stages: this future lives as long as the client, so
     // its size (the largest of its states) is what every idle client costs.
-    let Some((mut client, logged_in)) = Box::pin(log_in(io, &shared, permit.is_some())).await
-    else {
+    let Some((mut client, logged_in, permit)) = Box::pin(log_in(io, &shared, login)).await else {
         return;
     };
     match logged_in {
@@ -79,20 +76,40 @@ pub async fn serve<S: ClientIo>(
     }
 }
 
-/// The login phase, within `LOGIN_TIMEOUT`: `None` when it failed (the client was told).
+/// The login phase, within `client_login_timeout` and while newer logins leave it room
+/// (`max_pending_logins`): `None` when it failed (the client was told). Until it is logged
+/// in, a client's messages are capped as PostgreSQL caps them (see [`ClientStream::for_login`]).
 async fn log_in<S: ClientIo>(
     io: S,
     shared: &Shared,
-    accepting: bool,
-) -> Option<(ClientStream<Counted<S>>, LoggedIn)> {
-    let max_message = shared.current().config.proxy.max_message_size;
-    let mut client = ClientStream::new(Counted::new(io), max_message);
-    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&mut client, shared, accepting)).await;
+    pending: PendingLogin,
+) -> Option<(
+    ClientStream<Counted<S>>,
+    LoggedIn,
+    Option<OwnedSemaphorePermit>,
+)> {
+    let (max_message, timeout) = {
+        let generation = shared.current();
+        let proxy = &generation.config.proxy;
+        (proxy.max_message_size, proxy.client_login_timeout)
+    };
+    let mut client = ClientStream::for_login(Counted::new(io));
+    let login = tokio::select! {
+        r = tokio::time::timeout(timeout, login(&mut client, shared, &pending)) => r.ok(),
+        _ = pending.dropped() => Some(Err(LoginError::anonymous(
+            LoginFailure::TooManyClients,
+            ErrorInfo::fatal("53300", "sorry, too many connections are logging in"),
+        ))),
+    };
+    drop(pending);
     let e = match login {
-        Ok(Ok(Some(logged_in))) => return Some((client, logged_in)),
-        Ok(Ok(None)) => return None,
-        Ok(Err(e)) => e,
-        Err(_) => LoginError::anonymous(
+        Some(Ok(Some((logged_in, permit)))) => {
+            client.set_max_message(max_message);
+            return Some((client, logged_in, permit));
+        }
+        Some(Ok(None)) => return None,
+        Some(Err(e)) => e,
+        None => LoginError::anonymous(
             LoginFailure::Timeout,
             ErrorInfo::fatal("08006", "timeout expired during login"),
         ),
@@ -676,7 +693,8 @@ mod size_tests {
         // Every idle client holds one of these: keep it small (rarely used stages are
         // boxed). 2,088 bytes before the transaction, the login and the error paths were.
         let (a, _b) = tokio::io::duplex(64);
-        let size = std::mem::size_of_val(&super::serve(a, shared.clone(), None, None));
+        let login = || crate::admission::PendingLogin::detached(1);
+        let size = std::mem::size_of_val(&super::serve(a, shared.clone(), None, login()));
         assert!(size <= 1024, "serve future (duplex) is {size} bytes");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -687,7 +705,7 @@ mod size_tests {
             let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
                 .await
                 .unwrap();
-            let size = std::mem::size_of_val(&super::serve(tcp, shared, None, None));
+            let size = std::mem::size_of_val(&super::serve(tcp, shared, None, login()));
             assert!(size <= 1024, "serve future (TCP) is {size} bytes");
         });
     }

@@ -18,15 +18,15 @@ use crate::support::{
 };
 
 /// How long one raw exchange may take before the test calls it a hang.
-const RAW_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const RAW_TIMEOUT: Duration = Duration::from_secs(10);
 
-const PROTOCOL_3_0: i32 = 3 << 16;
+pub(crate) const PROTOCOL_3_0: i32 = 3 << 16;
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
 const CANCEL_REQUEST: i32 = 80_877_102;
 
 /// A startup-style packet: length, code, body.
-fn packet(code: i32, body: &[u8]) -> Vec<u8> {
+pub(crate) fn packet(code: i32, body: &[u8]) -> Vec<u8> {
     let mut v = ((body.len() + 8) as i32).to_be_bytes().to_vec();
     v.extend_from_slice(&code.to_be_bytes());
     v.extend_from_slice(body);
@@ -34,7 +34,7 @@ fn packet(code: i32, body: &[u8]) -> Vec<u8> {
 }
 
 /// A StartupMessage body: `name\0value\0...\0`.
-fn params(pairs: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn params(pairs: &[(&str, &str)]) -> Vec<u8> {
     let mut v = Vec::new();
     for (name, value) in pairs {
         v.extend_from_slice(name.as_bytes());
@@ -46,7 +46,7 @@ fn params(pairs: &[(&str, &str)]) -> Vec<u8> {
     v
 }
 
-fn startup(tenant: &str) -> Vec<u8> {
+pub(crate) fn startup(tenant: &str) -> Vec<u8> {
     packet(
         PROTOCOL_3_0,
         &params(&[
@@ -58,14 +58,14 @@ fn startup(tenant: &str) -> Vec<u8> {
 }
 
 /// A regular message: tag, length, body.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![tag];
     v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
     v.extend_from_slice(body);
     v
 }
 
-fn query(sql: &str) -> Vec<u8> {
+pub(crate) fn query(sql: &str) -> Vec<u8> {
     let mut body = sql.as_bytes().to_vec();
     body.push(0);
     message(b'Q', &body)
@@ -73,14 +73,14 @@ fn query(sql: &str) -> Vec<u8> {
 
 /// One backend message.
 #[derive(Debug, Clone)]
-struct Msg {
-    tag: u8,
-    body: Vec<u8>,
+pub(crate) struct Msg {
+    pub(crate) tag: u8,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Msg {
     /// A field (`C` SQLSTATE, `M` message, `S` severity) of an ErrorResponse/Notice.
-    fn field(&self, code: u8) -> Option<String> {
+    pub(crate) fn field(&self, code: u8) -> Option<String> {
         let mut rest = &self.body[..];
         while let Some((&kind, tail)) = rest.split_first() {
             if kind == 0 {
@@ -98,25 +98,25 @@ impl Msg {
 
 /// What a raw connection got back before the proxy closed it.
 #[derive(Debug)]
-struct Reply {
-    messages: Vec<Msg>,
+pub(crate) struct Reply {
+    pub(crate) messages: Vec<Msg>,
     /// Bytes after the last whole message.
     trailing: Vec<u8>,
     closed: bool,
 }
 
 impl Reply {
-    fn error(&self) -> Option<&Msg> {
+    pub(crate) fn error(&self) -> Option<&Msg> {
         self.messages.iter().find(|m| m.tag == b'E')
     }
 
     /// The SQLSTATE (`C` field) of the first ErrorResponse.
-    fn sqlstate(&self) -> Option<String> {
+    pub(crate) fn sqlstate(&self) -> Option<String> {
         self.error().and_then(|e| e.field(b'C'))
     }
 
     /// Asserts an ErrorResponse with `code` came, then the connection closed.
-    fn expect_error(&self, code: &str) -> Result<&Msg, String> {
+    pub(crate) fn expect_error(&self, code: &str) -> Result<&Msg, String> {
         match self.error() {
             Some(e) if self.sqlstate().as_deref() == Some(code) && self.closed => Ok(e),
             _ => Err(format!("expected {code} and a close, got {self:?}")),
@@ -124,13 +124,13 @@ impl Reply {
     }
 }
 
-struct Wire {
-    stream: TcpStream,
+pub(crate) struct Wire {
+    pub(crate) stream: TcpStream,
     buf: Vec<u8>,
 }
 
 impl Wire {
-    async fn connect(addr: std::net::SocketAddr) -> Wire {
+    pub(crate) async fn connect(addr: std::net::SocketAddr) -> Wire {
         let stream = tokio::time::timeout(RAW_TIMEOUT, TcpStream::connect(addr))
             .await
             .expect("TCP connect within 10s")
@@ -143,7 +143,7 @@ impl Wire {
     }
 
     /// Sends bytes; the proxy may already have closed (that shows in the reply).
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;
     }
 
@@ -181,7 +181,7 @@ impl Wire {
     }
 
     /// The next message; `Ok(None)` when the connection closed first.
-    async fn next(&mut self) -> Result<Option<Msg>, String> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Msg>, String> {
         loop {
             if let Some(m) = self.take_message() {
                 return Ok(Some(m));
@@ -193,7 +193,7 @@ impl Wire {
     }
 
     /// Everything until the proxy closes the connection.
-    async fn until_closed(&mut self) -> Result<Reply, String> {
+    pub(crate) async fn until_closed(&mut self) -> Result<Reply, String> {
         let mut messages = Vec::new();
         loop {
             while let Some(m) = self.take_message() {
@@ -222,7 +222,7 @@ impl Wire {
     }
 
     /// Reads until ReadyForQuery; Err with what came instead.
-    async fn until_ready(&mut self) -> Result<Vec<Msg>, String> {
+    pub(crate) async fn until_ready(&mut self) -> Result<Vec<Msg>, String> {
         let mut got = Vec::new();
         loop {
             match self.next().await? {
@@ -240,7 +240,7 @@ impl Wire {
     }
 
     /// A trust-auth login as `tenant`, up to the first ReadyForQuery.
-    async fn login(addr: std::net::SocketAddr, tenant: &str) -> Result<Wire, String> {
+    pub(crate) async fn login(addr: std::net::SocketAddr, tenant: &str) -> Result<Wire, String> {
         let mut wire = Wire::connect(addr).await;
         wire.send(&startup(tenant)).await;
         let got = wire.until_ready().await?;
@@ -323,7 +323,7 @@ impl IsolatedProxy {
     }
 
     /// A tokio-postgres connection string for user `app` as `tenant`.
-    fn connect_str(&self, tenant: &str) -> String {
+    pub(crate) fn connect_str(&self, tenant: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user=app password={} dbname=app \
              options='-c tenant={tenant}' connect_timeout=10",
@@ -332,7 +332,10 @@ impl IsolatedProxy {
         )
     }
 
-    async fn connect(&self, tenant: &str) -> Result<tokio_postgres::Client, ConnectError> {
+    pub(crate) async fn connect(
+        &self,
+        tenant: &str,
+    ) -> Result<tokio_postgres::Client, ConnectError> {
         connect(&self.connect_str(tenant)).await
     }
 }
@@ -580,7 +583,7 @@ async fn honest(conn: String, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
     (done, errors)
 }
 
-async fn assert_still_serving(proxy: &IsolatedProxy) {
+pub(crate) async fn assert_still_serving(proxy: &IsolatedProxy) {
     let client = proxy
         .connect("t3")
         .await

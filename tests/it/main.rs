@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod collision;
 mod faults;
+mod flood;
 mod hostile;
 mod login;
 mod metrics;
