@@ -7,8 +7,10 @@
 //! nearly always its literals, and [`super::sql::effects`] never needs more of a literal
 //! than a setting's name. Each statement's skeleton is scanned as soon as its `;` arrives,
 //! so memory is one statement's skeleton, at most [`MAX_SKELETON`] bytes. A statement whose
-//! skeleton is larger than that cannot be inspected: it counts as [`unknown`] (fail closed:
-//! the session reads its state back from the server and counts its objects afterwards).
+//! skeleton is larger than that cannot be inspected as a whole: it counts as [`unknown`]
+//! (fail closed: the session reads its state back from the server and counts its objects
+//! afterwards), and its skeleton is scanned in pieces cut between tokens for the setting
+//! names and session objects it mentions (what that read-back needs to know of).
 
 use super::sql::{self, Effects, Resets};
 
@@ -85,7 +87,9 @@ pub struct StreamScan {
     word: Word,
     /// The current statement's skeleton.
     stmt: Vec<u8>,
-    /// The current statement outgrew [`MAX_SKELETON`].
+    /// The current statement outgrew [`MAX_SKELETON`]: scanned in pieces, it is unknown.
+    partial: bool,
+    /// ... and could not even be cut between tokens: nothing more of it is kept.
     overflow: bool,
     /// Literal bytes kept of the current string/identifier.
     kept: usize,
@@ -105,6 +109,7 @@ impl StreamScan {
             lex: Lex::Code,
             word: Word::None,
             stmt: Vec::new(),
+            partial: false,
             overflow: false,
             kept: 0,
             tag: Vec::new(),
@@ -397,20 +402,41 @@ impl StreamScan {
             return;
         }
         if self.stmt.len() + bytes.len() > MAX_SKELETON {
-            self.overflow = true;
-            self.stmt = Vec::new();
-            return;
+            if self.lex == Lex::Code && self.word == Word::None {
+                self.spill();
+            } else if self.stmt.len() + bytes.len() > 2 * MAX_SKELETON {
+                self.overflow = true;
+                self.stmt = Vec::new();
+                return;
+            }
         }
         self.stmt.extend_from_slice(bytes);
     }
 
+    /// Scans the skeleton so far (cut between tokens) for what it names, and starts over.
+    fn spill(&mut self) {
+        let fx = sql::effects(&self.stmt);
+        for name in fx.names {
+            if !self.fx.names.contains(&name) {
+                self.fx.names.push(name);
+            }
+        }
+        self.fx.pins |= fx.pins;
+        self.partial = true;
+        self.stmt.clear();
+    }
+
     fn end_statement(&mut self) {
-        if self.overflow {
+        if self.partial || self.overflow {
+            if !self.overflow && !self.stmt.is_empty() {
+                self.spill();
+            }
             merge(&mut self.fx, unknown());
         } else if !self.stmt.is_empty() {
             merge(&mut self.fx, sql::effects(&self.stmt));
         }
         self.stmt.clear();
+        self.partial = false;
         self.overflow = false;
     }
 }
@@ -613,6 +639,12 @@ mod tests {
         let mut more = sql.clone();
         more.extend_from_slice(b"; listen ch");
         assert_ne!(streamed(&more, 8192).pins, 0);
+        // What it names is still found (so the session reads those settings back).
+        let mut named = b"select set_config('app.v', 'x', false)".to_vec();
+        named.extend_from_slice(&sql);
+        let fx = streamed(&named, 8192);
+        assert_eq!(fx.names, ["app.v"]);
+        assert!(fx.calls && fx.settings, "{fx:?}");
         // A dollar tag longer than any real one loses track: unknown too.
         let mut tag = b"select $".to_vec();
         tag.extend(std::iter::repeat_n(b'a', 100));

@@ -398,7 +398,7 @@ async fn run<S: ClientIo>(
         // or the start of a streamed CopyData): half a Query must not hold a server
         // connection, nor spin.
         let max = generation.config.proxy.max_message_size;
-        match wait_for_message(client, ctx, entry, max, may_park).await? {
+        match wait_for_message(client, ctx, entry, max, !session_mode, may_park).await? {
             Idle::Message => {}
             Idle::Left => return Ok(RunEnd::Left),
             Idle::Park => return Ok(RunEnd::Park),
@@ -546,14 +546,14 @@ async fn wait_for_message<S: ClientIo>(
     ctx: &mut ClientCtx,
     entry: &ClientEntry,
     max_message: usize,
+    pooled: bool,
     may_park: bool,
 ) -> Result<Idle, SessionError> {
     // The tenant's own flag too: a client that logged in just as its tenant was removed.
     if entry.stop.is_stopped() || ctx.tenant.control.is_removed() {
         return Err(stopped(ctx, entry));
     }
-    let streams = |t| t == crate::protocol::ftag::COPY_DATA;
-    while !crate::protocol::frame::message_ready(&client.rbuf, streams, max_message) {
+    while !linked::ready(&client.rbuf, max_message, pooled) {
         tokio::select! {
             r = client.fill_idle() => match r {
                 Ok(n) if n > 0 => {}

@@ -7,6 +7,7 @@ mod admin;
 mod collision;
 mod faults;
 mod flood;
+mod heavy;
 mod hostile;
 mod login;
 mod metrics;
