@@ -95,20 +95,28 @@ impl PendingLogin {
         self.admission.clients.available_permits() == 0
     }
 
-    /// A client place under `max_client_connections` for an authenticated client.
+    /// A client place under `max_client_connections` for an authenticated client, which
+    /// from then on is no longer a pending login (newer logins cannot drop it).
     pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        self.admission.clients.clone().try_acquire_owned().ok()
+        let permit = self.admission.clients.clone().try_acquire_owned().ok()?;
+        self.leave();
+        Some(permit)
     }
-}
 
-impl Drop for PendingLogin {
-    fn drop(&mut self) {
+    /// No longer counted as pending (idempotent).
+    fn leave(&self) {
         let mut pending = self
             .admission
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         pending.remove(&self.id);
+    }
+}
+
+impl Drop for PendingLogin {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -147,8 +155,10 @@ mod tests {
         let admission = Admission::new(1);
         let login = admission.begin_login(10);
         assert!(!login.clients_full());
+        assert_eq!(admission.pending(), 1);
         let permit = login.admit().expect("one place");
         assert!(login.clients_full());
+        assert_eq!(admission.pending(), 0, "admitted: no longer pending");
         assert!(admission.begin_login(10).admit().is_none());
         drop(permit);
         assert!(!login.clients_full());

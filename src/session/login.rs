@@ -128,7 +128,8 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         // No message: the client left mid-exchange (psql does, to prompt for a password).
         return e.to_client().map_or(Ok(None), |i| Err(fail(reason, i)));
     }
-    // A client place only now: logins that never authenticate hold none.
+    // A client place only now (logins that never authenticate hold none), and no longer a
+    // pending login.
     let Some(permit) = pending.admit() else {
         return Err(fail(F::TooManyClients, too_many()));
     };
@@ -154,6 +155,9 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     // `identify` found the tenant in this same generation's config.
     let tenant = generation.registry.tenants[&tenant_name].clone();
     admit_to_tenant(&tenant).map_err(|i| fail(F::TooManyClients, i))?;
+    // Given back if the login does not finish: an error, or `client_login_timeout` while it
+    // waits for a server connection (the future is dropped then).
+    let place = TenantPlace(Some(tenant.clone()));
     let proxy = &config.proxy;
     match finish_login(
         client,
@@ -166,6 +170,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     .await
     {
         Ok(ctx) => {
+            place.keep();
             let application_name = info
                 .reported
                 .iter()
@@ -178,9 +183,24 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             };
             Ok(Some((tenant, permit)))
         }
-        Err(i) => {
+        Err(i) => Err(fail(F::Backend, i)),
+    }
+}
+
+/// A client counted in its tenant's `clients` while its login finishes.
+struct TenantPlace(Option<Arc<TenantRuntime>>);
+
+impl TenantPlace {
+    /// The login finished: the session keeps the count (and gives it back when it ends).
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TenantPlace {
+    fn drop(&mut self) {
+        if let Some(tenant) = self.0.take() {
             tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
-            Err(fail(F::Backend, i))
         }
     }
 }
