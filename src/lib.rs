@@ -14,6 +14,8 @@
 //!   pools; per-tenant counters, pause and removal.
 //! - [`transport`]: the client socket as whole messages, its buffers, its byte counts.
 //! - [`auth`]: verifying clients (SCRAM-SHA-256, md5, trust).
+//! - [`admission`]: logins in progress (`max_pending_logins`, oldest dropped first) counted
+//!   apart from logged-in clients (`max_client_connections`).
 //! - [`shared`]: state every session sees: the config generation (swapped on reload), the
 //!   client list, login failure and session error counters.
 //! - [`reload`]: hot reload (SIGHUP, `RELOAD`): validate, rebuild the registry, swap.
@@ -29,6 +31,7 @@
 //!   schemas.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod cancel;
 pub mod check;

@@ -1,4 +1,4 @@
-//! Accepting clients: the listener loop, the client cap, the idle-connection reaper, the
+//! Accepting clients: the listener loop, admission (pending logins, the client cap), the idle-connection reaper, the
 //! metrics listener and graceful shutdown. [`Proxy`] is the running proxy; a
 //! [`ProxyHandle`] reloads it (SIGHUP in `main.rs`, tests in-process) or stops it.
 
@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -115,10 +114,6 @@ async fn accept_loop(
     lot: Option<&Arc<session::park::ParkLot>>,
     tracker: &TaskTracker,
 ) -> std::io::Result<()> {
-    // `max_client_connections` needs a restart to change (see `reload`).
-    let clients = Arc::new(Semaphore::new(
-        shared.current().config.proxy.max_client_connections,
-    ));
     tracing::info!(listen = %listener.local_addr()?, "pgtenant is accepting connections");
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -130,7 +125,10 @@ async fn accept_loop(
             Ok((stream, _peer)) => {
                 backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
-                let permit = clients.clone().try_acquire_owned().ok();
+                // Counted apart from logged-in clients (`max_client_connections` needs a
+                // restart to change; `max_pending_logins` applies from the next accept).
+                let max_pending = shared.current().config.proxy.max_pending_logins;
+                let login = shared.admission.begin_login(max_pending);
                 if shared.panic_next_client.swap(false, Ordering::Relaxed) {
                     tracker.spawn(async move {
                         let _client = stream;
@@ -138,7 +136,7 @@ async fn accept_loop(
                     });
                     continue;
                 }
-                tracker.spawn(session::serve(stream, shared.clone(), lot.cloned(), permit));
+                tracker.spawn(session::serve(stream, shared.clone(), lot.cloned(), login));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

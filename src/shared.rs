@@ -270,6 +270,8 @@ pub struct Shared {
     pub session_errors: KindCounts<SessionErrorKind>,
     /// Idle clients parked now (kept by the park lot, see `session::park`).
     pub clients_parked: AtomicUsize,
+    /// Logins in progress and client places (`max_client_connections`).
+    pub admission: Arc<crate::admission::Admission>,
     /// Test hook ([`crate::ProxyHandle::panic_next_client`]): the next accepted client's
     /// task panics, so the test suite can show that it notices a panicking session.
     #[doc(hidden)]
@@ -282,6 +284,7 @@ impl Shared {
         config_path: Option<PathBuf>,
         shutdown: CancellationToken,
     ) -> Self {
+        let max_clients = config.proxy.max_client_connections;
         let generation = Generation {
             id: 1,
             registry: Registry::build(&config),
@@ -299,6 +302,7 @@ impl Shared {
             started: Instant::now(),
             clients_parked: AtomicUsize::new(0),
             session_errors: KindCounts::default(),
+            admission: crate::admission::Admission::new(max_clients),
             panic_next_client: AtomicBool::new(false),
         }
     }

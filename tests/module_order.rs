@@ -13,7 +13,7 @@ const ORDER: &[&[&str]] = &[
     &["server"],
     &["tenant"],
     &["transport"],
-    &["auth"],
+    &["auth", "admission"],
     &["shared"],
     &["reload"],
     &["admin"],

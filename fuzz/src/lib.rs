@@ -6,7 +6,8 @@
 //!
 //! Each target checks properties, not only "does not panic": the frame scanner reports the
 //! same frames whatever the read boundaries, a decoded startup packet re-encodes to the same
-//! bytes, a renamed Bind keeps its framing, and no fuzzed SCRAM/md5 exchange ever logs in.
+//! bytes, a renamed Bind keeps its framing, no fuzzed SCRAM/md5 exchange ever logs in, and
+//! an authentication message over PostgreSQL's limit is refused at its header.
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -315,6 +316,52 @@ pub fn scram(data: &[u8]) {
     assert!(result.is_err(), "a fuzzed exchange logged in");
 }
 
+/// The authentication exchange as a client that has not logged in drives it: `data[0]`
+/// picks md5 or SCRAM, the rest is what the client sends, raw (its own length fields,
+/// truncated anywhere, oversized). Checked: it never logs in; a first message of another
+/// type than a password message, or with a length field below 4 or above PostgreSQL's
+/// 65,535, is refused (08P01) at its header, whether or not its body follows; and the
+/// stream never holds more than about one authentication message, whatever is sent.
+pub fn auth_exchange(data: &[u8]) {
+    use pgtenant::auth::AuthError;
+    use pgtenant::transport::stream::MAX_AUTH_MESSAGE;
+    let [mode, wire @ ..] = data else {
+        return;
+    };
+    let method = if mode & 1 == 1 {
+        AuthMethod::Md5
+    } else {
+        AuthMethod::ScramSha256
+    };
+    let user = fuzz_user();
+    let (result, buffered) = block_on(async {
+        let (server, mut client) = tokio::io::duplex(1 << 20);
+        client.write_all(wire).await.expect("duplex has room");
+        client.shutdown().await.expect("shutdown");
+        let mut stream = ClientStream::for_login(server);
+        let result = pgtenant::auth::authenticate(&mut stream, method, "app", Some(&user)).await;
+        drop(client);
+        (result, stream.rbuf.capacity())
+    });
+    assert!(result.is_err(), "a fuzzed exchange logged in");
+    if wire.len() >= 5 {
+        let len = i32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]);
+        if wire[0] != b'p' || !(4..=MAX_AUTH_MESSAGE as i32).contains(&len) {
+            let refused = matches!(&result, Err(e @ AuthError::Malformed(_))
+                if e.to_client().is_some_and(|i| i.code == "08P01"));
+            assert!(
+                refused,
+                "first message {:?} not refused at its header: {result:?}",
+                &wire[..5]
+            );
+        }
+    }
+    assert!(
+        buffered <= 4 * (MAX_AUTH_MESSAGE + 1),
+        "{buffered} bytes buffered during authentication"
+    );
+}
+
 // --- Replaying saved inputs without libFuzzer (this crate's `cargo test`, and the main
 // crate's `tests/fuzz_replay.rs`, which `scripts/test` runs) ---
 
@@ -322,12 +369,13 @@ pub fn scram(data: &[u8]) {
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its directories under `seeds/`, `regressions/`, `corpus/`.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("frames", frames),
     ("startup", startup),
     ("backend_decode", backend_decode),
     ("frontend_decode", frontend_decode),
     ("scram", scram),
+    ("auth_exchange", auth_exchange),
 ];
 
 /// The files in `dir` (none if it does not exist), sorted by name.

@@ -40,6 +40,8 @@ pub fn run(shared: &Shared, generation: &Generation) -> Table {
             p.park_idle_clients_after.map_or("0s".into(), d),
         ),
         ("shutdown_timeout", d(p.shutdown_timeout)),
+        ("client_login_timeout", d(p.client_login_timeout)),
+        ("max_pending_logins", p.max_pending_logins.to_string()),
         (
             "metrics_listen",
             p.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),

@@ -67,10 +67,20 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The client's next PasswordMessage / SASL response: at most
+/// [`MAX_AUTH_MESSAGE`](crate::transport::stream::MAX_AUTH_MESSAGE) bytes (the stream's limit
+/// during login), and nothing but that type. Anything else gets 08P01 before its body is
+/// read.
 async fn read_password<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
 ) -> Result<bytes::BytesMut, AuthError> {
-    let msg = client.read_message().await?;
+    let msg = match client.read_expected(crate::protocol::ftag::PASSWORD).await {
+        Ok(msg) => msg,
+        Err(e @ (StreamError::Frame(_) | StreamError::Unexpected(_))) => {
+            return Err(AuthError::Malformed(e.to_string()))
+        }
+        Err(e) => return Err(e.into()),
+    };
     match frontend::decode(&msg) {
         Ok(Frontend::Password(_)) => Ok(msg),
         _ => Err(AuthError::Malformed("expected a password message".into())),

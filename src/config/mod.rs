@@ -103,11 +103,20 @@ pub struct ProxyConfig {
     /// state but no task (see `session::park`). `None` when configured as `"0s"` (never).
     pub park_idle_clients_after: Option<Duration>,
     pub shutdown_timeout: Duration,
+    /// From accepting a connection to the login reply (as PostgreSQL's
+    /// `authentication_timeout`): a login still unfinished then is closed (08006).
+    pub client_login_timeout: Duration,
+    /// Connections still logging in (accepted, not yet answered AuthenticationOk), counted
+    /// apart from `max_client_connections`: a new one beyond it drops the oldest, so a flood
+    /// of unfinished logins cannot lock honest clients out.
+    pub max_pending_logins: usize,
     pub metrics_listen: Option<SocketAddr>,
     /// Whether `/metrics` labels per-tenant series with `tenant` (off: sums over tenants).
     pub metrics_tenant_labels: bool,
-    /// Largest message (other than the startup packet) the proxy will buffer to inspect.
-    /// Messages it only forwards (DataRow, CopyData) stream through and are not capped.
+    /// Largest message a logged-in client may send (PostgreSQL's own limit is 1 GB). Before
+    /// login the limits are PostgreSQL's: 10,000 bytes for the startup packet, 65,535 for
+    /// authentication messages. Messages larger than the proxy's inspection window stream
+    /// through (see `session::linked::big`).
     pub max_message_size: usize,
     /// Per-server-connection LRU size of prepared statements (transaction mode).
     pub max_prepared_statements: usize,

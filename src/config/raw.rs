@@ -66,6 +66,10 @@ pub(super) struct RawProxy {
     /// `"0s"` = never.
     pub park_idle_clients_after: DurationText,
     pub shutdown_timeout: DurationText,
+    /// Startup + authentication must finish within this.
+    pub client_login_timeout: DurationText,
+    /// Connections still logging in, counted apart from logged-in clients.
+    pub max_pending_logins: usize,
     pub metrics_listen: Option<String>,
     pub metrics_tenant_labels: bool,
     pub max_message_size: usize,
@@ -100,6 +104,8 @@ impl Default for RawProxy {
             idle_transaction_timeout: duration("0s"),
             park_idle_clients_after: duration("1s"),
             shutdown_timeout: duration("30s"),
+            client_login_timeout: duration("60s"),
+            max_pending_logins: 1000,
             metrics_listen: None,
             metrics_tenant_labels: true,
             max_message_size: 1 << 30,

@@ -45,6 +45,12 @@ impl Config {
                 .map_or("off".to_string(), |d| humantime::format_duration(d)
                     .to_string())
         );
+        let _ = writeln!(
+            out,
+            "  max_pending_logins {}  client_login_timeout {}",
+            p.max_pending_logins,
+            humantime::format_duration(p.client_login_timeout)
+        );
         if let Some(addr) = p.metrics_listen {
             let _ = writeln!(out, "  metrics_listen {addr}");
         }

@@ -175,6 +175,8 @@ fn proxy_config<T, U>(
             &raw.park_idle_clients_after,
         )?,
         shutdown_timeout: duration("proxy.shutdown_timeout", &raw.shutdown_timeout)?,
+        client_login_timeout: timeout("client_login_timeout", &raw.client_login_timeout)?,
+        max_pending_logins: count("max_pending_logins", raw.max_pending_logins)?,
         metrics_listen: match raw.metrics_listen.as_deref() {
             None | Some("") => None,
             Some(addr) => Some(socket_addr("proxy.metrics_listen", addr)?),

@@ -155,6 +155,8 @@ fn defaults_follow_the_spec() {
     assert_eq!(p.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(p.metrics_listen, None);
     assert_eq!(p.max_message_size, 1 << 30);
+    assert_eq!(p.client_login_timeout, Duration::from_secs(60));
+    assert_eq!(p.max_pending_logins, 1000);
     assert_eq!(p.max_prepared_statements, 200);
     let cores = std::thread::available_parallelism().unwrap().get();
     assert_eq!(p.workers, (cores / 2).max(1));
@@ -335,6 +337,36 @@ fn proxy_values_are_checked() {
     assert_error(
         &with_proxy("max_prepared_statements = 0"),
         &["proxy.max_prepared_statements:"],
+    );
+    assert_error(
+        &with_proxy("max_pending_logins = 0"),
+        &["proxy.max_pending_logins: must be at least 1"],
+    );
+    assert_error(
+        &with_proxy("max_pending_logins = -5"),
+        &["max_pending_logins"],
+    );
+    assert_eq!(
+        load(&with_proxy("max_pending_logins = 50"))
+            .unwrap()
+            .proxy
+            .max_pending_logins,
+        50
+    );
+    assert_error(
+        &with_proxy(r#"client_login_timeout = "0s""#),
+        &["proxy.client_login_timeout: must be longer than 0s"],
+    );
+    assert_error(
+        &with_proxy(r#"client_login_timeout = "soon""#),
+        &["proxy.client_login_timeout:", "not a duration"],
+    );
+    assert_eq!(
+        load(&with_proxy(r#"client_login_timeout = "5s""#))
+            .unwrap()
+            .proxy
+            .client_login_timeout,
+        Duration::from_secs(5)
     );
     assert_error(
         &with_proxy("max_message_size = -1"),

@@ -242,6 +242,16 @@ pub fn parse(buf: &mut BytesMut, name: &[u8], sql: &[u8], types: &[u8]) {
     finish(buf, at);
 }
 
+/// The head of a Bind (server-bound) whose last `rest_len` bytes, everything after the
+/// statement name, follow unchanged from the client's own Bind as it streams through.
+pub fn bind_head(buf: &mut BytesMut, portal: &[u8], statement: &[u8], rest_len: usize) {
+    let at = begin(buf, super::ftag::BIND);
+    put_cstr(buf, portal);
+    put_cstr(buf, statement);
+    let len = (buf.len() - at + rest_len) as i32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
 /// Terminate (server-bound).
 /// A CancelRequest one pgtenant instance passes to the peer whose client it is for: the
 /// standard 16 bytes plus [`super::startup::PEER_CANCEL_MARKER`], so the peer never passes

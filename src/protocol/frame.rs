@@ -76,6 +76,16 @@ impl FrameScanner {
         }
     }
 
+    /// The cap on messages that must be buffered whole, from now on.
+    pub fn set_max_message(&mut self, max_message: usize) {
+        self.max_message = max_message;
+    }
+
+    /// The cap on messages that must be buffered whole.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
     /// True when the scanner is in the middle of a streaming message.
     pub fn mid_message(&self) -> bool {
         self.streaming > 0

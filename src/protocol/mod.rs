@@ -10,6 +10,7 @@ pub mod encode;
 pub mod frame;
 pub mod frontend;
 pub mod sql;
+pub mod sql_stream;
 pub mod sqlstate;
 pub mod startup;
 

@@ -7,10 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::client::{self, ClientCtx, StartupInfo};
 use super::handshake::{self, Opening};
 use super::{checkout, Shared};
+use crate::admission::PendingLogin;
 use crate::config::ProxyConfig;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, ErrorInfo};
@@ -78,8 +80,8 @@ impl LoginError {
 pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     shared: &Shared,
-    admitted: bool,
-) -> Result<Option<LoggedIn>, Box<LoginError>> {
+    pending: &PendingLogin,
+) -> Result<Option<(LoggedIn, Option<OwnedSemaphorePermit>)>, Box<LoginError>> {
     use LoginFailure as F;
     let params = match handshake::open(client, shared).await {
         Ok(Opening::Startup(params)) => params,
@@ -91,12 +93,14 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     client.reserve_write();
-    if !admitted {
-        let info = ErrorInfo::fatal(
+    let too_many = || {
+        ErrorInfo::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,
             "sorry, too many clients already",
-        );
-        return Err(LoginError::anonymous(F::TooManyClients, info));
+        )
+    };
+    if pending.clients_full() {
+        return Err(LoginError::anonymous(F::TooManyClients, too_many()));
     }
     let info = client::read_startup(params).map_err(|i| LoginError::anonymous(F::Protocol, i))?;
     let generation = shared.current();
@@ -135,13 +139,24 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         // No message: the client left mid-exchange (psql does, to prompt for a password).
         return e.to_client().map_or(Ok(None), |i| Err(fail(reason, i)));
     }
+    // A client place only now (logins that never authenticate hold none), and no longer a
+    // pending login.
+    let Some(permit) = pending.admit() else {
+        return Err(fail(F::TooManyClients, too_many()));
+    };
+    let permit = Some(permit);
     if info.database == crate::admin::ADMIN_DATABASE {
-        return admin_login(config, &identity.user).map_err(|i| fail(F::AdminForbidden, i));
+        return admin_login(config, &identity.user)
+            .map(|admin| admin.map(|a| (a, permit)))
+            .map_err(|i| fail(F::AdminForbidden, i));
     }
     let tenant_name = allowed_tenant(&identity, user).map_err(|(reason, i)| fail(reason, i))?;
     // `identify` found the tenant in this same generation's config.
     let tenant = generation.registry.tenants[&tenant_name].clone();
     admit_to_tenant(&tenant).map_err(|i| fail(F::TooManyClients, i))?;
+    // Given back if the login does not finish: an error, or `client_login_timeout` while it
+    // waits for a server connection (the future is dropped then).
+    let place = TenantPlace(Some(tenant.clone()));
     let proxy = &config.proxy;
     let ctx = finish_login(
         client,
@@ -152,13 +167,32 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         &info,
     );
     match ctx.await {
-        Ok(ctx) => Ok(Some(LoggedIn::Tenant {
-            ctx: Box::new(ctx),
-            application_name: info.application_name(),
-        })),
-        Err(i) => {
+        Ok(ctx) => {
+            place.keep();
+            let tenant = LoggedIn::Tenant {
+                ctx: Box::new(ctx),
+                application_name: info.application_name(),
+            };
+            Ok(Some((tenant, permit)))
+        }
+        Err(i) => Err(fail(F::Backend, i)),
+    }
+}
+
+/// A client counted in its tenant's `clients` while its login finishes.
+struct TenantPlace(Option<Arc<TenantRuntime>>);
+
+impl TenantPlace {
+    /// The login finished: the session keeps the count (and gives it back when it ends).
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TenantPlace {
+    fn drop(&mut self) {
+        if let Some(tenant) = self.0.take() {
             tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
-            Err(fail(F::Backend, i))
         }
     }
 }

@@ -17,11 +17,11 @@ pub mod vsession;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::admission::PendingLogin;
 use crate::config::PoolMode;
 use crate::kinds::SessionErrorKind;
 use crate::pool::Pooled;
@@ -43,21 +43,16 @@ use pause::pass_pause_gate;
 
 pub use crate::shared::Shared;
 
-/// How long a client may take from connecting to being logged in (as PostgreSQL's
-/// `authentication_timeout`).
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Serves one client connection to the end (or until it parks: see [`park`]).
 pub async fn serve<S: ClientIo>(
     io: S,
     shared: Arc<Shared>,
     lot: Option<Arc<park::ParkLot>>,
-    permit: Option<OwnedSemaphorePermit>,
+    login: PendingLogin,
 ) {
     // Boxed, and so are the rarely used stages: this future lives as long as the client, so
     // its size (the largest of its states) is what every idle client costs.
-    let Some((mut client, logged_in)) = Box::pin(log_in(io, &shared, permit.is_some())).await
-    else {
+    let Some((mut client, logged_in, permit)) = Box::pin(log_in(io, &shared, login)).await else {
         return;
     };
     match logged_in {
@@ -83,20 +78,40 @@ pub async fn serve<S: ClientIo>(
     }
 }
 
-/// The login phase, within `LOGIN_TIMEOUT`: `None` when it failed (the client was told).
+/// The login phase, within `client_login_timeout` and while newer logins leave it room
+/// (`max_pending_logins`): `None` when it failed (the client was told). Until it is logged
+/// in, a client's messages are capped as PostgreSQL caps them (see [`ClientStream::for_login`]).
 async fn log_in<S: ClientIo>(
     io: S,
     shared: &Shared,
-    accepting: bool,
-) -> Option<(ClientStream<Counted<S>>, LoggedIn)> {
-    let max_message = shared.current().config.proxy.max_message_size;
-    let mut client = ClientStream::new(Counted::new(io), max_message);
-    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&mut client, shared, accepting)).await;
+    pending: PendingLogin,
+) -> Option<(
+    ClientStream<Counted<S>>,
+    LoggedIn,
+    Option<OwnedSemaphorePermit>,
+)> {
+    let (max_message, timeout) = {
+        let generation = shared.current();
+        let proxy = &generation.config.proxy;
+        (proxy.max_message_size, proxy.client_login_timeout)
+    };
+    let mut client = ClientStream::for_login(Counted::new(io));
+    let login = tokio::select! {
+        r = tokio::time::timeout(timeout, login(&mut client, shared, &pending)) => r.ok(),
+        _ = pending.dropped() => Some(Err(LoginError::anonymous(
+            LoginFailure::TooManyClients,
+            ErrorInfo::fatal("53300", "sorry, too many connections are logging in"),
+        ))),
+    };
+    drop(pending);
     let e = match login {
-        Ok(Ok(Some(logged_in))) => return Some((client, logged_in)),
-        Ok(Ok(None)) => return None,
-        Ok(Err(e)) => e,
-        Err(_) => LoginError::anonymous(
+        Some(Ok(Some((logged_in, permit)))) => {
+            client.set_max_message(max_message);
+            return Some((client, logged_in, permit));
+        }
+        Some(Ok(None)) => return None,
+        Some(Err(e)) => e,
+        None => LoginError::anonymous(
             LoginFailure::Timeout,
             ErrorInfo::fatal(sqlstate::CONNECTION_FAILURE, "timeout expired during login"),
         ),
@@ -329,7 +344,7 @@ async fn run<S: ClientIo>(
         // or the start of a streamed CopyData): half a Query must not hold a server
         // connection, nor spin.
         let max = generation.config.proxy.max_message_size;
-        match wait_for_message(client, ctx, entry, max, may_park).await? {
+        match wait_for_message(client, ctx, entry, max, !session_mode, may_park).await? {
             Idle::Message => {}
             Idle::Left => return Ok(RunEnd::Left),
             Idle::Park => return Ok(RunEnd::Park),
@@ -489,14 +504,14 @@ async fn wait_for_message<S: ClientIo>(
     ctx: &mut ClientCtx,
     entry: &ClientEntry,
     max_message: usize,
+    pooled: bool,
     may_park: bool,
 ) -> Result<Idle, SessionError> {
     // The tenant's own flag too: a client that logged in just as its tenant was removed.
     if entry.stop.is_stopped() || ctx.tenant.control.is_removed() {
         return Err(stopped(ctx, entry));
     }
-    let streams = |t| t == crate::protocol::ftag::COPY_DATA;
-    while !crate::protocol::frame::message_ready(&client.rbuf, streams, max_message) {
+    while !linked::ready(&client.rbuf, max_message, pooled) {
         tokio::select! {
             r = client.fill_idle() => match r {
                 Ok(n) if n > 0 => {}
@@ -572,7 +587,8 @@ mod size_tests {
         // Every idle client holds one of these: keep it small (rarely used stages are
         // boxed). 2,088 bytes before the transaction, the login and the error paths were.
         let (a, _b) = tokio::io::duplex(64);
-        let size = std::mem::size_of_val(&super::serve(a, shared.clone(), None, None));
+        let login = || crate::admission::PendingLogin::detached(1);
+        let size = std::mem::size_of_val(&super::serve(a, shared.clone(), None, login()));
         assert!(size <= 1024, "serve future (duplex) is {size} bytes");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -583,7 +599,7 @@ mod size_tests {
             let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
                 .await
                 .unwrap();
-            let size = std::mem::size_of_val(&super::serve(tcp, shared, None, None));
+            let size = std::mem::size_of_val(&super::serve(tcp, shared, None, login()));
             assert!(size <= 1024, "serve future (TCP) is {size} bytes");
         });
     }

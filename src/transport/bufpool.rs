@@ -74,8 +74,12 @@ mod tests {
         assert_eq!(b.as_ptr(), ptr, "the freed buffer comes back");
         assert!(b.capacity() >= BUF_SIZE - 3 && b.is_empty());
         let mut big = BytesMut::with_capacity(4 * KEEP_CAPACITY);
-        let big_ptr = big.as_ptr();
         give(&mut big);
-        assert_ne!(take().as_ptr(), big_ptr, "an overgrown buffer is freed");
+        // Not kept: the next buffer is a fresh one (the allocator may well hand out the same
+        // address again, so its size says it, not its pointer).
+        assert!(
+            take().capacity() < 4 * KEEP_CAPACITY,
+            "an overgrown buffer is freed"
+        );
     }
 }

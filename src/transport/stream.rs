@@ -61,6 +61,12 @@ impl Parkable for tokio::io::DuplexStream {
 /// See [`ClientStream::reserve_write`].
 const LOGIN_WRITE_ROOM: usize = 1024;
 
+/// Largest authentication message (PasswordMessage, SASLInitialResponse, SASLResponse) a
+/// client may send, length field included: PostgreSQL's `PG_MAX_AUTH_TOKEN_LENGTH`. Before
+/// login nothing larger is ever buffered (the startup packet has its own 10,000-byte cap,
+/// [`crate::protocol::startup::MAX_STARTUP_PACKET`]).
+pub const MAX_AUTH_MESSAGE: usize = 65_535;
+
 pub struct ClientStream<S> {
     pub io: S,
     /// Unconsumed bytes read from the client.
@@ -78,11 +84,17 @@ pub enum StreamError {
     Closed,
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// A message of another type than the stage allows (refused at its header).
+    #[error("expected password response, got message type {0}")]
+    Unexpected(u8),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
+    /// `max_message`: the largest message [`read_message`](Self::read_message) (or the
+    /// linked relay) buffers whole; a stage sets its own with
+    /// [`set_max_message`](Self::set_max_message).
     pub fn new(io: S, max_message: usize) -> Self {
         ClientStream {
             io,
@@ -119,7 +131,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
         self.io.read_buf(&mut self.rbuf).await
     }
 
-    /// Reads one whole message (handshake and authentication only).
+    /// A client that has yet to log in: messages capped at [`MAX_AUTH_MESSAGE`] (the
+    /// startup packet is capped by its own decoder).
+    pub fn for_login(io: S) -> Self {
+        // The scanner counts the tag byte too; PostgreSQL's limit is on the length field.
+        Self::new(io, MAX_AUTH_MESSAGE + 1)
+    }
+
+    /// The largest message the stream buffers whole from now on (per stage: 65,535 bytes
+    /// while authenticating, `max_message_size` once logged in).
+    pub fn set_max_message(&mut self, max_message: usize) {
+        self.scanner.set_max_message(max_message);
+    }
+
+    /// Reads one whole message of type `tag` during authentication. Another type, or a
+    /// length over the stage's limit, is refused at the message's header: its body is never
+    /// read, let alone buffered.
+    pub async fn read_expected(&mut self, tag: u8) -> Result<BytesMut, StreamError> {
+        loop {
+            if let Some(&first) = self.rbuf.first() {
+                if first != tag {
+                    return Err(StreamError::Unexpected(first));
+                }
+            }
+            if let Some(Scanned::Message { len, .. }) = self.scanner.scan(&self.rbuf, |_| true)? {
+                return Ok(self.rbuf.split_to(len));
+            }
+            if self.fill().await? == 0 {
+                return Err(StreamError::Closed);
+            }
+        }
+    }
+
+    /// Reads one whole message (the admin console).
     pub async fn read_message(&mut self) -> Result<BytesMut, StreamError> {
         loop {
             if let Some(Scanned::Message { len, .. }) = self.scanner.scan(&self.rbuf, |_| true)? {

@@ -92,7 +92,7 @@ impl IsolatedProxy {
     }
 
     /// A tokio-postgres connection string for user `app` as `tenant`.
-    fn connect_str(&self, tenant: &str) -> String {
+    pub(crate) fn connect_str(&self, tenant: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user=app password={} dbname=app \
              options='-c tenant={tenant}' connect_timeout=10",
@@ -101,7 +101,10 @@ impl IsolatedProxy {
         )
     }
 
-    async fn connect(&self, tenant: &str) -> Result<tokio_postgres::Client, ConnectError> {
+    pub(crate) async fn connect(
+        &self,
+        tenant: &str,
+    ) -> Result<tokio_postgres::Client, ConnectError> {
         connect(&self.connect_str(tenant)).await
     }
 }
@@ -349,7 +352,7 @@ async fn honest(conn: String, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
     (done, errors)
 }
 
-async fn assert_still_serving(proxy: &IsolatedProxy) {
+pub(crate) async fn assert_still_serving(proxy: &IsolatedProxy) {
     let client = proxy
         .connect("t3")
         .await

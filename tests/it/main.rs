@@ -8,6 +8,8 @@ mod collision;
 mod diagnose;
 mod faults;
 mod features;
+mod flood;
+mod heavy;
 mod hostile;
 mod instances;
 mod login;

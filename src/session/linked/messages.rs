@@ -226,7 +226,12 @@ fn on_target(
 
 /// Records what a statement's text says it may do to the session: settings to read back
 /// once the server is idle, session objects to count.
-fn note_effects(fx: &Effects, ctx: &mut ClientCtx, conn: &mut ServerConn, link: &mut Link) {
+pub(super) fn note_effects(
+    fx: &Effects,
+    ctx: &mut ClientCtx,
+    conn: &mut ServerConn,
+    link: &mut Link,
+) {
     if fx.is_empty() {
         return;
     }
@@ -249,7 +254,7 @@ fn note_effects(fx: &Effects, ctx: &mut ClientCtx, conn: &mut ServerConn, link: 
     }
 }
 
-fn merge_resets(into: &mut Resets, more: Resets) {
+pub(super) fn merge_resets(into: &mut Resets, more: Resets) {
     *into = match (std::mem::take(into), more) {
         (Resets::All, _) | (_, Resets::All) => Resets::All,
         (Resets::None, r) | (r, Resets::None) => r,
@@ -291,7 +296,11 @@ fn refuse_pin(fx: &Effects, ctx: &ClientCtx, link: &mut Link) -> bool {
 
 /// The server statement a client's statement name maps to (named statements in
 /// transaction mode only; unknown names pass through and get PostgreSQL's own error).
-fn mapped(ctx: &ClientCtx, link: &Link, name: &[u8]) -> Option<std::sync::Arc<prepared::Stmt>> {
+pub(super) fn mapped(
+    ctx: &ClientCtx,
+    link: &Link,
+    name: &[u8],
+) -> Option<std::sync::Arc<prepared::Stmt>> {
     if !link.pooled || name.is_empty() {
         return None;
     }
@@ -299,7 +308,7 @@ fn mapped(ctx: &ClientCtx, link: &Link, name: &[u8]) -> Option<std::sync::Arc<pr
 }
 
 /// Injects the Parse of `stmt` if this connection does not have it.
-fn ensure_prepared(
+pub(super) fn ensure_prepared(
     conn: &mut ServerConn,
     link: &mut Link,
     stmt: &prepared::Stmt,

@@ -9,9 +9,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod big;
 mod messages;
 mod relay;
 mod settle;
+
+pub use big::{ready, INSPECT_WINDOW};
 
 use messages::on_client_message;
 use relay::server_to_client;
@@ -89,6 +92,8 @@ pub struct Link {
     pub max_pinned: usize,
     /// The client's last ReadyForQuery, held back until the session has settled.
     held_ready: Option<BytesMut>,
+    /// A client message larger than the inspection window, streaming through.
+    big: Option<Box<big::Big>>,
 }
 
 /// Work the link owes the virtual session (see [`super::vsession`]).
@@ -204,6 +209,7 @@ impl Link {
             maybe_pins: 0,
             max_pinned: usize::MAX,
             held_ready: None,
+            big: None,
         }
     }
 
@@ -222,6 +228,7 @@ impl Link {
         self.unit_error = false;
         self.maybe_pins = 0;
         self.held_ready = None;
+        self.big = None;
     }
 
     /// Nothing outstanding and no transaction open.
@@ -525,6 +532,41 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
     let mut off = 0;
     let mut sent = Sent::Forwarded;
     loop {
+        // A message larger than the inspection window streams (see `big`).
+        if let Some(big) = link.big.as_mut() {
+            if off == out.rbuf.len() {
+                break;
+            }
+            off += big.step(off, &mut out);
+            if big.done() {
+                if let Some(big) = link.big.take() {
+                    big.finish(ctx, conn, link);
+                }
+                if link.pending.hold {
+                    break;
+                }
+            }
+            continue;
+        }
+        if !client.scanner.mid_message() {
+            let max = client.scanner.max_message();
+            match big::classify(&out.rbuf[off..], max) {
+                big::Class::Whole => {}
+                big::Class::Refuse(message) => return Err(client_protocol(message)),
+                big::Class::Big { tag, total } => {
+                    match big::begin(tag, total, off, ctx, conn, link, &mut out)
+                        .map_err(client_protocol)?
+                    {
+                        big::Begun::Streaming(n) => {
+                            off += n;
+                            continue;
+                        }
+                        big::Begun::NeedMore => break,
+                        big::Begun::Whole => {}
+                    }
+                }
+            }
+        }
         let item = client
             .scanner
             .scan(&out.rbuf[off..], |t| t != ftag::COPY_DATA)
@@ -559,7 +601,7 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
         };
         off += len;
     }
-    link.client_mid_message = client.scanner.mid_message();
+    link.client_mid_message = client.scanner.mid_message() || link.big.is_some();
     let bytes = out.bytes();
     let written = if bytes.is_empty() {
         Ok(())
