@@ -55,6 +55,13 @@ pub(super) struct RawProxy {
     pub max_pinned_clients: usize,
     /// Threads serving clients; 0 = automatic (half the cores, at least one).
     pub workers: usize,
+    /// PEM files of the proxy's certificate (chain) and key; `""` = none.
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub client_tls: String,
+    /// PEM file of the CA client certificates must be signed by; `""` = not checked.
+    pub tls_client_ca: String,
+    pub sni_suffix: String,
 }
 
 impl Default for RawProxy {
@@ -83,6 +90,11 @@ impl Default for RawProxy {
             max_prepared_statements: 200,
             max_pinned_clients: 100,
             workers: 0,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            client_tls: "allow".into(),
+            tls_client_ca: String::new(),
+            sni_suffix: String::new(),
         }
     }
 }
@@ -102,6 +114,19 @@ pub(super) struct RawBackend {
     pub pool_size: usize,
     #[serde(default)]
     pub min_pool_size: usize,
+    #[serde(default = "default_sslmode")]
+    pub sslmode: String,
+    /// PEM files; `""` = none.
+    #[serde(default)]
+    pub sslrootcert: String,
+    #[serde(default)]
+    pub sslcert: String,
+    #[serde(default)]
+    pub sslkey: String,
+}
+
+fn default_sslmode() -> String {
+    "disable".into()
 }
 
 fn default_port() -> u16 {

@@ -83,7 +83,11 @@ async fn checkout_timed(
 
 fn unreachable_backend(backend: &str, e: &ServerError) -> ErrorInfo {
     tracing::warn!(backend, kind = e.kind().label(), error = %e, "server connection failed");
-    backend_down(backend)
+    let mut info = backend_down(backend);
+    if let Some(reason) = e.client_reason() {
+        info.message = format!("{}: {reason}", info.message);
+    }
+    info
 }
 
 fn backend_down(backend: &str) -> ErrorInfo {

@@ -74,7 +74,7 @@ impl LoginError {
 
 /// Handshake and authentication. `Ok(None)`: nothing more to do (a cancel request, or the
 /// client left). `Err`: what to count, log and tell the client before closing.
-pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn login<S: crate::transport::ClientIo>(
     client: &mut ClientStream<S>,
     shared: &Shared,
     admitted: bool,
@@ -100,12 +100,15 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let info = client::read_startup(params).map_err(|i| LoginError::anonymous(F::Protocol, i))?;
     let generation = shared.current();
     let config = &generation.config;
+    let tls = client.io.tls();
     let identity = identify(
         config,
         &info.user,
         &info.database,
         info.options_tenant.as_deref(),
+        tls.and_then(|t| t.server_name.as_deref()),
     );
+    let channel_binding = tls.and_then(|t| t.config.channel_binding.clone());
     let named = identity.tenant.as_ref().ok().cloned();
     let fail = |reason, info| {
         Box::new(LoginError {
@@ -121,6 +124,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         config.proxy.auth,
         &identity.user,
         user.map(|u| &**u),
+        channel_binding,
     );
     if let Err(e) = auth.await {
         let reason = match e {
