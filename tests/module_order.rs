@@ -41,8 +41,8 @@ fn uses(text: &str) -> BTreeSet<String> {
                 found.insert(name);
             }
             // `crate::{a, b}`
-            if rest.starts_with('{') {
-                let inner = rest[1..].split('}').next().unwrap_or_default();
+            if let Some(inner) = rest.strip_prefix('{') {
+                let inner = inner.split('}').next().unwrap_or_default();
                 for part in inner.split(',') {
                     let name = part.trim().split("::").next().unwrap_or_default();
                     found.insert(name.to_string());
