@@ -18,4 +18,5 @@ mod reliability;
 mod reload;
 mod selfcheck;
 mod sessions;
+mod tls;
 mod vsession;
