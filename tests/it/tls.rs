@@ -132,6 +132,38 @@ async fn plaintext_is_refused_when_tls_is_required() {
     assert_eq!(tenant_of(&ok).await.as_deref(), Some("t1"));
 }
 
+/// `tls_client_ca`: clients must present a certificate signed by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_verified_with_tls_client_ca() {
+    let certs = Certs::new();
+    let proxy = proxy_with_tls(
+        &certs,
+        "require",
+        &format!("tls_client_ca = \"{}\"", certs.ca().display()),
+    );
+    let conn = format!(
+        "{} host=localhost sslmode=require",
+        proxy.connect_str("app", Naming::Options, "t4")
+    );
+    let mine = certs.issue("client", &["app"], false);
+    let client = connect_rustls(certs.client_config_with_cert(&mine), &conn)
+        .await
+        .expect("a client certificate from the CA");
+    assert_eq!(tenant_of(&client).await.as_deref(), Some("t4"));
+    assert!(
+        connect_tls(&certs, &conn).await.is_err(),
+        "no client certificate, yet logged in"
+    );
+    let stranger = Certs::new();
+    let theirs = stranger.issue("client", &["app"], false);
+    assert!(
+        connect_rustls(certs.client_config_with_cert(&theirs), &conn)
+            .await
+            .is_err(),
+        "a certificate from another CA, yet logged in"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_binding_is_offered_and_checked() {
     let certs = Certs::new();

@@ -91,16 +91,32 @@ impl Certs {
         )
     }
 
-    /// A rustls client trusting this CA.
-    pub fn client_config(&self) -> ClientConfig {
+    /// A rustls client trusting this CA that presents `issued` as its certificate.
+    pub fn client_config_with_cert(&self, issued: &Issued) -> ClientConfig {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+        let chain = pem_certs(&std::fs::read(&issued.cert).unwrap());
+        let key = PrivateKeyDer::from_pem_file(&issued.key).unwrap();
+        let mut config = ClientConfig::builder()
+            .with_root_certificates(self.roots())
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
+        config
+    }
+
+    fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
-        let pem = std::fs::read(self.ca()).unwrap();
-        let der = pem_certs(&pem);
-        for cert in der {
+        for cert in pem_certs(&std::fs::read(self.ca()).unwrap()) {
             roots.add(cert).unwrap();
         }
+        roots
+    }
+
+    /// A rustls client trusting this CA.
+    pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::builder()
-            .with_root_certificates(roots)
+            .with_root_certificates(self.roots())
             .with_no_client_auth();
         // As libpq 17+ (required with direct TLS).
         config.alpn_protocols = vec![b"postgresql".to_vec()];
