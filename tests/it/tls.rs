@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::binary::Binary;
-use crate::support::clients::{psql_cmd, run_psql};
+use crate::support::clients::run_psql;
 use crate::support::tls::{
-    backend_lines, connect_rustls, connect_tls, install_server_cert, tls_pg, Certs,
+    backend_lines, connect_rustls, connect_tls, install_server_cert, psql_cmd, tls_pg, Certs,
 };
 use crate::support::wire::{packet, Wire, SSL_REQUEST};
 use crate::support::{
@@ -363,7 +363,9 @@ async fn certificate_rotation_keeps_connected_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_tls_verifies_the_server() {
     let certs = Certs::new();
-    let server = tls_pg(&certs);
+    let Some(server) = tls_pg(&certs) else {
+        return;
+    };
     let ca = certs.ca();
     let with_backend = |lines: &str| {
         let text = ProxyOptions::default().toml(server.host(), server.port());
@@ -468,7 +470,9 @@ async fn prefer_falls_back_to_plaintext_and_require_does_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collisions_and_prepared_statements_over_tls_on_both_sides() {
     let certs = Certs::new();
-    let server = tls_pg(&certs);
+    let Some(server) = tls_pg(&certs) else {
+        return;
+    };
     let text = ProxyOptions::default()
         .proxy_line(&certs.proxy_lines("require"))
         .toml(server.host(), server.port())
