@@ -214,6 +214,10 @@ pub fn acceptor(
         .with_single_cert(chain, key)
         .map_err(|e| format!("{} and {}: {e}", cert_path.display(), key_path.display()))?;
     server.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    // As PostgreSQL: no session tickets, no session cache (libpq never resumes a session;
+    // issuing tickets would cost every handshake a write and their encryption).
+    server.send_tls13_tickets = 0;
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let mut scram = ScramServerAuth::new();
     let channel_binding = scram.configure_certificate(&cert_pem).ok().map(|()| scram);
     Ok(TlsAcceptorConfig {
