@@ -175,3 +175,25 @@ fn backend_tls_keys() {
         assert!(e.contains(expected), "{expected:?} not in: {e}");
     }
 }
+
+#[test]
+fn check_summarizes_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path());
+    let config = config(
+        dir.path(),
+        "tls_cert = \"DIR/server.crt\"\ntls_key = \"DIR/server.key\"\nclient_tls = \"require\"",
+        "sslmode = \"verify-full\"\nsslrootcert = \"DIR/ca.crt\"",
+    )
+    .unwrap();
+    let summary = config.summary();
+    assert!(
+        summary.contains("client_tls require  tls_cert "),
+        "{summary}"
+    );
+    assert!(summary.contains("(SCRAM-SHA-256-PLUS)"), "{summary}");
+    assert!(
+        summary.contains("sslmode verify-full  sslrootcert "),
+        "{summary}"
+    );
+}
