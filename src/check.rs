@@ -47,6 +47,7 @@ pub async fn connect_check(config: &Config) -> Vec<String> {
             password: backend.password.clone(),
             pool_size: backend.pool_size,
             min_pool_size: backend.min_pool_size,
+            tls: backend.tls.clone(),
         };
         targets.entry(key(&endpoint)).or_insert(Target {
             endpoint,

@@ -108,6 +108,8 @@ kinds! {
         Protocol => "protocol",
         /// The connection broke during login.
         Io => "io",
+        /// TLS with the server failed (`sslmode`: declined, handshake, certificate).
+        Tls => "tls",
     }
 }
 

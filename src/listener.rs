@@ -136,7 +136,8 @@ async fn accept_loop(
                     });
                     continue;
                 }
-                tracker.spawn(session::serve(stream, shared.clone(), lot.cloned(), login));
+                let socket = crate::transport::tls::ClientSocket::Tcp(stream);
+                tracker.spawn(session::serve(socket, shared.clone(), lot.cloned(), login));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

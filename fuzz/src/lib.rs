@@ -309,7 +309,8 @@ pub fn scram(data: &[u8]) {
         client.write_all(&wire).await.expect("duplex has room");
         client.shutdown().await.expect("shutdown");
         let mut stream = ClientStream::new(server, 1 << 16);
-        let result = pgtenant::auth::authenticate(&mut stream, method, "app", Some(&user)).await;
+        let result =
+            pgtenant::auth::authenticate(&mut stream, method, "app", Some(&user), None).await;
         drop(client);
         result
     });
@@ -339,7 +340,8 @@ pub fn auth_exchange(data: &[u8]) {
         client.write_all(wire).await.expect("duplex has room");
         client.shutdown().await.expect("shutdown");
         let mut stream = ClientStream::for_login(server);
-        let result = pgtenant::auth::authenticate(&mut stream, method, "app", Some(&user)).await;
+        let result =
+            pgtenant::auth::authenticate(&mut stream, method, "app", Some(&user), None).await;
         drop(client);
         (result, stream.rbuf.capacity())
     });

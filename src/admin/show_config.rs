@@ -53,6 +53,11 @@ pub fn run(shared: &Shared, generation: &Generation) -> Table {
             p.max_prepared_statements.to_string(),
         ),
         ("workers", p.workers.to_string()),
+        ("client_tls", client_tls(p).into()),
+        ("tls_cert", path(&p.tls_cert)),
+        ("tls_key", path(&p.tls_key)),
+        ("tls_client_ca", path(&p.tls_client_ca)),
+        ("sni_suffix", p.sni_suffix.clone()),
         ("backends", config.backends.len().to_string()),
         ("tenants", config.tenants.len().to_string()),
         ("users", config.users.len().to_string()),
@@ -71,4 +76,18 @@ pub fn run(shared: &Shared, generation: &Generation) -> Table {
         table.push(vec![key.into(), value.into()]);
     }
     table
+}
+
+/// `client_tls` as in force: without a certificate, TLS is off whatever the file says.
+fn client_tls(p: &crate::config::ProxyConfig) -> &'static str {
+    match &p.tls {
+        Some(_) => p.client_tls.as_str(),
+        None => crate::config::ClientTls::Disable.as_str(),
+    }
+}
+
+fn path(p: &Option<std::path::PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }

@@ -1,5 +1,6 @@
 //! Verifying clients: SCRAM-SHA-256 (pgwire's server state machine, against a stored or
-//! derived verifier), md5 and trust. Failures look like PostgreSQL's own: 28P01
+//! derived verifier; SCRAM-SHA-256-PLUS with `tls-server-end-point` channel binding for
+//! clients on TLS), md5 and trust. Failures look like PostgreSQL's own: 28P01
 //! `password authentication failed for user "x"`, whether the user exists or not.
 
 use md5::{Digest, Md5};
@@ -14,6 +15,7 @@ use crate::protocol::sqlstate;
 use crate::transport::stream::{ClientStream, StreamError};
 
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -50,12 +52,15 @@ impl AuthError {
 }
 
 /// Authenticates `user_name` (the configured user `user`, if any). Does not send
-/// AuthenticationOk: the caller does, once the tenant is also settled.
+/// AuthenticationOk: the caller does, once the tenant is also settled. `channel_binding`:
+/// SCRAM bound to the certificate of the client's TLS session (offered as
+/// SCRAM-SHA-256-PLUS), for clients on TLS.
 pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     method: AuthMethod,
     user_name: &str,
     user: Option<&UserConfig>,
+    channel_binding: Option<ScramServerAuth>,
 ) -> Result<(), AuthError> {
     match method {
         AuthMethod::Trust => match user {
@@ -63,7 +68,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             None => Err(AuthError::Failed(user_name.to_string())),
         },
         AuthMethod::Md5 => md5_exchange(client, user_name, user).await,
-        AuthMethod::ScramSha256 => scram_exchange(client, user_name, user).await,
+        AuthMethod::ScramSha256 => scram_exchange(client, user_name, user, channel_binding).await,
     }
 }
 
@@ -91,6 +96,7 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     user_name: &str,
     user: Option<&UserConfig>,
+    channel_binding: Option<ScramServerAuth>,
 ) -> Result<(), AuthError> {
     let verifier = match user.map(|u| &u.secret) {
         Some(UserSecret::Plain { scram, .. }) | Some(UserSecret::Scram(scram)) => {
@@ -102,24 +108,27 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     // and fail at the end, so the reply does not reveal which part was wrong.
     let known = verifier.is_some();
     let verifier = verifier.unwrap_or_else(random_verifier);
-    encode::authentication_sasl(&mut client.wbuf, &[SCRAM_SHA_256]);
+    let plus = channel_binding.is_some();
+    let mechanisms: &[&str] = if plus {
+        &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+    } else {
+        &[SCRAM_SHA_256]
+    };
+    encode::authentication_sasl(&mut client.wbuf, mechanisms);
     client.flush().await.map_err(StreamError::from)?;
 
     let msg = read_password(client).await?;
     let (mechanism, first) = frontend::sasl_initial_response(&msg[5..])
         .ok_or_else(|| AuthError::Malformed("malformed SASLInitialResponse".into()))?;
-    if mechanism != SCRAM_SHA_256.as_bytes() {
-        return Err(AuthError::Malformed(
-            "client selected an invalid SASL authentication mechanism".into(),
-        ));
-    }
+    check_mechanism(mechanism, first, plus)?;
     let secret = ScramSecret::Verifier {
         salt: verifier.salt,
         iterations: verifier.iterations,
         stored_key: verifier.stored_key,
         server_key: verifier.server_key,
     };
-    let (server_first, waiting) = ScramServerAuth::new()
+    let (server_first, waiting) = channel_binding
+        .unwrap_or_default()
         .on_client_first_message_with_secret(first, secret)
         .map_err(|e| AuthError::Malformed(format!("malformed SCRAM message: {e}")))?;
     encode::authentication_sasl_continue(&mut client.wbuf, server_first.as_bytes());
@@ -139,6 +148,32 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
             "malformed SCRAM message: {e}"
         ))),
     }
+}
+
+/// The mechanism must be one offered, and agree with the client's channel binding flag
+/// (`p=...` is SCRAM-SHA-256-PLUS, as PostgreSQL checks). pgwire checks the rest: the binding
+/// type, a `y` flag while -PLUS was offered (a downgrade), the binding data itself.
+fn check_mechanism(mechanism: &[u8], first: &[u8], plus_offered: bool) -> Result<(), AuthError> {
+    let binds = first.starts_with(b"p=");
+    if mechanism == SCRAM_SHA_256_PLUS.as_bytes() && plus_offered {
+        if !binds {
+            return Err(AuthError::Malformed(
+                "channel binding flag does not match the selected SCRAM-SHA-256-PLUS".into(),
+            ));
+        }
+        return Ok(());
+    }
+    if mechanism == SCRAM_SHA_256.as_bytes() {
+        if binds {
+            return Err(AuthError::Malformed(
+                "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data".into(),
+            ));
+        }
+        return Ok(());
+    }
+    Err(AuthError::Malformed(
+        "client selected an invalid SASL authentication mechanism".into(),
+    ))
 }
 
 fn random_verifier() -> ScramVerifier {

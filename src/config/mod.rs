@@ -7,6 +7,7 @@
 mod raw;
 mod secret;
 mod summary;
+pub mod tls;
 mod validate;
 
 #[cfg(test)]
@@ -14,11 +15,12 @@ mod doc_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use secret::VerifierError;
+pub use tls::{ClientTls, ServerTls, SslMode, TlsAcceptorConfig};
 pub use validate::{auto_workers, is_setting_name, ConfigError};
 
 /// The whole validated configuration. Cheap to share: wrap in an `Arc` (and swap on reload).
@@ -75,6 +77,7 @@ impl Config {
             },
             pool_size: backend.pool_size,
             min_pool_size: backend.min_pool_size,
+            tls: backend.tls.clone(),
         }
     }
 }
@@ -132,6 +135,17 @@ pub struct ProxyConfig {
     pub instance_id: u16,
     /// SO_REUSEPORT on the listener: several processes may listen on one address.
     pub reuse_port: bool,
+    /// Whether clients may or must use TLS (only with a certificate: see `tls`).
+    pub client_tls: ClientTls,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    /// With `tenant_from` containing `sni`: what is cut off the TLS server name to leave the
+    /// tenant's name.
+    pub sni_suffix: String,
+    /// The certificate loaded, when clients may use TLS (a cert is set, `client_tls` is not
+    /// `disable`).
+    pub tls: Option<Arc<TlsAcceptorConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,14 +172,17 @@ pub enum TenantSource {
     Options,
     User,
     Database,
+    /// The TLS server name, minus `sni_suffix`.
+    Sni,
 }
 
 impl TenantSource {
     /// Every value, in the order the docs list them.
-    pub const ALL: [TenantSource; 3] = [
+    pub const ALL: [TenantSource; 4] = [
         TenantSource::Options,
         TenantSource::User,
         TenantSource::Database,
+        TenantSource::Sni,
     ];
 
     /// The spelling used in `proxy.toml`.
@@ -174,6 +191,7 @@ impl TenantSource {
             TenantSource::Options => "options",
             TenantSource::User => "user",
             TenantSource::Database => "database",
+            TenantSource::Sni => "sni",
         }
     }
 }
@@ -230,6 +248,8 @@ pub struct BackendConfig {
     pub password: Option<String>,
     pub pool_size: usize,
     pub min_pool_size: usize,
+    /// `sslmode` and its files.
+    pub tls: ServerTls,
 }
 
 /// A server endpoint: (host, port, database, server user) plus how to log in.
@@ -244,6 +264,7 @@ pub struct EndpointConfig {
     pub password: Option<String>,
     pub pool_size: usize,
     pub min_pool_size: usize,
+    pub tls: ServerTls,
 }
 
 /// `[users.NAME]`

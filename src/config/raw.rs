@@ -82,6 +82,13 @@ pub(super) struct RawProxy {
     pub instance_id: u16,
     /// SO_REUSEPORT on the listener.
     pub reuse_port: bool,
+    /// PEM files of the proxy's certificate (chain) and key; `""` = none.
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub client_tls: String,
+    /// PEM file of the CA client certificates must be signed by; `""` = not checked.
+    pub tls_client_ca: String,
+    pub sni_suffix: String,
 }
 
 impl Default for RawProxy {
@@ -114,6 +121,11 @@ impl Default for RawProxy {
             workers: 0,
             instance_id: 0,
             reuse_port: false,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            client_tls: "allow".into(),
+            tls_client_ca: String::new(),
+            sni_suffix: String::new(),
         }
     }
 }
@@ -133,6 +145,19 @@ pub(super) struct RawBackend {
     pub pool_size: usize,
     #[serde(default)]
     pub min_pool_size: usize,
+    #[serde(default = "default_sslmode")]
+    pub sslmode: String,
+    /// PEM files; `""` = none.
+    #[serde(default)]
+    pub sslrootcert: String,
+    #[serde(default)]
+    pub sslcert: String,
+    #[serde(default)]
+    pub sslkey: String,
+}
+
+fn default_sslmode() -> String {
+    "disable".into()
 }
 
 fn default_port() -> u16 {

@@ -51,6 +51,24 @@ impl Config {
             p.max_pending_logins,
             humantime::format_duration(p.client_login_timeout)
         );
+        if let (Some(tls), Some(cert)) = (&p.tls, &p.tls_cert) {
+            let _ = writeln!(
+                out,
+                "  client_tls {}  tls_cert {}{}{}",
+                p.client_tls.as_str(),
+                cert.display(),
+                if tls.verifies_clients {
+                    "  (client certificates verified)"
+                } else {
+                    ""
+                },
+                if tls.channel_binding.is_some() {
+                    "  (SCRAM-SHA-256-PLUS)"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(addr) = p.metrics_listen {
             let _ = writeln!(out, "  metrics_listen {addr}");
         }
@@ -78,6 +96,15 @@ impl Config {
                 b.pool_size,
                 b.min_pool_size
             );
+            if b.tls.mode != super::SslMode::Disable {
+                let root = b.tls.rootcert.as_ref();
+                let _ = writeln!(
+                    out,
+                    "    sslmode {}{}",
+                    b.tls.mode.as_str(),
+                    root.map_or(String::new(), |r| format!("  sslrootcert {}", r.display()))
+                );
+            }
         }
     }
 

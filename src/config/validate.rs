@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::{DurationText, RawBackend, RawConfig, RawProxy, RawTenant, RawUser};
+use super::tls::{self, ClientTls, ServerTls, SslMode, TlsAcceptorConfig};
 use super::{
     secret, AuthMethod, BackendConfig, Config, PoolMode, ProxyConfig, SearchPathSync, TenantAllow,
     TenantConfig, TenantSource, UserConfig,
@@ -152,10 +153,19 @@ fn proxy_config<T, U>(
     let timeout =
         |key: &str, value: &DurationText| nonzero_duration(&format!("proxy.{key}"), value);
     let count = |key: &str, value: usize| at_least_one(&format!("proxy.{key}"), value);
+    let client_tls = choice("proxy.client_tls", &raw.client_tls)?;
+    let tls = client_tls_config(&raw, client_tls)?;
+    let tenant_from = tenant_from(&raw.tenant_from, default_tenant.is_some())?;
+    if tenant_from.contains(&TenantSource::Sni) && tls.is_none() {
+        return Err(
+            r#"proxy.tenant_from: "sni" needs client TLS (tls_cert, tls_key and client_tls other than "disable")"#
+                .into(),
+        );
+    }
     Ok(ProxyConfig {
         listen: socket_addr("proxy.listen", &raw.listen)?,
         pool_mode: choice("proxy.pool_mode", &raw.pool_mode)?,
-        tenant_from: tenant_from(&raw.tenant_from, default_tenant.is_some())?,
+        tenant_from,
         user_separator: raw.user_separator,
         default_tenant,
         auth: choice("proxy.auth", &raw.auth)?,
@@ -199,7 +209,67 @@ fn proxy_config<T, U>(
             }
         },
         reuse_port: raw.reuse_port,
+        client_tls,
+        tls_cert: some_path(&raw.tls_cert),
+        tls_key: some_path(&raw.tls_key),
+        tls_client_ca: some_path(&raw.tls_client_ca),
+        sni_suffix: raw.sni_suffix,
+        tls,
     })
+}
+
+/// `""` is none.
+fn some_path(value: &str) -> Option<std::path::PathBuf> {
+    (!value.is_empty()).then(|| value.into())
+}
+
+/// `[proxy]` TLS keys: the certificate loaded when clients may use TLS.
+fn client_tls_config(
+    raw: &RawProxy,
+    mode: ClientTls,
+) -> Result<Option<Arc<TlsAcceptorConfig>>, Problem> {
+    let (cert, key, ca) = (
+        some_path(&raw.tls_cert),
+        some_path(&raw.tls_key),
+        some_path(&raw.tls_client_ca),
+    );
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => return Err("proxy.tls_key: required with tls_cert".into()),
+        (None, Some(_)) => return Err("proxy.tls_cert: required with tls_key".into()),
+        (None, None) if mode == ClientTls::Require => {
+            return Err(r#"proxy.client_tls: "require" needs tls_cert and tls_key"#.into())
+        }
+        (None, None) if ca.is_some() => {
+            return Err("proxy.tls_client_ca: needs tls_cert and tls_key".into())
+        }
+        (None, None) => return Ok(None),
+    };
+    if mode == ClientTls::Disable {
+        return Ok(None);
+    }
+    tls::acceptor(&cert, &key, ca.as_deref())
+        .map(|t| Some(Arc::new(t)))
+        .map_err(|e| format!("proxy.tls_cert: {e}"))
+}
+
+/// A backend's `sslmode` and files.
+fn backend_tls(path: &str, raw: &RawBackend) -> Result<ServerTls, Problem> {
+    let mode: SslMode = choice(&format!("{path}.sslmode"), &raw.sslmode)?;
+    let rootcert = some_path(&raw.sslrootcert);
+    let (cert, key) = (some_path(&raw.sslcert), some_path(&raw.sslkey));
+    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && rootcert.is_none() {
+        return Err(format!(
+            "{path}.sslrootcert: sslmode {:?} needs the CA certificate that signed the server's",
+            mode.as_str()
+        ));
+    }
+    match (&cert, &key) {
+        (Some(_), None) => return Err(format!("{path}.sslkey: required with sslcert")),
+        (None, Some(_)) => return Err(format!("{path}.sslcert: required with sslkey")),
+        _ => {}
+    }
+    tls::server_tls(mode, rootcert, cert, key).map_err(|e| format!("{path}: {e}"))
 }
 
 /// `workers = 0`: half the cores, at least one. The proxy shares its machine with clients or
@@ -269,7 +339,9 @@ fn backend_config(name: &str, raw: RawBackend, env: Env<'_>) -> Result<BackendCo
             raw.min_pool_size
         ));
     }
+    let tls = backend_tls(&path, &raw)?;
     Ok(BackendConfig {
+        tls,
         name: name.to_string(),
         password: password(&path, raw.password, raw.password_env, env)?,
         host: raw.host,
@@ -503,7 +575,14 @@ macro_rules! impl_choice {
         }
     )*};
 }
-impl_choice!(PoolMode, TenantSource, AuthMethod, SearchPathSync);
+impl_choice!(
+    PoolMode,
+    TenantSource,
+    AuthMethod,
+    SearchPathSync,
+    ClientTls,
+    SslMode
+);
 
 fn choice<T: Choice>(path: &str, value: &str) -> Result<T, Problem> {
     T::ALL

@@ -305,8 +305,8 @@ fn proxy_values_are_checked() {
         &["proxy.search_path_sync:"],
     );
     assert_error(
-        &with_proxy(r#"tenant_from = ["user", "sni"]"#),
-        &[r#"proxy.tenant_from[1]: "sni" is not one of"#],
+        &with_proxy(r#"tenant_from = ["user", "ssl"]"#),
+        &[r#"proxy.tenant_from[1]: "ssl" is not one of"#],
     );
     assert_error(
         &with_proxy(r#"tenant_from = ["user", "user"]"#),

@@ -121,6 +121,7 @@ mod tests {
 
     fn endpoint() -> EndpointConfig {
         EndpointConfig {
+            tls: crate::config::ServerTls::disabled(),
             backend: "main".into(),
             host: "127.0.0.1".into(),
             port: 5432,

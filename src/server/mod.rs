@@ -7,6 +7,7 @@ mod login;
 pub mod notify;
 mod params;
 mod reason;
+pub mod tls;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+pub use tls::{ServerStream, ServerTlsError};
 
 use crate::cancel::CancelKey;
 use crate::config::EndpointConfig;
@@ -64,6 +67,13 @@ pub enum ServerError {
     Connect { addr: String, source: io::Error },
     #[error("timed out connecting to {addr}")]
     Timeout { addr: String },
+    /// TLS could not be set up (`sslmode`): the server declined, the handshake failed or
+    /// its certificate did not verify.
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: String,
+        source: ServerTlsError,
+    },
     /// The server answered the login with an ErrorResponse.
     #[error("server refused login: {message} ({code})")]
     Refused { code: String, message: String },
@@ -103,11 +113,23 @@ impl ServerError {
         match self {
             ServerError::Connect { .. } => ConnectFailure::Connect,
             ServerError::Timeout { .. } => ConnectFailure::Timeout,
+            ServerError::Tls { .. } => ConnectFailure::Tls,
             ServerError::Refused { code, .. } if code.starts_with("28") => ConnectFailure::Auth,
             ServerError::Refused { .. } => ConnectFailure::Refused,
             ServerError::Scram(_) | ServerError::NoPassword => ConnectFailure::Auth,
             ServerError::Protocol(_) => ConnectFailure::Protocol,
             ServerError::Io(_) => ConnectFailure::Io,
+        }
+    }
+}
+
+impl ServerError {
+    /// The reason a client may be told along with the backend's name (TLS problems: the
+    /// operator's to fix, and nothing secret), if any.
+    pub fn client_reason(&self) -> Option<String> {
+        match self {
+            ServerError::Tls { source, .. } => Some(source.to_string()),
+            _ => None,
         }
     }
 }
@@ -157,7 +179,7 @@ impl ConnState {
 
 /// The bytes in flight on a server connection: the relay reads and writes through these.
 pub struct ServerIo {
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     /// Unconsumed bytes read from the server.
     pub rbuf: BytesMut,
     pub scanner: FrameScanner,
@@ -240,6 +262,12 @@ impl ServerConn {
                         source,
                     })?;
             stream.set_nodelay(true)?;
+            let stream = ServerStream::negotiate(stream, &endpoint)
+                .await
+                .map_err(|source| ServerError::Tls {
+                    addr: addr.clone(),
+                    source,
+                })?;
             let mut conn = ServerConn {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 io: ServerIo {
@@ -360,7 +388,9 @@ impl ServerConn {
 
     /// Writes all of `bytes`.
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.io.stream.write_all(bytes).await
+        self.io.stream.write_all(bytes).await?;
+        // TLS may hold the last record back when the socket was full (no-op on TCP).
+        self.io.stream.flush().await
     }
 }
 
@@ -377,8 +407,7 @@ impl Poolable for ServerConn {
         }
         // An idle connection must have nothing to say: any bytes (a FATAL after
         // pg_terminate_backend, EOF after a restart) mean it is gone.
-        let mut probe = [0u8; 1];
-        matches!(self.io.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.io.stream.quiet()
     }
 
     fn expired(&self, now: Instant) -> bool {
@@ -389,7 +418,7 @@ impl Poolable for ServerConn {
 impl Drop for ServerConn {
     fn drop(&mut self) {
         // Best effort, never blocks: tell the server we are leaving.
-        let _ = self.io.stream.try_write(crate::protocol::encode::TERMINATE);
+        self.io.stream.try_terminate();
     }
 }
 

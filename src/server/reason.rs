@@ -26,6 +26,9 @@ pub enum FailureReason {
     Unreachable,
     /// No login within `server_connect_timeout`.
     TimedOut,
+    /// TLS with the server failed: refused, a failed handshake, or a certificate that does
+    /// not verify (the client's message names which).
+    Tls,
     /// The server refused the login for another reason (SQLSTATE kept: 3D000, 53300, 57P03...).
     ServerError(Sqlstate),
     /// The connection broke or the server said something unexpected during login.
@@ -60,6 +63,7 @@ impl FailureReason {
                 _ => FailureReason::Unreachable,
             },
             ServerError::Timeout { .. } => FailureReason::TimedOut,
+            ServerError::Tls { .. } => FailureReason::Tls,
             ServerError::NoPassword => FailureReason::NoPassword,
             ServerError::Scram(_) => FailureReason::Authentication,
             ServerError::Refused { code, .. } => refused(code),
@@ -74,7 +78,7 @@ impl FailureReason {
                 backend's login; check user and password (or password_env) in proxy.toml"
                 .into(),
             FailureReason::NotAllowed => "authentication failed: the server's pg_hba.conf has \
-                no entry for the proxy's connection (pgtenant connects to servers without TLS)"
+                no entry for the proxy's connection (a hostssl-only entry needs the backend's sslmode)"
                 .into(),
             FailureReason::NoPassword => "authentication failed: the server asks for a \
                 password and the backend has none; set password or password_env in proxy.toml"
@@ -87,6 +91,9 @@ impl FailureReason {
                     .into()
             }
             FailureReason::TimedOut => "timed out: no login within server_connect_timeout".into(),
+            FailureReason::Tls => "TLS failed: check the backend's sslmode, sslrootcert and \
+                sslcert/sslkey against the server's certificate and ssl settings"
+                .into(),
             FailureReason::ServerError(code) => format!(
                 "server error: the server refused the login with SQLSTATE {}",
                 code.as_str()

@@ -89,7 +89,11 @@ async fn checkout_timed(
 
 fn unreachable_backend(backend: &str, e: &ServerError, reason: FailureReason) -> ErrorInfo {
     tracing::warn!(backend, kind = e.kind().label(), error = %e, "server connection failed");
-    backend_down(backend, Some(reason), None)
+    let mut info = backend_down(backend, Some(reason), None);
+    if let Some(tls) = e.client_reason() {
+        info.message = format!("{}: {tls}", info.message);
+    }
+    info
 }
 
 /// 08006 naming the backend, with a HINT saying why in classes only (see

@@ -77,7 +77,7 @@ impl LoginError {
 
 /// Handshake and authentication. `Ok(None)`: nothing more to do (a cancel request, or the
 /// client left). `Err`: what to count, log and tell the client before closing.
-pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn login<S: crate::transport::ClientIo>(
     client: &mut ClientStream<S>,
     shared: &Shared,
     pending: &PendingLogin,
@@ -105,12 +105,15 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let info = client::read_startup(params).map_err(|i| LoginError::anonymous(F::Protocol, i))?;
     let generation = shared.current();
     let config = &generation.config;
+    let tls = client.io.tls();
     let identity = identify(
         config,
         &info.user,
         &info.database,
         info.options_tenant.as_deref(),
+        tls.and_then(|t| t.server_name.as_deref()),
     );
+    let channel_binding = tls.and_then(|t| t.config.channel_binding.clone());
     // Logged even when it does not exist (what the client tried); counted only if it does.
     let named = match &identity.tenant {
         Ok(name) | Err(IdentifyError::Unknown(name)) => Some(name.clone()),
@@ -130,6 +133,7 @@ pub(super) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         config.proxy.auth,
         &identity.user,
         user.map(|u| &**u),
+        channel_binding,
     );
     if let Err(e) = auth.await {
         let reason = match e {

@@ -228,7 +228,7 @@ pub(crate) async fn resume(
         permit,
     } = parked;
     let io = match tokio::net::TcpStream::from_std(socket) {
-        Ok(io) => io,
+        Ok(io) => crate::transport::tls::ClientSocket::Tcp(io),
         Err(e) => {
             tracing::warn!(user = %ctx.user, tenant = %ctx.tenant.name, error = %e,
                 "could not resume a parked client; closing it");
@@ -599,6 +599,7 @@ mod size_tests {
             let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
                 .await
                 .unwrap();
+            let tcp = crate::transport::tls::ClientSocket::Tcp(tcp);
             let size = std::mem::size_of_val(&super::serve(tcp, shared, None, login()));
             assert!(size <= 1024, "serve future (TCP) is {size} bytes");
         });

@@ -40,13 +40,14 @@ impl IdentifyError {
     }
 }
 
-/// Resolves the user and tenant from the startup `user`, `database` and the `tenant` given in
-/// `options` (if any).
+/// Resolves the user and tenant from the startup `user`, `database`, the `tenant` given in
+/// `options` (if any) and the TLS server name (SNI, if any).
 pub fn identify(
     config: &Config,
     user: &str,
     database: &str,
     options_tenant: Option<&str>,
+    sni: Option<&str>,
 ) -> Identity {
     let sources = &config.proxy.tenant_from;
     let (user, user_tenant) = split_user(config, user);
@@ -54,6 +55,7 @@ pub fn identify(
     for source in sources {
         let named = match source {
             TenantSource::Options => options_tenant,
+            TenantSource::Sni => sni.and_then(|name| sni_tenant(name, &config.proxy.sni_suffix)),
             TenantSource::User => user_tenant.as_deref(),
             TenantSource::Database => {
                 if exists(database) {
@@ -77,6 +79,14 @@ pub fn identify(
         None => Err(IdentifyError::NoneNamed),
     };
     Identity { user, tenant }
+}
+
+/// `acme.db.example.com` with suffix `.db.example.com` -> `acme`. A name without the suffix
+/// (or nothing left before it) names no tenant. Host names are case-insensitive.
+fn sni_tenant<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
+    let cut = name.len().checked_sub(suffix.len())?;
+    let (tenant, tail) = (name.get(..cut)?, name.get(cut..)?);
+    (tail.eq_ignore_ascii_case(suffix) && !tenant.is_empty()).then_some(tenant)
 }
 
 /// `app.a.com` -> (`app`, `a.com`), splitting at the first separator, only when `user` is a
@@ -125,7 +135,7 @@ backend = "main"
         db: &str,
         opt: Option<&str>,
     ) -> (String, Result<String, IdentifyError>) {
-        let id = identify(c, user, db, opt);
+        let id = identify(c, user, db, opt, None);
         (id.user, id.tenant)
     }
 
@@ -189,5 +199,21 @@ default_tenant = "b""#,
             ("app.a.com".into(), Ok("b".into())),
             "user naming is off"
         );
+    }
+
+    #[test]
+    fn the_server_name_minus_the_suffix_names_the_tenant() {
+        assert_eq!(
+            sni_tenant("acme.db.example.com", ".db.example.com"),
+            Some("acme")
+        );
+        assert_eq!(
+            sni_tenant("ACME.DB.example.com", ".db.example.com"),
+            Some("ACME")
+        );
+        assert_eq!(sni_tenant("acme.other.com", ".db.example.com"), None);
+        assert_eq!(sni_tenant(".db.example.com", ".db.example.com"), None);
+        assert_eq!(sni_tenant("com", ".db.example.com"), None);
+        assert_eq!(sni_tenant("a.com", ""), Some("a.com"));
     }
 }

@@ -29,6 +29,14 @@ impl<S> Counted<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
 }
 
 impl<S: crate::transport::stream::Parkable> crate::transport::stream::Parkable for Counted<S> {

@@ -180,6 +180,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await?;
             self.wbuf.clear();
+            // TLS may hold the last record back when the socket was full (a no-op on TCP).
+            self.io.flush().await?;
         }
         Ok(())
     }

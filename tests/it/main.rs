@@ -23,4 +23,5 @@ mod reload;
 mod security;
 mod selfcheck;
 mod sessions;
+mod tls;
 mod vsession;

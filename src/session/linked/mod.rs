@@ -606,7 +606,7 @@ async fn client_to_server<S: AsyncRead + AsyncWrite + Unpin>(
     let written = if bytes.is_empty() {
         Ok(())
     } else {
-        conn.io.stream.write_all(bytes).await
+        write_server(&mut conn.io.stream, bytes).await
     };
     let mut buf = out.buf;
     buf.clear();
@@ -649,4 +649,14 @@ pub(super) async fn emit_synths<S: AsyncRead + AsyncWrite + Unpin>(
     }
     // A client that has gone away surfaces on its next read.
     let _ = client.flush().await;
+}
+
+/// Writes `bytes` to the server, then flushes (TLS may hold the last record back when the
+/// socket was full; a no-op on TCP).
+async fn write_server(
+    stream: &mut crate::server::ServerStream,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }

@@ -124,7 +124,10 @@ async fn flush_front<S: AsyncRead + AsyncWrite + Unpin>(
     if *off > 0 {
         // A client that has gone away surfaces on its next read; keep the server stream
         // consistent meanwhile.
-        let _ = client.io.write_all(&rbuf[..*off]).await;
+        if client.io.write_all(&rbuf[..*off]).await.is_ok() {
+            // TLS may hold the last record back when the socket was full (no-op on TCP).
+            let _ = client.io.flush().await;
+        }
         rbuf.advance(*off);
         *off = 0;
     }

@@ -9,6 +9,7 @@
 pub mod binary;
 pub mod clients;
 pub mod ops;
+pub mod tls;
 pub mod watch;
 pub mod wire;
 
