@@ -520,3 +520,42 @@ async fn collisions_and_prepared_statements_over_tls_on_both_sides() {
     assert!(sessions <= 4, "{sessions} server sessions for a pool of 2");
     assert!(proxy.incidents().is_empty(), "{:?}", proxy.incidents());
 }
+
+/// PostgreSQL 17+'s direct TLS from a real libpq: psycopg's bundled libpq (18 here; the
+/// machine's psql 18 is built without SSL) with `sslnegotiation=direct`, the host name
+/// verified, and channel binding required, lands in its tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libpq_direct_tls_with_verify_full_and_channel_binding() {
+    let certs = Certs::new();
+    let proxy = proxy_with_tls(&certs, "require", "");
+    let ca = certs.ca().display().to_string();
+    let conn = libpq(
+        &proxy,
+        "localhost",
+        "t2",
+        &format!(
+            "sslmode=verify-full sslrootcert={ca} sslnegotiation=direct channel_binding=require"
+        ),
+    );
+    let script = "import sys, psycopg\n\
+        assert psycopg.pq.version() >= 170000, psycopg.pq.version()\n\
+        with psycopg.connect(sys.argv[1]) as c:\n\
+        \x20   print(c.execute('select tenant from whoami').fetchone()[0])\n\
+        \x20   print(c.pgconn.ssl_in_use)\n";
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, &conn])
+        .output()
+        .await
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "psycopg (scripts/test installs it; PYTHONPATH=/opt/pgtenant/pyclients): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["t2", "True"],
+        "{stdout}"
+    );
+}
