@@ -452,18 +452,7 @@ fn is_ident_char(c: u8) -> bool {
 /// Adds what one more statement does to `into`.
 fn merge(into: &mut Effects, more: Effects) {
     into.settings |= more.settings;
-    into.resets = match (std::mem::take(&mut into.resets), more.resets) {
-        (Resets::All, _) | (_, Resets::All) => Resets::All,
-        (Resets::None, r) | (r, Resets::None) => r,
-        (Resets::Names(mut a), Resets::Names(b)) => {
-            for n in b {
-                if !a.contains(&n) {
-                    a.push(n);
-                }
-            }
-            Resets::Names(a)
-        }
-    };
+    into.resets.merge(more.resets);
     for name in more.names {
         if !into.names.contains(&name) {
             into.names.push(name);

@@ -70,6 +70,22 @@ impl Resets {
     pub fn is_none(&self) -> bool {
         *self == Resets::None
     }
+
+    /// Adds the resets of `more` (a later statement's) to these.
+    pub fn merge(&mut self, more: Resets) {
+        *self = match (std::mem::take(self), more) {
+            (Resets::All, _) | (_, Resets::All) => Resets::All,
+            (Resets::None, r) | (r, Resets::None) => r,
+            (Resets::Names(mut a), Resets::Names(b)) => {
+                for n in b {
+                    if !a.contains(&n) {
+                        a.push(n);
+                    }
+                }
+                Resets::Names(a)
+            }
+        };
+    }
 }
 
 /// A sole `LISTEN channel`, `UNLISTEN channel` or `UNLISTEN *` (channel names folded as

@@ -19,7 +19,7 @@
 //! Sync, Terminate) are refused above that at their header, and so is a message type that
 //! does not exist: nothing is buffered for them either.
 
-use super::messages::{ensure_prepared, mapped, merge_resets, note_effects};
+use super::messages::{ensure_prepared, mapped, note_effects};
 use super::{Link, Outgoing};
 use crate::protocol::frame::{self, HEADER_LEN};
 use crate::protocol::sql_stream::StreamScan;
@@ -313,7 +313,7 @@ impl Big {
             }
         };
         note_effects(&fx, ctx, conn, link);
-        merge_resets(&mut link.pending.fixup, fx.resets);
+        link.pending.fixup.merge(fx.resets);
         if query && !link.pending.fixup.is_none() {
             link.pending.hold = true;
         }

@@ -10,7 +10,7 @@ use crate::protocol::backend::{self, tag_changes_session_state, Backend, TxStatu
 use crate::protocol::encode;
 use crate::protocol::frontend::{self, Frontend};
 use crate::protocol::ftag;
-use crate::protocol::sql::{self as sqlscan, Effects, Resets};
+use crate::protocol::sql::{self as sqlscan, Effects};
 use crate::protocol::sqlstate;
 use crate::server::ServerConn;
 use crate::session::client::ClientCtx;
@@ -124,7 +124,7 @@ fn on_query(
         _ => out.forward(msg),
     }
     link.expect.push(client_entry(Kind::Query));
-    merge_resets(&mut link.pending.fixup, fx.resets);
+    link.pending.fixup.merge(fx.resets);
     if !link.pending.fixup.is_none() {
         link.pending.hold = true;
     }
@@ -146,7 +146,7 @@ fn on_parse(
     note_effects(&fx, ctx, conn, link);
     let refused = refuse_pin(&fx, ctx, link);
     // Put back at the next Sync (see `Frontend::Sync`).
-    merge_resets(&mut link.pending.fixup, fx.resets);
+    link.pending.fixup.merge(fx.resets);
     if refused {
         // The statement becomes the refusal (same name, no parameters).
         encode::parse(out.buf(), name, PIN_REFUSED.as_bytes(), &[0, 0]);
@@ -252,21 +252,6 @@ pub(super) fn note_effects(
         link.pending.census = true;
         link.maybe_pins |= fx.pins;
     }
-}
-
-pub(super) fn merge_resets(into: &mut Resets, more: Resets) {
-    *into = match (std::mem::take(into), more) {
-        (Resets::All, _) | (_, Resets::All) => Resets::All,
-        (Resets::None, r) | (r, Resets::None) => r,
-        (Resets::Names(mut a), Resets::Names(b)) => {
-            for n in b {
-                if !a.contains(&n) {
-                    a.push(n);
-                }
-            }
-            Resets::Names(a)
-        }
-    };
 }
 
 /// Whether a `DEALLOCATE` goes to the server: the client has SQL-prepared statements there

@@ -300,17 +300,7 @@ impl Wire {
     /// Logs in as `app` (tenant named in options) through ReadyForQuery: SCRAM with
     /// `password` when the proxy asks for it, else trust. Fails the test otherwise.
     pub async fn login(addr: std::net::SocketAddr, tenant: &str, password: &str) -> Wire {
-        let mut wire = Wire::connect(addr).await;
-        wire.send(&startup(tenant)).await;
-        let first = wire.read().await.expect("an authentication request");
-        assert_eq!(first.tag, b'R', "{:?}", first.message());
-        match first.int() {
-            0 => {}
-            10 => wire.scram(password).await,
-            other => panic!("authentication request {other}: neither trust nor SCRAM"),
-        }
-        wire.read_until(b'Z').await;
-        wire
+        Wire::login_keyed(addr, tenant, password).await.0
     }
 
     /// [`Wire::login`], also returning the cancel key the proxy gave (BackendKeyData).
