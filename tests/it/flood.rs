@@ -181,6 +181,13 @@ async fn client_login_timeout_closes_a_stalled_login() {
         .unwrap()
         .expect_error("08006")
         .unwrap();
+    // Both counted under the login-failure reason `timeout`.
+    let text = proxy.handle.metrics_text();
+    assert!(
+        text.lines()
+            .any(|l| l == "pgtenant_login_failures_total{reason=\"timeout\"} 2"),
+        "{text}"
+    );
     // A login in time is unaffected.
     let client = proxy
         .connect("app", crate::support::Naming::Options, "t1")
