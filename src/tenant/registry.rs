@@ -154,8 +154,17 @@ fn new_runtime(
 }
 
 /// Endpoints are equal on (host, port, database, server user).
+/// Whether two backends' tenants may share one pool: the same server, database and login,
+/// logging in the same way (password, TLS). Anything less would hand one backend's tenants
+/// connections made as the other says (fail closed: a `verify-full` backend never gets a
+/// connection a `disable` one made).
 fn same_endpoint(a: &EndpointConfig, b: &EndpointConfig) -> bool {
-    a.host == b.host && a.port == b.port && a.database == b.database && a.user == b.user
+    a.host == b.host
+        && a.port == b.port
+        && a.database == b.database
+        && a.user == b.user
+        && a.password == b.password
+        && a.tls == b.tls
 }
 
 /// Whether two tenant configurations would behave the same (every field counts).
@@ -278,5 +287,24 @@ mod tests {
         let (a_old, a_new) = (&old.tenants["a"], &new.tenants["a"]);
         assert!(!Arc::ptr_eq(a_old, a_new), "a moved to the new pool");
         assert!(Arc::ptr_eq(&a_old.stats, &a_new.stats));
+    }
+
+    /// Two backends on the same server, database and login that differ in how they log in
+    /// (password) or in TLS (`sslmode`) are two endpoints: a tenant of the `verify-full`
+    /// one must never get a connection the `disable` one made.
+    #[test]
+    fn backends_differing_in_password_or_tls_do_not_share_a_pool() {
+        let extra = "[backends.other_pw]\nhost = \"127.0.0.1\"\nport = 5432\ndatabase = \"app\"\n\
+             user = \"app\"\npassword = \"another\"\n\
+             [backends.tls]\nhost = \"127.0.0.1\"\nport = 5432\ndatabase = \"app\"\n\
+             user = \"app\"\npassword = \"pw\"\nsslmode = \"require\"\n\
+             [tenants.c]\nbackend = \"other_pw\"\nsearch_path = [\"c\"]\n\
+             [tenants.d]\nbackend = \"tls\"\nsearch_path = [\"d\"]\n";
+        let registry = Registry::build(&config("b", 4, extra));
+        let pool = |t: &str| Arc::as_ptr(&registry.tenants[t].endpoint);
+        assert_eq!(pool("a"), pool("b"), "same backend, same pool");
+        assert_ne!(pool("a"), pool("c"), "another password");
+        assert_ne!(pool("a"), pool("d"), "another sslmode");
+        assert_eq!(registry.endpoints.len(), 3);
     }
 }
