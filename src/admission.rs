@@ -60,6 +60,12 @@ impl Admission {
         }
     }
 
+    /// A client place for a client taken over from another process (`None` when none is
+    /// left: it is served anyway, it was already connected).
+    pub fn adopt(&self) -> Option<OwnedSemaphorePermit> {
+        self.clients.clone().try_acquire_owned().ok()
+    }
+
     /// Logins in progress now.
     pub fn pending(&self) -> usize {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()

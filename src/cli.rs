@@ -23,6 +23,12 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Take the listening socket and the clients over from the pgtenant running with this
+    /// config (through its `takeover_socket`), which then exits: a restart or upgrade that
+    /// drops no client.
+    #[arg(long)]
+    pub takeover: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -48,6 +48,7 @@ pub mod reload;
 pub mod server;
 pub mod session;
 pub mod shared;
+pub mod takeover;
 pub mod tenant;
 pub mod transport;
 

@@ -7,7 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::fd::{AsFd, AsRawFd};
+
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,6 +18,7 @@ use crate::config::Config;
 use crate::reload::{ReloadError, ReloadSummary};
 use crate::server::ServerConn;
 use crate::session;
+use crate::session::handoff::Moving;
 use crate::shared::Shared;
 use crate::tenant::Endpoint;
 
@@ -33,6 +37,7 @@ pub async fn run(
 pub struct Proxy {
     shared: Arc<Shared>,
     metrics: Option<TcpListener>,
+    clients_from: Option<UnboundedReceiver<Moving>>,
 }
 
 /// Controls a running [`Proxy`] from outside (signals, tests).
@@ -51,6 +56,7 @@ impl Proxy {
         Proxy {
             shared: Arc::new(Shared::new(config, config_path, shutdown)),
             metrics: None,
+            clients_from: None,
         }
     }
 
@@ -67,7 +73,15 @@ impl Proxy {
         }
     }
 
-    /// Accepts clients on `listener` until shutdown, then drains (see [`run`]).
+    /// Takes over the clients another process hands over (`pgtenant --takeover`, see
+    /// [`crate::takeover`]) as they come.
+    pub fn taking_over(mut self, clients: UnboundedReceiver<Moving>) -> Proxy {
+        self.clients_from = Some(clients);
+        self
+    }
+
+    /// Accepts clients on `listener` until shutdown, then drains (see [`run`]); or until a
+    /// new process takes over, then hands the clients over first.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let shared = self.shared;
         let config = shared.current().config.clone();
@@ -77,6 +91,11 @@ impl Proxy {
                 std::io::Error::new(e.kind(), format!("metrics_listen {addr}: {e}"))
             })?),
             (None, None) => None,
+        };
+        // Kept to hand the metrics socket to a successor.
+        let metrics_fd = match &metrics {
+            Some(l) => Some(l.as_fd().try_clone_to_owned()?),
+            None => None,
         };
         let metrics = metrics.map(|l| tokio::spawn(crate::metrics::serve(l, shared.clone())));
         let reaper = tokio::spawn(reap_idle(shared.clone()));
@@ -91,8 +110,34 @@ impl Proxy {
                 None
             }
         };
-        accept_loop(&listener, &shared, lot.as_ref(), &tracker).await?;
-        drop(listener);
+        if let Some(clients) = self.clients_from {
+            tokio::spawn(adopt_clients(clients, shared.clone(), lot.clone()));
+        }
+        let port = listener.local_addr()?.port();
+        let mut point = open_takeover_point(&config, port);
+        let successor = accept_loop(&listener, &shared, lot.as_ref(), &tracker, &mut point).await?;
+        if let Some(point) = point {
+            point.close();
+        }
+        if let Some(conn) = successor {
+            let fds: Vec<_> = std::iter::once(listener.as_raw_fd())
+                .chain(metrics_fd.as_ref().map(|m| m.as_raw_fd()))
+                .collect();
+            match crate::takeover::give_listeners(&conn, &fds) {
+                Ok(()) => {
+                    if let Some(m) = &metrics {
+                        m.abort();
+                    }
+                    drop(listener);
+                    hand_over(conn, &shared, lot.as_ref()).await;
+                }
+                Err(e) => tracing::error!(error = %e,
+                    "takeover: could not hand the listening socket over; shutting down"),
+            }
+        } else {
+            drop(listener);
+        }
+        drop(metrics_fd);
         shared.stop_sessions();
         tracker.close();
         tracing::info!("shutting down: waiting for linked transactions to finish");
@@ -108,18 +153,89 @@ impl Proxy {
     }
 }
 
+/// Where a successor may take this process over (`None`: `takeover_socket` is off, or
+/// another process answers there: logged).
+fn open_takeover_point(config: &Config, port: u16) -> Option<crate::takeover::Point> {
+    let path = config.proxy.takeover_socket.path(port)?;
+    match crate::takeover::Point::open(&path) {
+        Ok(point) => Some(point),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e,
+                "takeover_socket: not listening; this process cannot be taken over");
+            None
+        }
+    }
+}
+
+/// The successor has the listening socket: every client that can move goes to it (parked
+/// ones now, the others when idle) until none is left, or `shutdown_timeout` passes. Then
+/// the process shuts down as at SIGTERM (the clients that could not move are told so).
+async fn hand_over(
+    conn: std::os::fd::OwnedFd,
+    shared: &Arc<Shared>,
+    lot: Option<&Arc<session::park::ParkLot>>,
+) {
+    tracing::info!("takeover: a new process has the listening socket; handing clients over");
+    let (sink, sender) = crate::takeover::client_sender(conn);
+    if let Some(lot) = lot {
+        lot.start_handoff(sink);
+    }
+    shared.hand_off_sessions();
+    let timeout = shared.current().config.proxy.shutdown_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !(shared.clients.is_empty() && shared.admission.pending() == 0) {
+        if tokio::time::Instant::now() >= deadline || shared.shutdown.is_cancelled() {
+            tracing::warn!(
+                left = shared.clients.len(),
+                "takeover: clients that could not move are closed"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(lot) = lot {
+        lot.end_handoff();
+    }
+    // The last clients sent, and the successor told that no more come.
+    let _ = tokio::task::spawn_blocking(move || sender.join()).await;
+    shared.shutdown.cancel();
+}
+
+/// The new process's side: each client handed over is registered and parked.
+async fn adopt_clients(
+    mut clients: UnboundedReceiver<Moving>,
+    shared: Arc<Shared>,
+    lot: Option<Arc<session::park::ParkLot>>,
+) {
+    while let Some(moving) = clients.recv().await {
+        match &lot {
+            Some(lot) => session::handoff::adopt(moving, &shared, lot),
+            None => tracing::warn!("takeover: no park lot to take a client into; closing it"),
+        }
+    }
+}
+
+/// Accepts until shutdown (`None`) or until a successor says hello (its connection).
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
     lot: Option<&Arc<session::park::ParkLot>>,
     tracker: &TaskTracker,
-) -> std::io::Result<()> {
+    point: &mut Option<crate::takeover::Point>,
+) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
     tracing::info!(listen = %listener.local_addr()?, "pgtenant is accepting connections");
     let mut backoff = Duration::from_millis(5);
     loop {
+        let successor = async {
+            match point.as_mut() {
+                Some(point) => point.successor().await,
+                None => std::future::pending().await,
+            }
+        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = shared.shutdown.cancelled() => return Ok(()),
+            _ = shared.shutdown.cancelled() => return Ok(None),
+            conn = successor => return Ok(Some(conn)),
         };
         match accepted {
             Ok((stream, _peer)) => {

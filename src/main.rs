@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli.command {
-        None => proxy(&cli.config),
+        None => proxy(&cli.config, cli.takeover),
         Some(Command::Check { connect }) => check(&cli.config, connect),
         Some(Command::Verifier { password }) => verifier(password),
         Some(Command::Demo { keep_config }) => demo(keep_config),
@@ -154,19 +154,25 @@ fn demo(keep_config: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 /// `pgtenant [--config FILE]`: runs the proxy until SIGTERM/SIGINT.
-fn proxy(path: &Path) -> anyhow::Result<ExitCode> {
+fn proxy(path: &Path, takeover: bool) -> anyhow::Result<ExitCode> {
     let config = match load_config(path) {
         Ok(config) => Arc::new(config),
         Err(code) => return Ok(code),
     };
     runtime(config.proxy.workers)?.block_on(async move {
         let addr = config.proxy.listen;
-        let listener = bind(addr, config.proxy.reuse_port)
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        defer_accept(&listener);
-        info!(%addr, config = %path.display(), "listening");
         let shutdown = CancellationToken::new();
-        let proxy = pgtenant::Proxy::new(config, Some(path.to_path_buf()), shutdown.clone());
+        let proxy =
+            pgtenant::Proxy::new(config.clone(), Some(path.to_path_buf()), shutdown.clone());
+        let (listener, proxy) = if takeover {
+            take_over(&config, proxy)?
+        } else {
+            let listener = bind(addr, config.proxy.reuse_port)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            defer_accept(&listener);
+            (listener, proxy)
+        };
+        info!(addr = %listener.local_addr()?, config = %path.display(), "listening");
         spawn_signal_handler(shutdown, proxy.handle()).context("installing signal handlers")?;
         proxy.serve(listener).await.context("proxy stopped")?;
         info!("stopped");
@@ -177,6 +183,29 @@ fn proxy(path: &Path) -> anyhow::Result<ExitCode> {
 /// The client listener: `SO_REUSEADDR` (a restart finds the port free at once), and with
 /// `reuse_port` `SO_REUSEPORT`, so that several processes can listen on one address (the
 /// kernel spreads new connections over them).
+/// `--takeover`: the listening sockets and then the clients of the process running with
+/// this config.
+fn take_over(
+    config: &pgtenant::config::Config,
+    proxy: pgtenant::Proxy,
+) -> anyhow::Result<(tokio::net::TcpListener, pgtenant::Proxy)> {
+    let socket = config
+        .proxy
+        .takeover_socket
+        .path(config.proxy.listen.port())
+        .context("--takeover needs proxy.takeover_socket (it is \"\")")?;
+    let taken = pgtenant::takeover::take_over(&socket)?;
+    taken.listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(taken.listener)?;
+    let mut proxy = proxy.taking_over(taken.clients);
+    if let Some(metrics) = taken.metrics {
+        metrics.set_nonblocking(true)?;
+        proxy = proxy.with_metrics_listener(tokio::net::TcpListener::from_std(metrics)?);
+    }
+    info!(socket = %socket.display(), "took the listening socket over; clients follow");
+    Ok((listener, proxy))
+}
+
 fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

@@ -103,6 +103,9 @@ pub struct Stop {
 
 impl Stop {
     const PARK: u8 = 0x80;
+    /// Sticky (unlike `PARK`, which a session takes): see [`Stop::request_handoff`].
+    const HANDOFF: u8 = 0x40;
+    const REASON: u8 = !(Self::PARK | Self::HANDOFF);
 
     /// Stops for `reason`. `Killed` overrides an earlier reason; the others keep the first.
     pub fn stop(&self, reason: StopReason) {
@@ -110,21 +113,35 @@ impl Stop {
         let _ = self
             .reason
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
-                let kept = old & !Self::PARK;
-                (kept == 0 || reason == StopReason::Killed).then_some(code | (old & Self::PARK))
+                let kept = old & Self::REASON;
+                (kept == 0 || reason == StopReason::Killed).then_some(code | (old & !Self::REASON))
             });
         self.waker.wake();
     }
 
     #[inline]
     pub fn is_stopped(&self) -> bool {
-        self.reason.load(Ordering::SeqCst) & !Self::PARK != 0
+        self.reason.load(Ordering::SeqCst) & Self::REASON != 0
     }
 
     /// Why it stopped (meaningful once it has).
     pub fn reason(&self) -> StopReason {
-        StopReason::from_code(self.reason.load(Ordering::SeqCst) & !Self::PARK)
+        StopReason::from_code(self.reason.load(Ordering::SeqCst) & Self::REASON)
             .unwrap_or(StopReason::Shutdown)
+    }
+
+    /// The process is handing its clients over to a new one (`takeover.rs`): the session
+    /// is to park (and so move) whenever it is idle with nothing buffered, from now on.
+    pub fn request_handoff(&self) {
+        self.reason
+            .fetch_or(Self::HANDOFF | Self::PARK, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Whether [`Stop::request_handoff`] was called.
+    #[inline]
+    pub fn handing_off(&self) -> bool {
+        self.reason.load(Ordering::SeqCst) & Self::HANDOFF != 0
     }
 
     /// Asks the (idle) session to park itself.
@@ -150,7 +167,7 @@ impl Stop {
 
     /// Resolves once stopped or asked to park (the idle wait).
     pub fn signalled(&self) -> impl std::future::Future<Output = ()> + '_ {
-        self.wait_until(|s| s.reason.load(Ordering::SeqCst) != 0)
+        self.wait_until(|s| s.reason.load(Ordering::SeqCst) & !Self::HANDOFF != 0)
     }
 
     fn wait_until(&self, done: fn(&Self) -> bool) -> impl std::future::Future<Output = ()> + '_ {
@@ -272,6 +289,9 @@ pub struct Shared {
     pub clients_parked: AtomicUsize,
     /// Logins in progress and client places (`max_client_connections`).
     pub admission: Arc<crate::admission::Admission>,
+    /// Set when the clients are being handed over to a new process (`takeover.rs`): a
+    /// session registered from then on is asked to move too.
+    pub handing_off: AtomicBool,
     /// Test hook ([`crate::ProxyHandle::panic_next_client`]): the next accepted client's
     /// task panics, so the test suite can show that it notices a panicking session.
     #[doc(hidden)]
@@ -304,6 +324,7 @@ impl Shared {
             session_errors: KindCounts::default(),
             admission: crate::admission::Admission::new(max_clients),
             panic_next_client: AtomicBool::new(false),
+            handing_off: AtomicBool::new(false),
         }
     }
 
@@ -323,6 +344,15 @@ impl Shared {
     pub fn stop_sessions(&self) {
         for client in self.clients.iter() {
             client.stop.stop(StopReason::Shutdown);
+        }
+    }
+
+    /// Takeover: every logged-in session is to move to the new process as soon as it is
+    /// idle. A session registered after this call sees `handing_off` when it registers.
+    pub fn hand_off_sessions(&self) {
+        self.handing_off.store(true, Ordering::SeqCst);
+        for client in self.clients.iter() {
+            client.stop.request_handoff();
         }
     }
 

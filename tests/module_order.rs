@@ -18,7 +18,7 @@ const ORDER: &[&[&str]] = &[
     &["reload"],
     &["admin"],
     &["session"],
-    &["metrics", "localpg"],
+    &["metrics", "localpg", "takeover"],
     &["listener", "demo", "check"],
 ];
 

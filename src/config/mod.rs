@@ -135,6 +135,8 @@ pub struct ProxyConfig {
     pub instance_id: u16,
     /// SO_REUSEPORT on the listener: several processes may listen on one address.
     pub reuse_port: bool,
+    /// Where this process answers a `--takeover` (see `takeover.rs`).
+    pub takeover_socket: TakeoverSocket,
     /// Whether clients may or must use TLS (only with a certificate: see `tls`).
     pub client_tls: ClientTls,
     pub tls_cert: Option<PathBuf>,
@@ -265,6 +267,26 @@ pub struct EndpointConfig {
     pub pool_size: usize,
     pub min_pool_size: usize,
     pub tls: ServerTls,
+}
+
+/// `proxy.takeover_socket`: the Unix socket a new process takes this one over by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakeoverSocket {
+    Off,
+    /// `/tmp/.s.PGTENANT.<port>`, the port the listener has.
+    Auto,
+    At(PathBuf),
+}
+
+impl TakeoverSocket {
+    /// The socket's path for a listener on `port`.
+    pub fn path(&self, port: u16) -> Option<PathBuf> {
+        match self {
+            TakeoverSocket::Off => None,
+            TakeoverSocket::Auto => Some(PathBuf::from(format!("/tmp/.s.PGTENANT.{port}"))),
+            TakeoverSocket::At(path) => Some(path.clone()),
+        }
+    }
 }
 
 /// `[users.NAME]`

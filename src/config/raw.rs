@@ -82,6 +82,9 @@ pub(super) struct RawProxy {
     pub instance_id: u16,
     /// SO_REUSEPORT on the listener.
     pub reuse_port: bool,
+    /// The Unix socket a new process takes the listener and the clients over by;
+    /// `"auto"` = `/tmp/.s.PGTENANT.<port>`, `""` = none.
+    pub takeover_socket: String,
     /// PEM files of the proxy's certificate (chain) and key; `""` = none.
     pub tls_cert: String,
     pub tls_key: String,
@@ -121,6 +124,7 @@ impl Default for RawProxy {
             workers: 0,
             instance_id: 0,
             reuse_port: false,
+            takeover_socket: "auto".into(),
             tls_cert: String::new(),
             tls_key: String::new(),
             client_tls: "allow".into(),

@@ -209,6 +209,11 @@ fn proxy_config<T, U>(
             }
         },
         reuse_port: raw.reuse_port,
+        takeover_socket: match raw.takeover_socket.as_str() {
+            "" => super::TakeoverSocket::Off,
+            "auto" => super::TakeoverSocket::Auto,
+            path => super::TakeoverSocket::At(path.into()),
+        },
         client_tls,
         tls_cert: some_path(&raw.tls_cert),
         tls_key: some_path(&raw.tls_key),

@@ -175,6 +175,35 @@ impl ClientCtx {
         }
     }
 
+    /// A client another process handed over (`super::handoff`): what `new` would have
+    /// made of its login, with the parameters it has been told since.
+    pub fn adopted(
+        user: String,
+        tenant: Arc<TenantRuntime>,
+        settings: Vec<(String, String)>,
+        params: Params,
+        login_params: Params,
+        key: (i32, i32),
+    ) -> Self {
+        let settings_sql = settings_sql(&settings);
+        let mut h = DefaultHasher::new();
+        settings_sql.hash(&mut h);
+        ClientCtx {
+            user: user.into(),
+            tenant,
+            login_params,
+            params,
+            settings_verified: settings_sql.is_empty(),
+            settings_sql,
+            startup_settings: (!settings.is_empty()).then(|| settings.into()),
+            settings_hash: h.finish(),
+            key,
+            stmts: Default::default(),
+            vs: Default::default(),
+            listening: None,
+        }
+    }
+
     /// The client's startup settings.
     pub fn startup_settings(&self) -> &[(String, String)] {
         self.startup_settings.as_deref().unwrap_or(&[])

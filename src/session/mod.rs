@@ -5,6 +5,7 @@ mod checkout;
 mod cleanup;
 pub mod client;
 pub mod expect;
+pub mod handoff;
 pub mod handshake;
 mod idle;
 pub mod linked;
@@ -150,6 +151,9 @@ fn register<S: ClientIo>(
     // After the insert: either the shutdown sweep sees this entry, or this sees the token.
     if shared.shutdown.is_cancelled() {
         entry.stop.stop(crate::shared::StopReason::Shutdown);
+    }
+    if shared.handing_off.load(Ordering::SeqCst) {
+        entry.stop.request_handoff();
     }
     entry
 }
@@ -511,6 +515,17 @@ async fn wait_for_message<S: ClientIo>(
     if entry.stop.is_stopped() || ctx.tenant.control.is_removed() {
         return Err(stopped(ctx, entry));
     }
+    let parkable = |client: &ClientStream<S>, ctx: &ClientCtx| {
+        may_park
+            && client.rbuf.is_empty()
+            && !client.scanner.mid_message()
+            && ctx.listening.is_none()
+            && client.io.parkable()
+    };
+    // Handing over to a new process: every idle session moves (parked sessions go first).
+    if entry.stop.handing_off() && parkable(client, ctx) {
+        return Ok(Idle::Park);
+    }
     while !linked::ready(&client.rbuf, max_message, pooled) {
         tokio::select! {
             r = client.fill_idle() => match r {
@@ -522,12 +537,7 @@ async fn wait_for_message<S: ClientIo>(
                 if entry.stop.is_stopped() {
                     return Err(stopped(ctx, entry));
                 }
-                let parkable = may_park
-                    && client.rbuf.is_empty()
-                    && !client.scanner.mid_message()
-                    && ctx.listening.is_none()
-                    && client.io.parkable();
-                if entry.stop.take_park_request() && parkable {
+                if entry.stop.take_park_request() && parkable(client, ctx) {
                     return Ok(Idle::Park);
                 }
             }

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 use std::time::Duration;
@@ -27,6 +28,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::task::TaskTracker;
 
 use super::client::ClientCtx;
+use super::handoff::Moving;
 use crate::cancel::CancelKey;
 use crate::shared::{ClientEntry, ClientState, Shared};
 
@@ -56,6 +58,9 @@ pub struct ParkLot {
     stop_waker: Waker,
     /// Resumed sessions are tracked like every other session (graceful shutdown).
     tracker: TaskTracker,
+    /// Set when the process hands its clients over (`crate::takeover`): where a session
+    /// that parks goes instead.
+    handoff: Mutex<Option<Sender<Moving>>>,
 }
 
 struct StopNotify(Notify);
@@ -105,6 +110,7 @@ impl ParkLot {
             stop_waker: Waker::from(stops.clone()),
             stops,
             tracker,
+            handoff: Mutex::new(None),
         }))
     }
 
@@ -120,6 +126,18 @@ impl ParkLot {
     /// Parks a session. `Err` gives it back when the lot is closed (shutdown) or the
     /// socket cannot be watched: the caller resumes it at once.
     pub fn park(&self, entry: &Arc<ClientEntry>, parked: Parked) -> Result<(), Parked> {
+        let sink = self
+            .handoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let parked = match sink {
+            Some(sink) => match self.hand_over(&sink, entry, parked) {
+                Ok(()) => return Ok(()),
+                Err(parked) => parked,
+            },
+            None => parked,
+        };
         let fd = parked.socket.as_raw_fd();
         let key = parked.ctx.key;
         {
@@ -143,6 +161,61 @@ impl ParkLot {
             self.stops.0.notify_one();
         }
         Ok(())
+    }
+
+    /// Sends a session to the new process; `Err` gives back one that cannot move.
+    fn hand_over(
+        &self,
+        sink: &Sender<Moving>,
+        entry: &ClientEntry,
+        parked: Parked,
+    ) -> Result<(), Parked> {
+        let Some(state) = super::handoff::encode(&parked.ctx, entry) else {
+            return Err(parked);
+        };
+        let Parked {
+            socket,
+            ctx,
+            permit,
+        } = parked;
+        let moving = Moving {
+            state,
+            socket: socket.into(),
+        };
+        if let Err(back) = sink.send(moving) {
+            return Err(Parked {
+                socket: back.0.socket.into(),
+                ctx,
+                permit,
+            });
+        }
+        // Gone from this process: as if it had left (its permit is dropped here).
+        self.shared.clients.remove(&ctx.key);
+        ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Takeover: from now on sessions that park go to `sink`, and so do the ones parked
+    /// now (those that cannot move stay parked here).
+    pub fn start_handoff(self: &Arc<Self>, sink: Sender<Moving>) {
+        *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+        let keys: Vec<CancelKey> = self.lock().keys().copied().collect();
+        for key in keys {
+            if let Some((entry, parked)) = self.take(key) {
+                if let Err(parked) = self.park(&entry, parked) {
+                    self.spawn_resumed(parked, entry);
+                }
+            }
+        }
+    }
+
+    /// No more sessions go to the new process (once the last sender is dropped, it is
+    /// told so).
+    pub fn end_handoff(&self) {
+        self.handoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CancelKey, (Arc<ClientEntry>, Parked)>> {

@@ -65,6 +65,11 @@ impl ClientStatements {
         self.map.as_ref().map_or(0, |map| map.len())
     }
 
+    /// Every (client name, statement).
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Arc<Stmt>)> {
+        self.map.iter().flat_map(|map| map.iter())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -194,6 +194,35 @@ impl VSession {
             .is_some_and(|m| *m.text == *text && m.snapshot == snapshot && m.params == *params)
     }
 
+    /// What another process needs to carry this session on (`super::handoff`): the
+    /// snapshot's entries and the setting names the client named. The memo is left out
+    /// (the next `SET` is then forwarded, as after any other change).
+    pub fn export(&self) -> (Vec<(String, String)>, Vec<String>) {
+        match &self.0 {
+            None => (Vec::new(), Vec::new()),
+            Some(inner) => (
+                inner
+                    .snapshot
+                    .as_ref()
+                    .map_or_else(Vec::new, |s| s.entries.clone()),
+                inner.own_names.clone(),
+            ),
+        }
+    }
+
+    /// The session [`VSession::export`] described (no pins: a pinned client never moves).
+    pub fn import(entries: Vec<(String, String)>, own_names: Vec<String>) -> VSession {
+        if entries.is_empty() && own_names.is_empty() {
+            return VSession::default();
+        }
+        VSession(Some(Box::new(Inner {
+            snapshot: (!entries.is_empty()).then(|| Arc::new(Snapshot::new(entries))),
+            own_names,
+            memo: None,
+            pins: 0,
+        })))
+    }
+
     /// Forgets the memo (anything else the client runs may have changed what it assumed).
     pub fn forget_memo(&mut self) {
         if let Some(inner) = self.0.as_mut() {

@@ -23,5 +23,6 @@ mod reload;
 mod security;
 mod selfcheck;
 mod sessions;
+mod takeover;
 mod tls;
 mod vsession;

@@ -38,13 +38,25 @@ impl Binary {
 
     /// [`Binary::start`] on `port` (which another process may share with `reuse_port`).
     pub async fn start_on(config_text: &str, port: u16) -> Binary {
+        let text = Binary::listen_on(config_text, port);
+        Binary::spawn(&text, port, &[]).await
+    }
+
+    /// A new process started with `--takeover` on this one's config: it takes the
+    /// listening socket and the clients over (this one then exits).
+    pub async fn take_over(&self) -> Binary {
+        let text = std::fs::read_to_string(&self.config_path).expect("read the config");
+        Binary::spawn(&text, self.port, &["--takeover"]).await
+    }
+
+    async fn spawn(text: &str, port: u16, args: &[&str]) -> Binary {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("proxy.toml");
         let log_path = dir.path().join("pgtenant.log");
-        let text = Binary::listen_on(config_text, port);
-        write_atomically(&config_path, &text);
+        write_atomically(&config_path, text);
         let log = std::fs::File::create(&log_path).expect("create the log file");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+            .args(args)
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info")
