@@ -394,6 +394,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bad_hello_is_ignored() {
+        let path = std::env::temp_dir().join(format!("pgtenant-hello-{}", std::process::id()));
+        let listener = listen(&path).unwrap();
+        let stranger = connect(&path).unwrap();
+        send(&stranger, b"GET / HTTP/1.1", &[]).unwrap();
+        let successor = connect(&path).unwrap();
+        send(&successor, HELLO, &[]).unwrap();
+        let conn = wait_for_successor(&listener, &path).unwrap();
+        give_listeners(&conn, &[listener.as_raw_fd()]).unwrap();
+        let mut buf = [0u8; 8];
+        let (n, fds) = recv(&successor, &mut buf).unwrap();
+        assert_eq!((&buf[..n], fds.len()), (&[LISTENERS, 1][..], 1));
+        assert!(!path.exists());
+    }
+
+    #[test]
     fn records_carry_descriptors() {
         let dir = std::env::temp_dir().join(format!("pgtenant-takeover-{}", std::process::id()));
         let listener = listen(&dir).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 
 use crate::support::binary::Binary;
-use crate::support::ops::ops_toml;
+use crate::support::ops::{ops_toml, ADMIN_USER};
 use crate::support::wire::{query, Wire};
 use crate::support::{connect, pg, simple_value, tenant_of, ProxyOptions, PROXY_PASSWORD};
 
@@ -171,6 +171,24 @@ async fn pgbench_runs_through_a_takeover_without_a_failed_transaction() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let new = old.take_over().await;
         let status = old.wait(Duration::from_secs(30)).await;
+        // While pgbench still runs: its 64 clients are the new process's.
+        let admin = connect(&format!(
+            "host=127.0.0.1 port={} user={ADMIN_USER} password={PROXY_PASSWORD} dbname=pgtenant",
+            new.port
+        ))
+        .await
+        .unwrap();
+        let clients = admin.simple_query("SHOW CLIENTS").await.unwrap();
+        let of_t1 = clients
+            .iter()
+            .filter(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    (0..row.len()).any(|i| row.get(i) == Some("t1"))
+                }
+                _ => false,
+            })
+            .count();
+        assert_eq!(of_t1, 64, "{clients:?}");
         (new, status)
     };
     let (out, (new, status)) = tokio::join!(bench, takeover);
@@ -199,4 +217,72 @@ async fn pgbench_runs_through_a_takeover_without_a_failed_transaction() {
     let client = connect(&new.conn_str("t2")).await.unwrap();
     assert_eq!(tenant_of(&client).await.as_deref(), Some("t2"));
     new.check_log();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_moves_when_it_ends_and_a_listener_stays_until_shutdown_timeout() {
+    let text = ops_toml(&ProxyOptions::default().timeout("shutdown_timeout", "3s"));
+    let mut old = Binary::start(&text).await;
+    let in_tx = connect(&old.conn_str("t1")).await.unwrap();
+    in_tx.simple_query("BEGIN").await.unwrap();
+    assert_eq!(tenant_of(&in_tx).await.as_deref(), Some("t1"));
+    let listener = crate::support::connect_watched(&old.conn_str("t2"))
+        .await
+        .unwrap();
+    listener.client.simple_query("LISTEN ch").await.unwrap();
+
+    let new = old.take_over().await;
+    crate::support::eventually(Duration::from_secs(10), "the handoff starts", || async {
+        old.log().contains("handing clients over")
+    })
+    .await;
+    // The open transaction goes on in the old process, then moves.
+    in_tx
+        .simple_query("CREATE TEMP TABLE IF NOT EXISTS scratch (x int) ON COMMIT DROP")
+        .await
+        .unwrap();
+    assert_eq!(tenant_of(&in_tx).await.as_deref(), Some("t1"));
+    in_tx.simple_query("COMMIT").await.unwrap();
+    // The LISTEN client cannot move: closed when shutdown_timeout has passed, as at SIGTERM.
+    let status = old.wait(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    assert_eq!(tenant_of(&in_tx).await.as_deref(), Some("t1"), "it moved");
+    let err = listener
+        .client
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("the listener's connection was closed");
+    let fatal = listener.closing_error(&err).await;
+    assert_eq!(
+        fatal.code(),
+        &tokio_postgres::error::SqlState::ADMIN_SHUTDOWN
+    );
+    let log = old.log();
+    assert!(log.contains("sent=1 lost=0"), "{log}");
+    assert!(log.contains("left=1"), "the listener stayed: {log}");
+    old.check_log();
+    new.check_log();
+}
+
+#[tokio::test]
+async fn takeover_with_no_running_process_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    let text = Binary::listen_on(
+        &ops_toml(&ProxyOptions::default()),
+        crate::support::binary::free_port(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        .args(["--takeover", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no pgtenant to take over at /tmp/.s.PGTENANT."),
+        "{stderr}"
+    );
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::process::Child;
 
 use super::ops::write_atomically;
-use super::{eventually, PROXY_PASSWORD};
+use super::PROXY_PASSWORD;
 
 pub struct Binary {
     child: Child,
@@ -74,12 +74,15 @@ impl Binary {
             log_path,
             _dir: dir,
         };
-        eventually(
-            Duration::from_secs(10),
-            "the binary listens on its port",
-            || async { binary.log().contains("pgtenant is accepting connections") },
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !binary.log().contains("pgtenant is accepting connections") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the binary did not listen within 10 s; its log:\n{}",
+                binary.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         binary
     }
 
