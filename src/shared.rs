@@ -272,6 +272,8 @@ pub struct Shared {
     pub clients_parked: AtomicUsize,
     /// Logins in progress and client places (`max_client_connections`).
     pub admission: Arc<crate::admission::Admission>,
+    /// `[auth]`: the `auth_query` cache and connection (kept across reloads).
+    pub auth_lookup: crate::auth::query::AuthLookup,
     /// Test hook ([`crate::ProxyHandle::panic_next_client`]): the next accepted client's
     /// task panics, so the test suite can show that it notices a panicking session.
     #[doc(hidden)]
@@ -303,6 +305,7 @@ impl Shared {
             clients_parked: AtomicUsize::new(0),
             session_errors: KindCounts::default(),
             admission: crate::admission::Admission::new(max_clients),
+            auth_lookup: Default::default(),
             panic_next_client: AtomicBool::new(false),
         }
     }

@@ -1,6 +1,7 @@
 //! One client's life: handshake -> authentication -> tenant -> login reply -> then, in
 //! transaction mode, `Idle <-> Linked(server)` until the client leaves -> cleanup.
 
+mod auth_query;
 mod checkout;
 mod cleanup;
 pub mod client;
@@ -559,6 +560,15 @@ fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionEr
     let Some(tenant) = generation.registry.tenants.get(&**name) else {
         return Err(SessionError::Removed(name.to_string()));
     };
+    // A user found by auth_query: its own endpoint, never the tenant's shared one.
+    if let Some(keys) = ctx.tenant.endpoint.config.pass_through.clone() {
+        let own = auth_query::refreshed(generation, tenant, &ctx.user, &keys)
+            .map_err(|i| SessionError::Forbidden(Box::new(i)))?;
+        if !Arc::ptr_eq(&own, &ctx.tenant) {
+            ctx.tenant = own;
+        }
+        return Ok(());
+    }
     let allowed = generation
         .config
         .users

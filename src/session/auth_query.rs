@@ -1,0 +1,108 @@
+//! The login of users found by `auth_query` (`[auth]`), as the session sees it: who is looked
+//! up, how they authenticate, and the tenant runtime on their own endpoint (see
+//! `tenant::user_endpoints`).
+//!
+//! Order: a user in `[users]` authenticates as configured; an `admin_users` name is never
+//! looked up; any other user is looked up when `[auth]` is set. A lookup that cannot run
+//! (backend down, a failing query) refuses the login with `08006` and logs why.
+
+use std::sync::Arc;
+
+use pgwire::api::auth::sasl::scram::ScramServerAuth;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::Shared;
+use crate::auth::AuthError;
+use crate::config::{Config, PassThrough, UserConfig, UserSecret};
+use crate::protocol::encode::ErrorInfo;
+use crate::protocol::sqlstate;
+use crate::shared::Generation;
+use crate::tenant::TenantRuntime;
+use crate::transport::stream::ClientStream;
+
+/// `Some(answer)` when `user_name` is one to look up (`answer`: its stored secret, if
+/// any); `None` when it is not (configured, an admin name, or no `[auth]`).
+pub(super) async fn lookup(
+    shared: &Shared,
+    config: &Config,
+    user_name: &str,
+    user: Option<&Arc<UserConfig>>,
+) -> Result<Option<Option<UserSecret>>, ErrorInfo> {
+    let admin = config.proxy.admin_users.iter().any(|a| a == user_name);
+    if user.is_some() || admin || config.auth_lookup.is_none() {
+        return Ok(None);
+    }
+    match shared.auth_lookup.find(config, user_name).await {
+        Ok(answer) => Ok(Some(answer)),
+        Err(e) => {
+            tracing::warn!(user = user_name, error = %e, "auth_query lookup failed");
+            Err(ErrorInfo::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "could not look up the user: the auth backend is unavailable",
+            )
+            .with_hint("the proxy could not run [auth] auth_query; its log says why"))
+        }
+    }
+}
+
+/// Authenticates the client; for a looked-up user, returns its pass-through keys.
+pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    config: &Config,
+    user_name: &str,
+    user: Option<&UserConfig>,
+    looked_up: Option<Option<UserSecret>>,
+    channel_binding: Option<ScramServerAuth>,
+) -> Result<Option<PassThrough>, AuthError> {
+    let method = config.proxy.auth;
+    match looked_up {
+        None => crate::auth::authenticate(client, method, user_name, user, channel_binding)
+            .await
+            .map(|()| None),
+        Some(secret) => crate::auth::authenticate_looked_up(
+            client,
+            method,
+            user_name,
+            secret.as_ref(),
+            channel_binding,
+        )
+        .await
+        .map(Some),
+    }
+}
+
+/// `tenant` on `user`'s own endpoint (see [`crate::tenant::user_endpoints`]).
+pub(super) fn own_runtime(
+    generation: &Generation,
+    tenant: &Arc<TenantRuntime>,
+    user: &str,
+    keys: &PassThrough,
+    login: bool,
+) -> Arc<TenantRuntime> {
+    let registry = &generation.registry;
+    registry.user_endpoints.runtime(
+        &generation.config,
+        tenant,
+        user,
+        keys,
+        &registry.connect_failures,
+        login,
+    )
+}
+
+/// After a reload, for a session of a looked-up user (its endpoint logs in by
+/// pass-through): its tenant on its own endpoint, while `[auth]` is still set.
+pub(super) fn refreshed(
+    generation: &Generation,
+    tenant: &Arc<TenantRuntime>,
+    user: &str,
+    keys: &PassThrough,
+) -> Result<Arc<TenantRuntime>, ErrorInfo> {
+    if generation.config.auth_lookup.is_none() {
+        return Err(ErrorInfo::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("user \"{user}\" may no longer log in: [auth] was removed"),
+        ));
+    }
+    Ok(own_runtime(generation, tenant, user, keys, false))
+}
