@@ -290,3 +290,63 @@ async fn an_unreachable_auth_backend_is_08006_and_configured_users_still_log_in(
     );
     proxy.stop().await.unwrap();
 }
+
+/// After a reload that changes the backend, a looked-up user's session stays on a pool of
+/// its own: its next transaction logs in anew as itself (pass-through again), never on the
+/// backend's shared pool.
+#[tokio::test]
+async fn a_reload_rebuilds_a_looked_up_users_endpoint_as_that_user() {
+    let server = server("scram-sha-256", &[("frank", "frank_pw", "scram-sha-256")]);
+    let options = ProxyOptions::default().extra(AUTH);
+    let proxy = TestProxy::start_on(options.clone(), server.host(), server.port());
+    let conn = proxy.connect_str_with_password("frank", "frank_pw", Naming::Options, "t1");
+    let frank = connect(&conn).await.expect("frank logs in");
+    let app = proxy.connect("app", Naming::Options, "t1").await.unwrap();
+    let before = value(&frank, "SELECT pg_backend_pid()").await;
+    let text = options.pool_size(7).toml(server.host(), server.port());
+    let config = pgtenant::config::Config::from_toml_str(&text, "test.toml").unwrap();
+    proxy.handle.apply(config);
+    assert_eq!(
+        value(&frank, "SELECT current_user").await.as_deref(),
+        Some("frank")
+    );
+    assert_ne!(
+        value(&frank, "SELECT pg_backend_pid()").await,
+        before,
+        "a new pool"
+    );
+    assert_eq!(
+        value(&app, "SELECT current_user").await.as_deref(),
+        Some("app")
+    );
+    proxy.stop().await.unwrap();
+}
+
+/// On TLS a looked-up user logs in with SCRAM-SHA-256-PLUS (channel binding), and its
+/// ClientKey still passes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_plus_on_tls_passes_through_too() {
+    use crate::support::tls::{connect_tls, Certs};
+    let server = server("scram-sha-256", &[("gina", "gina_pw", "scram-sha-256")]);
+    let certs = Certs::new();
+    let options = ProxyOptions::default()
+        .proxy_line(&certs.proxy_lines("allow"))
+        .extra(AUTH);
+    let proxy = TestProxy::start_on(options, server.host(), server.port());
+    let base = proxy.connect_str_with_password("gina", "gina_pw", Naming::Options, "t1");
+    let conn = format!("{base} host=localhost sslmode=require channel_binding=require");
+    let client = connect_tls(&certs, &conn)
+        .await
+        .expect("SCRAM-SHA-256-PLUS login");
+    assert_eq!(
+        value(&client, "SELECT current_user").await.as_deref(),
+        Some("gina")
+    );
+    let wrong = base.replace("gina_pw", "nope");
+    let err = connect_tls(&certs, &format!("{wrong} host=localhost sslmode=require"))
+        .await
+        .err()
+        .expect("a wrong password");
+    assert_eq!(err.code(), Some("28P01"), "{err:?}");
+    proxy.stop().await.unwrap();
+}
