@@ -11,7 +11,8 @@ use std::sync::Arc;
 use pgwire::api::auth::sasl::scram::ScramServerAuth;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Shared;
+use super::client::ClientCtx;
+use super::{SessionError, Shared};
 use crate::auth::AuthError;
 use crate::config::{Config, PassThrough, UserConfig, UserSecret};
 use crate::protocol::encode::ErrorInfo;
@@ -91,18 +92,27 @@ pub(super) fn own_runtime(
 }
 
 /// After a reload, for a session of a looked-up user (its endpoint logs in by
-/// pass-through): its tenant on its own endpoint, while `[auth]` is still set.
+/// pass-through): its tenant on its own endpoint, while `[auth]` is still set. `None` for
+/// other sessions.
 pub(super) fn refreshed(
     generation: &Generation,
     tenant: &Arc<TenantRuntime>,
-    user: &str,
-    keys: &PassThrough,
-) -> Result<Arc<TenantRuntime>, ErrorInfo> {
+    ctx: &ClientCtx,
+) -> Result<Option<Arc<TenantRuntime>>, SessionError> {
+    let Some(keys) = &ctx.tenant.endpoint.config.pass_through else {
+        return Ok(None);
+    };
     if generation.config.auth_lookup.is_none() {
-        return Err(ErrorInfo::fatal(
+        let message = format!(
+            "user \"{}\" may no longer log in: [auth] was removed",
+            ctx.user
+        );
+        return Err(SessionError::Forbidden(Box::new(ErrorInfo::fatal(
             sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            format!("user \"{user}\" may no longer log in: [auth] was removed"),
-        ));
+            message,
+        ))));
     }
-    Ok(own_runtime(generation, tenant, user, keys, false))
+    Ok(Some(own_runtime(
+        generation, tenant, &ctx.user, keys, false,
+    )))
 }

@@ -561,12 +561,8 @@ fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionEr
         return Err(SessionError::Removed(name.to_string()));
     };
     // A user found by auth_query: its own endpoint, never the tenant's shared one.
-    if let Some(keys) = ctx.tenant.endpoint.config.pass_through.clone() {
-        let own = auth_query::refreshed(generation, tenant, &ctx.user, &keys)
-            .map_err(|i| SessionError::Forbidden(Box::new(i)))?;
-        if !Arc::ptr_eq(&own, &ctx.tenant) {
-            ctx.tenant = own;
-        }
+    if let Some(own) = auth_query::refreshed(generation, tenant, ctx)? {
+        ctx.tenant = own;
         return Ok(());
     }
     let allowed = generation
