@@ -314,6 +314,36 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// A real client (postgres-protocol's) against pgwire's server with a verifier: the
+    /// ClientKey recovered from the raw messages hashes to the verifier's StoredKey.
+    #[test]
+    fn client_key_is_recovered_from_an_accepted_exchange() {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        let verifier =
+            ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"pw")).unwrap();
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
+        let first = client.message().to_vec();
+        let secret = ScramSecret::Verifier {
+            salt: verifier.salt.clone(),
+            iterations: verifier.iterations,
+            stored_key: verifier.stored_key.clone(),
+            server_key: verifier.server_key.clone(),
+        };
+        let (server_first, waiting) = ScramServerAuth::default()
+            .on_client_first_message_with_secret(&first, secret)
+            .unwrap();
+        client.update(server_first.as_bytes()).unwrap();
+        let last = client.message().to_vec();
+        let server_final = waiting.on_client_final_message(&last).unwrap();
+        client.finish(server_final.as_bytes()).unwrap();
+        let key = client_key(&verifier.stored_key, &first, &server_first, &last).unwrap();
+        let stored = ring::digest::digest(&ring::digest::SHA256, &key);
+        assert_eq!(stored.as_ref(), &verifier.stored_key[..]);
+        // Another server-first than the one the proof was made for: no key.
+        let other = server_first.replacen("r=", "r=x", 1);
+        assert!(client_key(&verifier.stored_key, &first, &other, &last).is_none());
+    }
+
     #[test]
     fn stored_md5_hash_gives_the_same_reply_as_the_password() {
         let salt = [1, 2, 3, 4];

@@ -172,6 +172,14 @@ async fn md5_stored_user_logs_in_with_md5_and_its_hash_logs_in_to_the_server() {
     assert_eq!((err.code(), err.message()), (Some("28P01"), Some(message)));
     drop(client);
     proxy.stop().await.unwrap();
+    // Under auth = "scram-sha-256" an md5-stored password cannot log in (as PostgreSQL).
+    let proxy = proxy_on(&server, "scram-sha-256", "60s");
+    let conn = proxy.connect_str_with_password("bob", "bob_pw", Naming::Options, "t1");
+    let err = connect(&conn)
+        .await
+        .expect_err("md5-stored under scram-sha-256");
+    assert_eq!((err.code(), err.message()), (Some("28P01"), Some(message)));
+    proxy.stop().await.unwrap();
 }
 
 #[tokio::test]
