@@ -18,16 +18,16 @@ use crate::config::{Config, PassThrough, UserConfig, UserSecret};
 use crate::protocol::encode::ErrorInfo;
 use crate::protocol::sqlstate;
 use crate::shared::Generation;
-use crate::tenant::TenantRuntime;
+use crate::tenant::{LoginFailure, TenantRuntime};
 use crate::transport::stream::ClientStream;
 
 /// `Some(answer)` when `user_name` is one to look up (`answer`: its stored secret, if
 /// any); `None` when it is not (configured, an admin name, or no `[auth]`).
-pub(super) async fn lookup(
+async fn lookup(
     shared: &Shared,
     config: &Config,
     user_name: &str,
-    user: Option<&Arc<UserConfig>>,
+    user: Option<&UserConfig>,
 ) -> Result<Option<Option<UserSecret>>, ErrorInfo> {
     let admin = config.proxy.admin_users.iter().any(|a| a == user_name);
     if user.is_some() || admin || config.auth_lookup.is_none() {
@@ -46,17 +46,22 @@ pub(super) async fn lookup(
     }
 }
 
-/// Authenticates the client; for a looked-up user, returns its pass-through keys.
+/// Authenticates the client (looking it up first when it is an `[auth]` user); for a
+/// looked-up user, returns its pass-through keys. `Err(None)`: the client left mid-exchange
+/// (nothing to tell it); `Err(Some(..))`: the failure to count and the client's error.
 pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
+    shared: &Shared,
     config: &Config,
     user_name: &str,
     user: Option<&UserConfig>,
-    looked_up: Option<Option<UserSecret>>,
     channel_binding: Option<ScramServerAuth>,
-) -> Result<Option<PassThrough>, AuthError> {
+) -> Result<Option<PassThrough>, Option<(LoginFailure, ErrorInfo)>> {
+    let looked_up = lookup(shared, config, user_name, user)
+        .await
+        .map_err(|i| Some((LoginFailure::Backend, i)))?;
     let method = config.proxy.auth;
-    match looked_up {
+    let result = match looked_up {
         None => crate::auth::authenticate(client, method, user_name, user, channel_binding)
             .await
             .map(|()| None),
@@ -69,7 +74,14 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await
         .map(Some),
-    }
+    };
+    result.map_err(|e| {
+        let reason = match e {
+            AuthError::Failed(_) => LoginFailure::Password,
+            _ => LoginFailure::Protocol,
+        };
+        e.to_client().map(|i| (reason, i))
+    })
 }
 
 /// `tenant` on `user`'s own endpoint (see [`crate::tenant::user_endpoints`]).

@@ -128,28 +128,18 @@ pub(super) async fn login<S: crate::transport::ClientIo>(
         })
     };
     let user = config.users.get(&identity.user);
-    let looked_up = match super::auth_query::lookup(shared, config, &identity.user, user).await {
-        Ok(found) => found,
-        Err(i) => return Err(fail(F::Backend, i)),
-    };
     let auth = super::auth_query::authenticate(
         client,
+        shared,
         config,
         &identity.user,
         user.map(|u| &**u),
-        looked_up,
         channel_binding,
     );
     let pass_through = match auth.await {
         Ok(pass_through) => pass_through,
-        Err(e) => {
-            let reason = match e {
-                crate::auth::AuthError::Failed(_) => F::Password,
-                _ => F::Protocol,
-            };
-            // No message: the client left mid-exchange (psql does, to prompt for a password).
-            return e.to_client().map_or(Ok(None), |i| Err(fail(reason, i)));
-        }
+        // `None`: the client left mid-exchange (psql does, to prompt for a password).
+        Err(e) => return e.map_or(Ok(None), |(reason, i)| Err(fail(reason, i))),
     };
     // A client place only now (logins that never authenticate hold none), and no longer a
     // pending login.
