@@ -48,6 +48,7 @@ pub async fn connect_check(config: &Config) -> Vec<String> {
             pool_size: backend.pool_size,
             min_pool_size: backend.min_pool_size,
             tls: backend.tls.clone(),
+            pass_through: None,
         };
         targets.entry(key(&endpoint)).or_insert(Target {
             endpoint,

@@ -308,7 +308,8 @@ async fn reap_idle(shared: Arc<Shared>) {
         let tick = {
             let generation = shared.current();
             let proxy = &generation.config.proxy;
-            for endpoint in &generation.registry.endpoints {
+            let user_endpoints = generation.registry.user_endpoints.endpoints();
+            for endpoint in generation.registry.endpoints.iter().chain(&user_endpoints) {
                 let closed = endpoint.pool.prune_idle(|conn, idle_for| {
                     idle_for < proxy.server_idle_timeout && conn.age() < proxy.server_lifetime
                 });
@@ -317,6 +318,7 @@ async fn reap_idle(shared: Arc<Shared>) {
                 }
                 keep_warm(endpoint, proxy).await;
             }
+            generation.registry.user_endpoints.drop_unused();
             (proxy.server_idle_timeout.min(proxy.server_lifetime) / 4)
                 .clamp(Duration::from_millis(100), Duration::from_secs(5))
         };

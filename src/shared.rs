@@ -292,6 +292,8 @@ pub struct Shared {
     /// Set when the clients are being handed over to a new process (`takeover.rs`): a
     /// session registered from then on is asked to move too.
     pub handing_off: AtomicBool,
+    /// `[auth]`: the `auth_query` cache and connection (kept across reloads).
+    pub auth_lookup: crate::auth::query::AuthLookup,
     /// Test hook ([`crate::ProxyHandle::panic_next_client`]): the next accepted client's
     /// task panics, so the test suite can show that it notices a panicking session.
     #[doc(hidden)]
@@ -323,6 +325,7 @@ impl Shared {
             clients_parked: AtomicUsize::new(0),
             session_errors: KindCounts::default(),
             admission: crate::admission::Admission::new(max_clients),
+            auth_lookup: Default::default(),
             panic_next_client: AtomicBool::new(false),
             handing_off: AtomicBool::new(false),
         }

@@ -3,12 +3,16 @@
 //! clients on TLS), md5 and trust. Failures look like PostgreSQL's own: 28P01
 //! `password authentication failed for user "x"`, whether the user exists or not.
 
+pub mod query;
+
 use md5::{Digest, Md5};
 use pgwire::api::auth::sasl::scram::{ScramSecret, ScramServerAuth};
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::{AuthMethod, ScramVerifier, UserConfig, UserSecret};
+use base64::Engine;
+
+use crate::config::{AuthMethod, PassThrough, ScramVerifier, UserConfig, UserSecret};
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::frontend::{self, Frontend};
 use crate::protocol::sqlstate;
@@ -62,13 +66,61 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     user: Option<&UserConfig>,
     channel_binding: Option<ScramServerAuth>,
 ) -> Result<(), AuthError> {
+    let secret = user.map(|u| &u.secret);
     match method {
         AuthMethod::Trust => match user {
             Some(_) => Ok(()),
             None => Err(AuthError::Failed(user_name.to_string())),
         },
-        AuthMethod::Md5 => md5_exchange(client, user_name, user).await,
-        AuthMethod::ScramSha256 => scram_exchange(client, user_name, user, channel_binding).await,
+        AuthMethod::Md5 => md5_exchange(client, user_name, secret).await,
+        AuthMethod::ScramSha256 => {
+            let verifier = match secret {
+                Some(UserSecret::Plain { scram, .. }) | Some(UserSecret::Scram(scram)) => {
+                    Some(scram.clone())
+                }
+                _ => None,
+            };
+            scram_exchange(client, user_name, verifier, channel_binding)
+                .await
+                .map(drop)
+        }
+    }
+}
+
+/// Authenticates a user found by `auth_query` (`secret`: `None` when there is none) and
+/// returns how its own endpoint logs in to the server: the ClientKey of its SCRAM proof,
+/// or its md5 hash. A SCRAM verifier is always checked with SCRAM (as PostgreSQL's `md5`
+/// method does); an md5 hash with md5, except under `auth = "scram-sha-256"`, where it
+/// fails as PostgreSQL's `scram-sha-256` method fails it. `trust` does not apply: the
+/// server login needs what the client's password gives.
+pub async fn authenticate_looked_up<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    method: AuthMethod,
+    user_name: &str,
+    secret: Option<&UserSecret>,
+    channel_binding: Option<ScramServerAuth>,
+) -> Result<PassThrough, AuthError> {
+    match secret {
+        Some(UserSecret::Md5(hash)) if method != AuthMethod::ScramSha256 => {
+            md5_exchange(client, user_name, secret).await?;
+            Ok(PassThrough::Md5(hash.clone()))
+        }
+        Some(UserSecret::Scram(v)) => {
+            let client_key =
+                scram_exchange(client, user_name, Some(v.clone()), channel_binding).await?;
+            Ok(PassThrough::Scram {
+                client_key,
+                server_key: v.server_key.clone(),
+            })
+        }
+        _ if method == AuthMethod::ScramSha256 => {
+            scram_exchange(client, user_name, None, channel_binding).await?;
+            Err(AuthError::Failed(user_name.to_string()))
+        }
+        _ => {
+            md5_exchange(client, user_name, None).await?;
+            Err(AuthError::Failed(user_name.to_string()))
+        }
     }
 }
 
@@ -92,18 +144,14 @@ async fn read_password<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// A SCRAM exchange against `verifier` (`None`: a user that cannot log in). Returns the
+/// ClientKey the client's proof carries (see [`crate::server::passthrough`]).
 async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     user_name: &str,
-    user: Option<&UserConfig>,
+    verifier: Option<ScramVerifier>,
     channel_binding: Option<ScramServerAuth>,
-) -> Result<(), AuthError> {
-    let verifier = match user.map(|u| &u.secret) {
-        Some(UserSecret::Plain { scram, .. }) | Some(UserSecret::Scram(scram)) => {
-            Some(scram.clone())
-        }
-        _ => None,
-    };
+) -> Result<Vec<u8>, AuthError> {
     // Unknown users (or md5-only secrets) run the whole exchange against a random verifier
     // and fail at the end, so the reply does not reveal which part was wrong.
     let known = verifier.is_some();
@@ -124,7 +172,7 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let secret = ScramSecret::Verifier {
         salt: verifier.salt,
         iterations: verifier.iterations,
-        stored_key: verifier.stored_key,
+        stored_key: verifier.stored_key.clone(),
         server_key: verifier.server_key,
     };
     let (server_first, waiting) = channel_binding
@@ -137,8 +185,10 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let msg = read_password(client).await?;
     match waiting.on_client_final_message(&msg[5..]) {
         Ok(server_final) if known => {
+            let client_key = client_key(&verifier.stored_key, first, &server_first, &msg[5..])
+                .ok_or_else(|| AuthError::Failed(user_name.to_string()))?;
             encode::authentication_sasl_final(&mut client.wbuf, server_final.as_bytes());
-            Ok(())
+            Ok(client_key)
         }
         Ok(_) => Err(AuthError::Failed(user_name.to_string())),
         Err(pgwire::error::PgWireError::InvalidPassword(_)) => {
@@ -148,6 +198,29 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
             "malformed SCRAM message: {e}"
         ))),
     }
+}
+
+/// The ClientKey of an accepted exchange, from the messages exactly as they were sent:
+/// AuthMessage = client-first-bare (after the GS2 header's two commas), server-first,
+/// client-final-without-proof.
+fn client_key(stored_key: &[u8], first: &[u8], server_first: &str, last: &[u8]) -> Option<Vec<u8>> {
+    let bare_at = first
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b',')
+        .nth(1)?
+        .0
+        + 1;
+    let at = last.windows(3).rposition(|w| w == b",p=")?;
+    let proof = base64::engine::general_purpose::STANDARD
+        .decode(&last[at + 3..])
+        .ok()?;
+    let mut auth_message = first[bare_at..].to_vec();
+    auth_message.push(b',');
+    auth_message.extend_from_slice(server_first.as_bytes());
+    auth_message.push(b',');
+    auth_message.extend_from_slice(&last[..at]);
+    crate::server::passthrough::client_key_from_proof(stored_key, &auth_message, &proof)
 }
 
 /// The mechanism must be one offered, and agree with the client's channel binding flag
@@ -193,7 +266,7 @@ fn random_verifier() -> ScramVerifier {
 async fn md5_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     user_name: &str,
-    user: Option<&UserConfig>,
+    secret: Option<&UserSecret>,
 ) -> Result<(), AuthError> {
     let mut salt = [0u8; 4];
     rand::thread_rng().fill_bytes(&mut salt);
@@ -203,7 +276,7 @@ async fn md5_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let sent = crate::protocol::cstr(&msg[5..])
         .ok_or_else(|| AuthError::Malformed("malformed password message".into()))?
         .0;
-    let expected = match user.map(|u| &u.secret) {
+    let expected = match secret {
         Some(UserSecret::Plain { password, .. }) => {
             Some(postgres_protocol::authentication::md5_hash(
                 user_name.as_bytes(),
@@ -240,6 +313,36 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real client (postgres-protocol's) against pgwire's server with a verifier: the
+    /// ClientKey recovered from the raw messages hashes to the verifier's StoredKey.
+    #[test]
+    fn client_key_is_recovered_from_an_accepted_exchange() {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        let verifier =
+            ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"pw")).unwrap();
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
+        let first = client.message().to_vec();
+        let secret = ScramSecret::Verifier {
+            salt: verifier.salt.clone(),
+            iterations: verifier.iterations,
+            stored_key: verifier.stored_key.clone(),
+            server_key: verifier.server_key.clone(),
+        };
+        let (server_first, waiting) = ScramServerAuth::default()
+            .on_client_first_message_with_secret(&first, secret)
+            .unwrap();
+        client.update(server_first.as_bytes()).unwrap();
+        let last = client.message().to_vec();
+        let server_final = waiting.on_client_final_message(&last).unwrap();
+        client.finish(server_final.as_bytes()).unwrap();
+        let key = client_key(&verifier.stored_key, &first, &server_first, &last).unwrap();
+        let stored = ring::digest::digest(&ring::digest::SHA256, &key);
+        assert_eq!(stored.as_ref(), &verifier.stored_key[..]);
+        // Another server-first than the one the proof was made for: no key.
+        let other = server_first.replacen("r=", "r=x", 1);
+        assert!(client_key(&verifier.stored_key, &first, &other, &last).is_none());
+    }
 
     #[test]
     fn stored_md5_hash_gives_the_same_reply_as_the_password() {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
-use super::raw::{RawBackend, RawConfig, RawPeer, RawProxy, RawTenant, RawUser};
+use super::raw::{RawAuth, RawBackend, RawConfig, RawPeer, RawProxy, RawTenant, RawUser};
 
 const DOC: &str = include_str!("../../docs/CONFIGURATION.md");
 
@@ -78,6 +78,7 @@ fn sections() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("users", fields_of::<RawUser>()),
         ("tenants", fields_of::<RawTenant>()),
         ("peers", fields_of::<RawPeer>()),
+        ("auth", fields_of::<RawAuth>()),
     ])
 }
 

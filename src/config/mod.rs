@@ -4,6 +4,7 @@
 //! user's password into the verifier form client authentication needs. Every error names the
 //! file, the key and the problem.
 
+mod auth;
 mod raw;
 mod secret;
 mod summary;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use auth::{AuthLookupConfig, PassThrough};
 pub use secret::VerifierError;
 pub use tls::{ClientTls, ServerTls, SslMode, TlsAcceptorConfig};
 pub use validate::{auto_workers, is_setting_name, ConfigError};
@@ -32,6 +34,8 @@ pub struct Config {
     pub tenants: BTreeMap<String, Arc<TenantConfig>>,
     /// The other instances, by `instance_id`: where a cancel for their clients goes.
     pub peers: BTreeMap<u16, PeerConfig>,
+    /// `[auth]`: users not in `[users]` are looked up in the database (`None`: they are not).
+    pub auth_lookup: Option<AuthLookupConfig>,
 }
 
 /// The largest `instance_id`: it takes the 11 bits above the 20 random ones of a cancel
@@ -78,6 +82,7 @@ impl Config {
             pool_size: backend.pool_size,
             min_pool_size: backend.min_pool_size,
             tls: backend.tls.clone(),
+            pass_through: None,
         }
     }
 }
@@ -267,6 +272,9 @@ pub struct EndpointConfig {
     pub pool_size: usize,
     pub min_pool_size: usize,
     pub tls: ServerTls,
+    /// The login of an `[auth]` user's own endpoint: keys from the client's own login
+    /// instead of a password (then `password` is `None`).
+    pub pass_through: Option<PassThrough>,
 }
 
 /// `proxy.takeover_socket`: the Unix socket a new process takes this one over by.

@@ -29,6 +29,23 @@ pub(super) struct RawConfig {
     /// `[peers.N]`: the other instances, by their `instance_id`.
     #[serde(default)]
     pub peers: BTreeMap<String, RawPeer>,
+    /// `[auth]`: logins looked up in the database (see `super::auth`).
+    pub auth: Option<RawAuth>,
+}
+
+/// `[auth]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    pub backend: String,
+    /// Returns `(usename, passwd)` for the user name in `$1`.
+    pub auth_query: String,
+    #[serde(default = "default_auth_ttl")]
+    pub ttl: DurationText,
+}
+
+fn default_auth_ttl() -> DurationText {
+    DurationText("60s".into())
 }
 
 /// `[peers.N]`

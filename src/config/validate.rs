@@ -93,8 +93,10 @@ fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Problem> {
     }
     let proxy = proxy_config(raw.proxy, &tenants, &users)?;
     let peers = peers(raw.peers, proxy.instance_id)?;
+    let auth_lookup = super::auth::auth_lookup(raw.auth, &backends)?;
     Ok(Config {
         proxy,
+        auth_lookup,
         backends,
         users,
         tenants,
@@ -620,7 +622,7 @@ fn duration_or_off(path: &str, value: &DurationText) -> Result<Option<Duration>,
     Ok(Some(duration(path, value)?).filter(|d| !d.is_zero()))
 }
 
-fn nonzero_duration(path: &str, value: &DurationText) -> Result<Duration, Problem> {
+pub(super) fn nonzero_duration(path: &str, value: &DurationText) -> Result<Duration, Problem> {
     let parsed = duration(path, value)?;
     if parsed.is_zero() {
         return Err(format!("{path}: must be longer than 0s"));

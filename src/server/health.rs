@@ -122,6 +122,7 @@ mod tests {
     fn endpoint() -> EndpointConfig {
         EndpointConfig {
             tls: crate::config::ServerTls::disabled(),
+            pass_through: None,
             backend: "main".into(),
             host: "127.0.0.1".into(),
             port: 5432,

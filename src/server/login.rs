@@ -1,10 +1,11 @@
 //! Logging in to a server as an endpoint's user.
 
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncReadExt;
 
+use super::passthrough::{md5_reply, ServerScram};
 use super::{ServerConn, ServerError, ServerProtocol};
 use crate::protocol::backend::{self, AuthRequest, Backend};
 use crate::protocol::{encode, Scanned};
@@ -43,7 +44,7 @@ pub(super) async fn login(conn: &mut ServerConn) -> Result<(), ServerError> {
     );
     conn.write_all(&out).await?;
     let password = || ep.password.as_deref().ok_or(ServerError::NoPassword);
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<ServerScram> = None;
     loop {
         let msg = conn.read_message().await?;
         let decoded = backend::decode(&msg).map_err(ServerProtocol::from)?;
@@ -51,8 +52,21 @@ pub(super) async fn login(conn: &mut ServerConn) -> Result<(), ServerError> {
         match decoded {
             Backend::Authentication(req) => match req {
                 AuthRequest::Ok => {}
+                AuthRequest::Cleartext if ep.pass_through.is_some() => {
+                    return Err(ServerError::PassThrough(
+                        "the server asks for a cleartext password, which the proxy does not have",
+                    ));
+                }
                 AuthRequest::Cleartext => {
                     frontend::password_message(password()?.as_bytes(), &mut out)?;
+                }
+                AuthRequest::Md5 { salt } if ep.pass_through.is_some() => {
+                    let Some(crate::config::PassThrough::Md5(stored)) = &ep.pass_through else {
+                        return Err(ServerError::PassThrough(
+                            "the server asks for md5 and the user's password is stored as SCRAM",
+                        ));
+                    };
+                    frontend::password_message(md5_reply(stored, salt)?.as_bytes(), &mut out)?;
                 }
                 AuthRequest::Md5 { salt } => {
                     let hash = postgres_protocol::authentication::md5_hash(
@@ -69,7 +83,7 @@ pub(super) async fn login(conn: &mut ServerConn) -> Result<(), ServerError> {
                         )
                         .into());
                     }
-                    let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                    let s = ServerScram::new(ep.password.as_deref(), ep.pass_through.as_ref())?;
                     frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)?;
                     scram = Some(s);
                 }
@@ -77,14 +91,14 @@ pub(super) async fn login(conn: &mut ServerConn) -> Result<(), ServerError> {
                     let s = scram
                         .as_mut()
                         .ok_or(ServerProtocol::Unexpected("SASL message"))?;
-                    s.update(data).map_err(ServerError::Scram)?;
+                    s.update(data)?;
                     frontend::sasl_response(s.message(), &mut out)?;
                 }
                 AuthRequest::SaslFinal(data) => {
                     let s = scram
                         .as_mut()
                         .ok_or(ServerProtocol::Unexpected("SASL message"))?;
-                    s.finish(data).map_err(ServerError::Scram)?;
+                    s.finish(data)?;
                 }
                 AuthRequest::Other(n) => return Err(ServerProtocol::UnsupportedAuth(n).into()),
             },

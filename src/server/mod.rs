@@ -6,6 +6,7 @@ mod health;
 mod login;
 pub mod notify;
 mod params;
+pub mod passthrough;
 mod reason;
 pub mod tls;
 
@@ -82,6 +83,9 @@ pub enum ServerError {
     Scram(io::Error),
     #[error("server login needs a password and the backend has none")]
     NoPassword,
+    /// An `[auth]` user's own endpoint cannot log in the way the server asks.
+    #[error("cannot pass the client's login through to the server: {0}")]
+    PassThrough(&'static str),
     #[error("protocol error from server: {0}")]
     Protocol(#[from] ServerProtocol),
     #[error("I/O error on server connection: {0}")]
@@ -116,7 +120,9 @@ impl ServerError {
             ServerError::Tls { .. } => ConnectFailure::Tls,
             ServerError::Refused { code, .. } if code.starts_with("28") => ConnectFailure::Auth,
             ServerError::Refused { .. } => ConnectFailure::Refused,
-            ServerError::Scram(_) | ServerError::NoPassword => ConnectFailure::Auth,
+            ServerError::Scram(_) | ServerError::NoPassword | ServerError::PassThrough(_) => {
+                ConnectFailure::Auth
+            }
             ServerError::Protocol(_) => ConnectFailure::Protocol,
             ServerError::Io(_) => ConnectFailure::Io,
         }

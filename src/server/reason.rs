@@ -20,6 +20,9 @@ pub enum FailureReason {
     NotAllowed,
     /// The server asks for a password and the backend has none.
     NoPassword,
+    /// An `[auth]` user's own endpoint cannot log in the way the server asks (a cleartext
+    /// password; md5 for a SCRAM-stored password or SCRAM for an md5-stored one).
+    PassThrough,
     /// Nothing listens on the backend's host and port.
     ConnectionRefused,
     /// The host does not resolve or cannot be reached.
@@ -65,6 +68,7 @@ impl FailureReason {
             ServerError::Timeout { .. } => FailureReason::TimedOut,
             ServerError::Tls { .. } => FailureReason::Tls,
             ServerError::NoPassword => FailureReason::NoPassword,
+            ServerError::PassThrough(_) => FailureReason::PassThrough,
             ServerError::Scram(_) => FailureReason::Authentication,
             ServerError::Refused { code, .. } => refused(code),
             ServerError::Protocol(_) | ServerError::Io(_) => FailureReason::Protocol,
@@ -82,6 +86,10 @@ impl FailureReason {
                 .into(),
             FailureReason::NoPassword => "authentication failed: the server asks for a \
                 password and the backend has none; set password or password_env in proxy.toml"
+                .into(),
+            FailureReason::PassThrough => "authentication failed: the user's login cannot be \
+                passed through to the server (it asks for a cleartext password, or for md5 or \
+                SCRAM while the password is stored the other way); see docs/OPERATIONS.md"
                 .into(),
             FailureReason::ConnectionRefused => "connection refused: is PostgreSQL running \
                 and listening on the backend's host and port?"

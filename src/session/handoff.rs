@@ -17,6 +17,7 @@ use bytes::{Buf, BufMut, Bytes};
 use super::client::ClientCtx;
 use super::park::{ParkLot, Parked};
 use super::vsession::VSession;
+use crate::config::PassThrough;
 use crate::server::Params;
 use crate::shared::{ClientEntry, Shared};
 
@@ -61,6 +62,22 @@ pub fn encode(ctx: &ClientCtx, entry: &ClientEntry) -> Option<Vec<u8>> {
         put_bytes(&mut b, sql);
         put_bytes(&mut b, types);
     }
+    // An `[auth]` user's server login (its keys live only in this process's memory).
+    match &ctx.tenant.endpoint.config.pass_through {
+        None => b.put_u8(0),
+        Some(PassThrough::Scram {
+            client_key,
+            server_key,
+        }) => {
+            b.put_u8(1);
+            put_bytes(&mut b, client_key);
+            put_bytes(&mut b, server_key);
+        }
+        Some(PassThrough::Md5(hash)) => {
+            b.put_u8(2);
+            put_str(&mut b, hash);
+        }
+    }
     (b.len() <= MAX_STATE).then_some(b)
 }
 
@@ -104,6 +121,8 @@ pub struct Decoded {
     pub own_names: Vec<String>,
     /// (client name, query text, parameter-type bytes).
     pub statements: Vec<(Bytes, Bytes, Bytes)>,
+    /// How an `[auth]` user's own endpoint logs in (`None`: a configured user).
+    pub pass_through: Option<PassThrough>,
 }
 
 /// Why a record could not be read (a different version, or damage).
@@ -167,7 +186,7 @@ pub fn decode(state: &[u8]) -> Result<Decoded, BadState> {
         return Err(BadState("another version of the session state"));
     }
     let key = (r.u32()? as i32, r.u32()? as i32);
-    let decoded = Decoded {
+    let mut decoded = Decoded {
         key,
         user: r.string()?,
         tenant: r.string()?,
@@ -182,6 +201,16 @@ pub fn decode(state: &[u8]) -> Result<Decoded, BadState> {
         statements: (0..r.count()?)
             .map(|_| Ok((r.bytes()?, r.bytes()?, r.bytes()?)))
             .collect::<Result<_, _>>()?,
+        pass_through: None,
+    };
+    decoded.pass_through = match r.0.try_get_u8() {
+        Ok(0) => None,
+        Ok(1) => Some(PassThrough::Scram {
+            client_key: r.bytes()?.to_vec(),
+            server_key: r.bytes()?.to_vec(),
+        }),
+        Ok(2) => Some(PassThrough::Md5(r.string()?)),
+        _ => return Err(BadState("an unknown server login")),
     };
     if !r.0.is_empty() {
         return Err(BadState("bytes after the session state"));
@@ -210,11 +239,19 @@ pub fn adopt(moving: Moving, shared: &Arc<Shared>, lot: &Arc<ParkLot>) {
         }
     };
     let generation = shared.current();
-    let Some(tenant) = generation.registry.tenants.get(&d.tenant).cloned() else {
+    let Some(mut tenant) = generation.registry.tenants.get(&d.tenant).cloned() else {
         tracing::warn!(user = %d.user, tenant = %d.tenant,
             "takeover: this process does not serve the client's tenant; closing it");
         return;
     };
+    if let Some(keys) = &d.pass_through {
+        if generation.config.auth_lookup.is_none() {
+            tracing::warn!(user = %d.user, tenant = %d.tenant,
+                "takeover: a user found by auth_query, and this process has no [auth]; closing it");
+            return;
+        }
+        tenant = super::auth_query::own_runtime(&generation, &tenant, &d.user, keys, false);
+    }
     if shared.clients.contains_key(&d.key) || socket.set_nonblocking(true).is_err() {
         tracing::warn!(user = %d.user, tenant = %d.tenant,
             "takeover: could not take a client over; closing it");

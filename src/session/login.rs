@@ -128,21 +128,19 @@ pub(super) async fn login<S: crate::transport::ClientIo>(
         })
     };
     let user = config.users.get(&identity.user);
-    let auth = crate::auth::authenticate(
+    let auth = super::auth_query::authenticate(
         client,
-        config.proxy.auth,
+        shared,
+        config,
         &identity.user,
         user.map(|u| &**u),
         channel_binding,
     );
-    if let Err(e) = auth.await {
-        let reason = match e {
-            crate::auth::AuthError::Failed(_) => F::Password,
-            _ => F::Protocol,
-        };
-        // No message: the client left mid-exchange (psql does, to prompt for a password).
-        return e.to_client().map_or(Ok(None), |i| Err(fail(reason, i)));
-    }
+    let pass_through = match auth.await {
+        Ok(pass_through) => pass_through,
+        // `None`: the client left mid-exchange (psql does, to prompt for a password).
+        Err(e) => return e.map_or(Ok(None), |(reason, i)| Err(fail(reason, i))),
+    };
     // A client place only now (logins that never authenticate hold none), and no longer a
     // pending login.
     let Some(permit) = pending.admit() else {
@@ -154,9 +152,13 @@ pub(super) async fn login<S: crate::transport::ClientIo>(
             .map(|admin| admin.map(|a| (a, permit)))
             .map_err(|i| fail(F::AdminForbidden, i));
     }
-    let tenant_name = allowed_tenant(&identity, user).map_err(|(reason, i)| fail(reason, i))?;
+    let tenant_name = allowed_tenant(&identity, user, pass_through.is_some())
+        .map_err(|(reason, i)| fail(reason, i))?;
     // `identify` found the tenant in this same generation's config.
-    let tenant = generation.registry.tenants[&tenant_name].clone();
+    let mut tenant = generation.registry.tenants[&tenant_name].clone();
+    if let Some(keys) = &pass_through {
+        tenant = super::auth_query::own_runtime(&generation, &tenant, &identity.user, keys, true);
+    }
     admit_to_tenant(&tenant).map_err(|i| fail(F::TooManyClients, i))?;
     // Given back if the login does not finish: an error, or `client_login_timeout` while it
     // waits for a server connection (the future is dropped then).
@@ -202,10 +204,12 @@ impl Drop for TenantPlace {
 }
 
 /// The tenant the client named, if it exists and its (authenticated, so configured) user
-/// may use it.
+/// may use it. A user found by `auth_query` (`looked_up`) may name any tenant: its server
+/// login is its own role, whose grants decide what it sees.
 fn allowed_tenant(
     identity: &crate::tenant::Identity,
     user: Option<&std::sync::Arc<crate::config::UserConfig>>,
+    looked_up: bool,
 ) -> Result<String, (LoginFailure, ErrorInfo)> {
     let tenant_name = match &identity.tenant {
         Ok(name) => name.clone(),
@@ -214,7 +218,7 @@ fn allowed_tenant(
         }
         Err(e @ IdentifyError::NoneNamed) => return Err((LoginFailure::NoTenant, e.to_client())),
     };
-    if !user.is_some_and(|u| u.tenants.allows(&tenant_name)) {
+    if !looked_up && !user.is_some_and(|u| u.tenants.allows(&tenant_name)) {
         let message = format!(
             "user \"{}\" may not use tenant \"{tenant_name}\"",
             identity.user

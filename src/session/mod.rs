@@ -1,6 +1,7 @@
 //! One client's life: handshake -> authentication -> tenant -> login reply -> then, in
 //! transaction mode, `Idle <-> Linked(server)` until the client leaves -> cleanup.
 
+mod auth_query;
 mod checkout;
 mod cleanup;
 pub mod client;
@@ -569,6 +570,11 @@ fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionEr
     let Some(tenant) = generation.registry.tenants.get(&**name) else {
         return Err(SessionError::Removed(name.to_string()));
     };
+    // A user found by auth_query: its own endpoint, never the tenant's shared one.
+    if let Some(own) = auth_query::refreshed(generation, tenant, ctx)? {
+        ctx.tenant = own;
+        return Ok(());
+    }
     let allowed = generation
         .config
         .users

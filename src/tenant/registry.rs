@@ -62,6 +62,8 @@ pub struct Registry {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Failed server connection attempts by kind, over every endpoint (and every reload).
     pub connect_failures: Arc<KindCounts<ConnectFailure>>,
+    /// The own endpoints of users found by `auth_query` (carried over by reloads).
+    pub user_endpoints: super::user_endpoints::UserEndpoints,
 }
 
 static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(1);
@@ -117,6 +119,9 @@ impl Registry {
             tenants,
             endpoints,
             connect_failures,
+            user_endpoints: old
+                .map(|o| o.user_endpoints.carry_over(config))
+                .unwrap_or_default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod auth_query;
 mod collision;
 mod diagnose;
 mod faults;

@@ -286,3 +286,35 @@ async fn takeover_with_no_running_process_says_so() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_found_by_auth_query_moves_and_still_logs_in_as_itself() {
+    let server =
+        crate::auth_query::server("scram-sha-256", &[("alice", "alice_pw", "scram-sha-256")]);
+    let text = ProxyOptions::default()
+        .extra(&format!("{}ttl = \"60s\"\n", crate::auth_query::AUTH))
+        .toml(server.host(), server.port());
+    let mut old = Binary::start(&text).await;
+    let conn = format!(
+        "host=127.0.0.1 port={} user=alice password=alice_pw dbname=app \
+         options='-c tenant=t1' connect_timeout=10",
+        old.port
+    );
+    let client = connect(&conn).await.expect("alice logs in");
+    let whoami = "SELECT current_user || ' ' || tenant FROM whoami";
+    assert_eq!(
+        simple_value(&client, whoami).await.unwrap().as_deref(),
+        Some("alice t1")
+    );
+    let new = old.take_over().await;
+    assert!(old.wait(Duration::from_secs(30)).await.success());
+    // The old process's server connections are gone: the new one logs in as alice with
+    // the keys that moved with her session (no password for her anywhere).
+    assert_eq!(
+        simple_value(&client, whoami).await.unwrap().as_deref(),
+        Some("alice t1")
+    );
+    assert!(old.log().contains("sent=1 lost=0"), "{}", old.log());
+    old.check_log();
+    new.check_log();
+}
