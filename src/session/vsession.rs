@@ -15,15 +15,17 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use postgres_protocol::escape::escape_literal;
 
+use crate::intern::Interner;
 use crate::protocol::sql::{pin, Effects};
 use crate::server::{tracked_name, Params};
 
-/// Settings the client holds beyond its defaults, as the server reported them.
-#[derive(Debug, PartialEq, Eq)]
+/// Settings the client holds beyond its defaults, as the server reported them. Clients
+/// left in the same state (the same app's statements, in the same tenant) share one.
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Snapshot {
     /// `(name, value)` in the order they are applied (roles last).
     pub entries: Vec<(String, String)>,
@@ -31,6 +33,9 @@ pub struct Snapshot {
     pub sql: String,
     pub hash: u64,
 }
+
+/// Every client's snapshot, by content.
+static SNAPSHOTS: LazyLock<Interner<Snapshot>> = LazyLock::new(Interner::default);
 
 /// The names a client's defaults set: its tenant's (`search_path`, settings), its own
 /// startup options, and the server login (what `session_authorization` is by default).
@@ -164,7 +169,8 @@ impl VSession {
             }
         }
         entries.extend(roles);
-        let snapshot = (!entries.is_empty()).then(|| Arc::new(Snapshot::new(entries)));
+        let snapshot =
+            (!entries.is_empty()).then(|| SNAPSHOTS.intern(Arc::new(Snapshot::new(entries))));
         if snapshot.is_some() || self.snapshot().is_some() {
             self.inner().snapshot = snapshot;
         }
@@ -203,7 +209,8 @@ impl VSession {
 }
 
 impl Snapshot {
-    fn new(entries: Vec<(String, String)>) -> Snapshot {
+    fn new(mut entries: Vec<(String, String)>) -> Snapshot {
+        entries.shrink_to_fit();
         let mut h = DefaultHasher::new();
         entries.hash(&mut h);
         let mut sql = String::from("SELECT ");
@@ -218,6 +225,7 @@ impl Snapshot {
             sql.push_str(", false)");
         }
         sql.push(';');
+        sql.shrink_to_fit();
         Snapshot {
             entries,
             sql,
@@ -318,6 +326,32 @@ mod tests {
         vs.captured(rows(&[]), &d);
         assert!(vs.snapshot().is_none());
         assert_ne!(h, vs.settings_hash());
+    }
+
+    #[test]
+    fn clients_left_in_the_same_state_share_one_snapshot() {
+        let d = Defaults {
+            tenant: Arc::new([]),
+            startup: vec![],
+            login_user: "app".into(),
+        };
+        let state = rows(&[("search_path", Some("t1, public")), ("x.y", Some("1"))]);
+        let (mut a, mut b, mut c) = (
+            VSession::default(),
+            VSession::default(),
+            VSession::default(),
+        );
+        a.captured(state.clone(), &d);
+        b.captured(state, &d);
+        c.captured(rows(&[("search_path", Some("t2, public"))]), &d);
+        let (sa, sb) = (a.snapshot().unwrap(), b.snapshot().unwrap());
+        assert!(Arc::ptr_eq(sa, sb));
+        assert!(!Arc::ptr_eq(sa, c.snapshot().unwrap()));
+        assert_eq!(a.settings_hash(), b.settings_hash());
+        // One client moving on leaves the other's state as it was.
+        a.captured(rows(&[("x.y", Some("2"))]), &d);
+        assert_eq!(b.snapshot().unwrap().entries.len(), 2);
+        assert_ne!(a.settings_hash(), b.settings_hash());
     }
 
     #[test]
