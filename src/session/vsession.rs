@@ -54,13 +54,17 @@ impl Defaults {
     }
 }
 
-/// The session state of one client beyond its defaults (`None`: nothing, the usual case).
+/// The session state of one client beyond its defaults (both `None`: nothing, the usual
+/// case). The snapshot sits outside the box: a client whose state is only settings (a pool
+/// that runs `RESET ALL` at release leaves every client so) holds one shared pointer.
 #[derive(Debug, Default)]
-pub struct VSession(Option<Box<Inner>>);
+pub struct VSession {
+    snapshot: Option<Arc<Snapshot>>,
+    rest: Option<Box<Inner>>,
+}
 
 #[derive(Debug, Default)]
 struct Inner {
-    snapshot: Option<Arc<Snapshot>>,
     /// Setting names the client's own statements named (lower case): custom ones are
     /// read at every capture (`pg_settings` does not list them).
     own_names: Vec<String>,
@@ -78,7 +82,7 @@ struct Memo {
 
 impl VSession {
     fn inner(&mut self) -> &mut Inner {
-        self.0.get_or_insert_default()
+        self.rest.get_or_insert_default()
     }
 
     /// Records the setting names a statement names.
@@ -95,7 +99,7 @@ impl VSession {
     }
 
     pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
-        self.0.as_ref()?.snapshot.as_ref()
+        self.snapshot.as_ref()
     }
 
     /// Identity of the snapshot (`0`: none).
@@ -104,7 +108,7 @@ impl VSession {
     }
 
     pub fn pins(&self) -> u8 {
-        self.0.as_ref().map_or(0, |i| i.pins)
+        self.rest.as_ref().map_or(0, |i| i.pins)
     }
 
     pub fn set_pins(&mut self, pins: u8) {
@@ -125,7 +129,7 @@ impl VSession {
              UNION ALL SELECT 'role', pg_catalog.current_setting('role')",
         );
         let own = self
-            .0
+            .rest
             .as_ref()
             .map(|i| i.own_names.as_slice())
             .unwrap_or(&[]);
@@ -171,9 +175,7 @@ impl VSession {
         entries.extend(roles);
         let snapshot =
             (!entries.is_empty()).then(|| SNAPSHOTS.intern(Arc::new(Snapshot::new(entries))));
-        if snapshot.is_some() || self.snapshot().is_some() {
-            self.inner().snapshot = snapshot;
-        }
+        self.snapshot = snapshot;
     }
 
     /// Remembers a plain `SET` the server just ran, with the state it left (`params`: the
@@ -190,10 +192,10 @@ impl VSession {
     /// Whether `text` is the plain `SET` that left the client exactly in its current state:
     /// then running it again changes nothing, and the proxy may answer it itself.
     pub fn is_repeated_set(&self, text: &[u8], params: &Params) -> bool {
-        let Some(inner) = self.0.as_ref() else {
+        let Some(inner) = self.rest.as_ref() else {
             return false;
         };
-        let snapshot = inner.snapshot.as_ref().map_or(0, |s| s.hash);
+        let snapshot = self.settings_hash();
         inner
             .memo
             .as_ref()
@@ -202,7 +204,7 @@ impl VSession {
 
     /// Forgets the memo (anything else the client runs may have changed what it assumed).
     pub fn forget_memo(&mut self) {
-        if let Some(inner) = self.0.as_mut() {
+        if let Some(inner) = self.rest.as_mut() {
             inner.memo = None;
         }
     }
