@@ -7,7 +7,8 @@
 //! for the session's settings before the connection goes back to the pool (a *capture*: one
 //! query, only after such transactions) and keeps what differs from the client's defaults
 //! as a [`Snapshot`]: the state the next checkout re-applies, wherever it lands. Most
-//! clients never set anything: their virtual session is one null pointer.
+//! clients never set anything: their virtual session is two null pointers. Clients left in
+//! the same state share one snapshot ([`crate::intern`]).
 //!
 //! It also keeps the client's session objects as [`pin`] bits (temp tables, session
 //! advisory locks, LISTEN, WITH HOLD cursors, SQL PREPARE), which keep the client on its
