@@ -11,8 +11,11 @@ started (memory a previous run freed would be reused and hide the cost); one cli
 driver logs in and runs a query (so the pools exist); RSS is read; N clients of the driver
 connect as the driver normally does (tenants t1..t64 in turn, named by `options` as
 scenario 7 does: PgBouncer ignores it) and then stay idle; RSS is read again 3 s after the
-last login (pgtenant parks clients idle for 1 s). Bytes per idle client = RSS growth / N;
-the table shows the median over the rounds.
+last login (pgtenant parks clients idle for 1 s). Bytes per idle client = RSS growth / N.
+Then each client makes one *use* (a `SELECT 1`; asyncpg also the `reset()` an asyncpg Pool
+runs at release) and idles again, and RSS is read once more, 3 s later. The table shows the
+medians over the rounds. `--application-name NAME` makes every client send one, as an
+app's fleet does.
 
 Before measuring, it logs once what each driver sends in its startup packet (a fake server
 that reads it) and what it runs at connect (`log_statement = all` on a direct connection).

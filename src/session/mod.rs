@@ -202,7 +202,6 @@ fn park_session<S: ClientIo>(s: Session<S>, shared: &Arc<Shared>) {
             return;
         }
     };
-    // What it holds alike with other clients becomes their shared copy.
     ctx.share_alike();
     let parked = park::Parked {
         socket,
