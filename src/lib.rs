@@ -7,6 +7,8 @@
 //!   inspects, every encoder, SQLSTATEs, the SQL scanner. No I/O.
 //! - [`kinds`]: error kinds as fixed metric label sets.
 //! - [`cli`]: the command line (clap derive).
+//! - [`intern`]: values many clients hold alike (parameter sets, settings, user names),
+//!   shared by content.
 //! - [`pool`]: endpoints, per-tenant logical pools, fair waiting. Knows nothing of the protocol.
 //! - [`cancel`]: client cancel keys and forwarding cancels to the server a client is linked to.
 //! - [`server`]: one server connection: connect, log in, the state it carries.
@@ -38,6 +40,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod intern;
 pub mod kinds;
 pub mod listener;
 pub mod localpg;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// The order of docs/ARCHITECTURE.md; modules on one line may not use each other.
 const ORDER: &[&[&str]] = &[
-    &["config", "protocol", "kinds", "cli"],
+    &["config", "protocol", "kinds", "cli", "intern"],
     &["pool"],
     &["cancel"],
     &["server"],

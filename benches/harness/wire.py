@@ -119,11 +119,12 @@ class Connection:
         password: str,
         options: str | None = None,
         timeout: float = 30.0,
+        extra: dict[str, str] | None = None,
     ) -> "Connection":
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         conn = cls(reader, writer)
         try:
-            await asyncio.wait_for(conn._startup(user, database, password, options), timeout)
+            await asyncio.wait_for(conn._startup(user, database, password, options, extra), timeout)
         except BaseException:
             writer.close()
             raise
@@ -134,10 +135,12 @@ class Connection:
         (length,) = struct.unpack("!i", head[1:])
         return head[:1], await self.reader.readexactly(length - 4)
 
-    async def _startup(self, user: str, database: str, password: str, options: str | None):
+    async def _startup(self, user: str, database: str, password: str, options: str | None,
+                       extra: dict[str, str] | None = None):
         params = {"user": user, "database": database}
         if options:
             params["options"] = options
+        params.update(extra or {})
         body = struct.pack("!i", PROTOCOL_V3)
         for k, v in params.items():
             body += k.encode() + b"\0" + v.encode() + b"\0"

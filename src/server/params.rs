@@ -1,6 +1,8 @@
 //! Reported run-time parameters (ParameterStatus) of a session.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use crate::intern::Interner;
 
 /// Parameters PostgreSQL reports that a client may change and the proxy re-applies at
 /// checkout (per client). Others (server_version, is_superuser, ...) are the server's.
@@ -23,7 +25,7 @@ pub const TRACKED_PARAMS: [&str; 6] = [
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params(Arc<Entries>);
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 struct Entries {
     all: Vec<(Arc<str>, Arc<[u8]>)>,
     /// Position in `all` of each of [`TRACKED_PARAMS`], if present.
@@ -52,7 +54,27 @@ impl Entries {
     }
 }
 
+/// Every client's parameter set, by content: clients that asked for the same values (a
+/// fleet of one app sends the same `application_name`) share one copy ([`Params::shared`]).
+static SETS: LazyLock<Interner<Entries>> = LazyLock::new(Interner::default);
+
 impl Params {
+    /// The copy of these values that every client holding the same shares (a fresh one
+    /// loses its spare capacity first). Changing a shared set copies it, as for any clone.
+    pub fn shared(self) -> Params {
+        let mut entries = self.0;
+        if let Some(fresh) = Arc::get_mut(&mut entries) {
+            fresh.all.shrink_to_fit();
+            fresh.tracked_key.shrink_to_fit();
+        }
+        Params(SETS.intern(entries))
+    }
+
+    /// Whether both are the same copy (not just equal values).
+    pub fn same_copy(&self, other: &Params) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.0
             .all
@@ -152,5 +174,32 @@ mod tests {
         );
         assert!(Params::default().same_tracked(&Params::default()));
         assert_eq!(p.get("server_version"), Some(&b"18"[..]));
+    }
+
+    #[test]
+    fn equal_sets_are_one_copy_and_stay_copy_on_write() {
+        let mut server = Params::default();
+        server.set("server_version", b"18.0");
+        server.set("application_name", b"");
+        let login = |app: &[u8]| {
+            let mut p = server.clone();
+            p.set("application_name", app);
+            p.shared()
+        };
+        let (a, b, other) = (login(b"orders"), login(b"orders"), login(b"billing"));
+        assert!(
+            a.same_copy(&b),
+            "two clients that asked for the same values"
+        );
+        assert!(!a.same_copy(&other));
+        assert!(!a.same_copy(&server), "a changed set is a copy of its own");
+        assert!(login(b"").same_copy(&server.clone().shared()));
+        // A client that changes a value later gets its own copy; the others keep theirs.
+        let mut a = a;
+        assert!(a.set("TimeZone", b"UTC"));
+        assert_eq!(b.get("TimeZone"), None);
+        assert_eq!(a.get("application_name"), Some(&b"orders"[..]));
+        let c = login(b"orders");
+        assert!(c.same_copy(&b) && !c.same_copy(&a));
     }
 }

@@ -3,8 +3,9 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use crate::intern::Interner;
 use crate::protocol::encode::ErrorInfo;
 use crate::protocol::sqlstate;
 use crate::protocol::startup::parse_options;
@@ -118,18 +119,16 @@ fn normalize_encoding(value: &str) -> String {
 }
 
 pub struct ClientCtx {
-    /// Shared with the client's console entry.
+    /// Shared with the client's console entry (and with every client of the same name).
     pub user: Arc<str>,
     pub tenant: Arc<TenantRuntime>,
     /// Reported parameter values as this client knows them.
     pub params: Params,
     /// Reported parameter values as of login: what `RESET ALL` returns the client to.
     pub login_params: Params,
-    /// The client's own startup settings (`-c name=value`) as SQL (empty when none).
-    pub settings_sql: String,
-    /// Those settings (`None`: none, the usual case, with nothing allocated).
-    startup_settings: Option<Arc<[(String, String)]>>,
-    settings_hash: u64,
+    /// The client's own startup settings (`-c name=value`; `None`: none, the usual case,
+    /// with nothing allocated).
+    startup: Option<Arc<StartupSettings>>,
     /// Whether the client's settings have been applied once without error.
     pub settings_verified: bool,
     pub key: (i32, i32),
@@ -140,6 +139,31 @@ pub struct ClientCtx {
     /// The channels it listens on through its endpoint's LISTEN connection.
     pub listening: Option<Box<Listening>>,
 }
+
+/// A client's own startup settings, shared by every client that sent the same ones.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct StartupSettings {
+    list: Box<[(String, String)]>,
+    /// `list` as SQL.
+    sql: Box<str>,
+    /// Identity of `sql` (see [`ClientCtx::wanted_state`]).
+    hash: u64,
+}
+
+/// Every client's startup settings, by content.
+static STARTUP_SETTINGS: LazyLock<Interner<StartupSettings>> = LazyLock::new(Interner::default);
+/// Every client's user name, by content.
+static USER_NAMES: LazyLock<Interner<str>> = LazyLock::new(Interner::default);
+
+/// The identity of a client's startup settings as SQL.
+fn sql_hash(sql: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    sql.hash(&mut h);
+    h.finish()
+}
+
+/// [`sql_hash`] of no settings (`""`).
+static NO_SETTINGS_HASH: LazyLock<u64> = LazyLock::new(|| sql_hash(""));
 
 /// A client's LISTENs served by the endpoint's hub ([`crate::server::notify`]).
 pub struct Listening {
@@ -156,18 +180,39 @@ impl ClientCtx {
         params: Params,
         key: (i32, i32),
     ) -> Self {
-        let settings_sql = settings_sql(&info.settings);
-        let mut h = DefaultHasher::new();
-        settings_sql.hash(&mut h);
-        ClientCtx {
-            user: user.into(),
+        ClientCtx::made(
+            user,
             tenant,
-            login_params: params.clone(),
+            info.settings.clone(),
+            params.clone(),
             params,
-            settings_verified: settings_sql.is_empty(),
-            settings_sql,
-            startup_settings: (!info.settings.is_empty()).then(|| info.settings.clone().into()),
-            settings_hash: h.finish(),
+            key,
+        )
+    }
+
+    fn made(
+        user: String,
+        tenant: Arc<TenantRuntime>,
+        settings: Vec<(String, String)>,
+        params: Params,
+        login_params: Params,
+        key: (i32, i32),
+    ) -> Self {
+        let startup = (!settings.is_empty()).then(|| {
+            let sql = settings_sql(&settings);
+            STARTUP_SETTINGS.intern(Arc::new(StartupSettings {
+                list: settings.into(),
+                hash: sql_hash(&sql),
+                sql: sql.into(),
+            }))
+        });
+        ClientCtx {
+            user: USER_NAMES.intern(user.into()),
+            tenant,
+            login_params: login_params.shared(),
+            params: params.shared(),
+            settings_verified: startup.is_none(),
+            startup,
             key,
             stmts: Default::default(),
             vs: Default::default(),
@@ -185,35 +230,31 @@ impl ClientCtx {
         login_params: Params,
         key: (i32, i32),
     ) -> Self {
-        let settings_sql = settings_sql(&settings);
-        let mut h = DefaultHasher::new();
-        settings_sql.hash(&mut h);
-        ClientCtx {
-            user: user.into(),
-            tenant,
-            login_params,
-            params,
-            settings_verified: settings_sql.is_empty(),
-            settings_sql,
-            startup_settings: (!settings.is_empty()).then(|| settings.into()),
-            settings_hash: h.finish(),
-            key,
-            stmts: Default::default(),
-            vs: Default::default(),
-            listening: None,
-        }
+        ClientCtx::made(user, tenant, settings, params, login_params, key)
     }
 
     /// The client's startup settings.
     pub fn startup_settings(&self) -> &[(String, String)] {
-        self.startup_settings.as_deref().unwrap_or(&[])
+        self.startup.as_ref().map_or(&[], |s| &s.list)
+    }
+
+    /// The client's startup settings as SQL (empty when none).
+    pub fn settings_sql(&self) -> &str {
+        self.startup.as_ref().map_or("", |s| &s.sql)
+    }
+
+    /// Before the client parks: what it holds that other clients hold alike becomes their
+    /// one shared copy (its reported parameters may have changed since login).
+    pub fn share_alike(&mut self) {
+        self.params = std::mem::take(&mut self.params).shared();
+        self.login_params = std::mem::take(&mut self.login_params).shared();
     }
 
     /// What the state [`ClientCtx::wanted_state`] names sets: the tenant's settings, then
     /// the client's startup settings and its own (captured) ones.
     pub fn setting_names(&self) -> SettingNames {
         let snapshot = self.vs.snapshot();
-        let client: Arc<[String]> = if self.startup_settings.is_none() && snapshot.is_none() {
+        let client: Arc<[String]> = if self.startup.is_none() && snapshot.is_none() {
             NO_NAMES.with(|none| none.clone())
         } else {
             self.startup_settings()
@@ -267,7 +308,8 @@ impl ClientCtx {
     pub fn wanted_state(&self) -> StateKey {
         StateKey {
             tenant: self.tenant.state_id,
-            client_settings: self.settings_hash ^ self.vs.settings_hash().rotate_left(17),
+            client_settings: self.startup.as_ref().map_or(*NO_SETTINGS_HASH, |s| s.hash)
+                ^ self.vs.settings_hash().rotate_left(17),
         }
     }
 }
@@ -342,5 +384,80 @@ mod tests {
                 .code,
             "08P01"
         );
+    }
+}
+
+#[cfg(test)]
+mod sharing_tests {
+    use super::*;
+
+    fn tenant() -> Arc<TenantRuntime> {
+        let text = "[backends.main]\nhost='h'\ndatabase='d'\nuser='u'\npassword='p'\n[users.app]\npassword='x'\n[tenants.t]\nbackend='main'\n";
+        let config = crate::config::Config::from_toml_str(text, "t").unwrap();
+        crate::tenant::registry::Registry::build(&config).tenants["t"].clone()
+    }
+
+    fn login(tenant: &Arc<TenantRuntime>, startup: &[(&str, &str)]) -> ClientCtx {
+        let mut params = Params::default();
+        params.set("server_version", b"18.0");
+        let list = startup
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .chain([("user".into(), "app".into())])
+            .collect();
+        let info = read_startup(list).unwrap();
+        for (name, value) in &info.reported {
+            params.set(name, value.as_bytes());
+        }
+        ClientCtx::new("app".into(), tenant.clone(), &info, params, (1, 2))
+    }
+
+    #[test]
+    fn clients_that_log_in_alike_share_what_they_hold() {
+        let t = tenant();
+        let app = [
+            ("application_name", "orders"),
+            ("options", "-c statement_timeout=5s"),
+        ];
+        let (a, b) = (login(&t, &app), login(&t, &app));
+        assert!(Arc::ptr_eq(&a.user, &b.user), "one user name");
+        assert!(a.params.same_copy(&b.params), "one parameter set");
+        assert!(a.login_params.same_copy(&b.params));
+        let (sa, sb) = (a.startup.as_ref().unwrap(), b.startup.as_ref().unwrap());
+        assert!(Arc::ptr_eq(sa, sb), "one set of startup settings");
+        assert_eq!(a.settings_sql(), b.settings_sql());
+        assert_eq!(a.wanted_state(), b.wanted_state());
+        let c = login(&t, &[("application_name", "billing")]);
+        assert!(!c.params.same_copy(&a.params));
+        assert_eq!(c.params.get("application_name"), Some(&b"billing"[..]));
+        assert!(c.startup.is_none() && c.settings_sql().is_empty());
+        assert_ne!(c.wanted_state(), a.wanted_state());
+        let d = login(&t, &[("options", "-c statement_timeout=6s")]);
+        assert_ne!(
+            d.wanted_state(),
+            a.wanted_state(),
+            "other settings, other state"
+        );
+    }
+
+    #[test]
+    fn a_client_changed_after_login_shares_again_when_it_parks() {
+        let t = tenant();
+        let mut a = login(&t, &[]);
+        let b = login(&t, &[("TimeZone", "UTC")]);
+        // What a ParameterStatus does while a is linked: a copy of its own.
+        a.params.set("TimeZone", b"UTC");
+        assert!(!a.params.same_copy(&b.params));
+        a.share_alike();
+        assert!(a.params.same_copy(&b.params), "parked: the shared copy");
+        assert_eq!(a.login_params.get("TimeZone"), None, "login values kept");
+    }
+
+    #[test]
+    fn an_idle_client_context_is_small() {
+        // Every parked client holds one (boxed): 128 bytes while the startup settings
+        // were three fields of their own.
+        let size = std::mem::size_of::<ClientCtx>();
+        assert!(size <= 96, "ClientCtx is {size} bytes");
     }
 }

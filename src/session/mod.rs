@@ -207,6 +207,7 @@ fn park_session<S: ClientIo>(s: Session<S>, shared: &Arc<Shared>) {
             return;
         }
     };
+    ctx.share_alike();
     let parked = park::Parked {
         socket,
         // A fresh copy: the old box was allocated amid the login's short-lived allocations;

@@ -87,7 +87,7 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
             Some(snapshot) => sql.push_str(&snapshot.sql),
             None => {
                 sql.push_str(&ctx.tenant.state_sql);
-                sql.push_str(&ctx.settings_sql);
+                sql.push_str(ctx.settings_sql());
             }
         }
     }

@@ -7,7 +7,8 @@
 //! for the session's settings before the connection goes back to the pool (a *capture*: one
 //! query, only after such transactions) and keeps what differs from the client's defaults
 //! as a [`Snapshot`]: the state the next checkout re-applies, wherever it lands. Most
-//! clients never set anything: their virtual session is one null pointer.
+//! clients never set anything: their virtual session is two null pointers. Clients left in
+//! the same state share one snapshot ([`crate::intern`]).
 //!
 //! It also keeps the client's session objects as [`pin`] bits (temp tables, session
 //! advisory locks, LISTEN, WITH HOLD cursors, SQL PREPARE), which keep the client on its
@@ -15,15 +16,17 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use postgres_protocol::escape::escape_literal;
 
+use crate::intern::Interner;
 use crate::protocol::sql::{pin, Effects};
 use crate::server::{tracked_name, Params};
 
-/// Settings the client holds beyond its defaults, as the server reported them.
-#[derive(Debug, PartialEq, Eq)]
+/// Settings the client holds beyond its defaults, as the server reported them. Clients
+/// left in the same state (the same app's statements, in the same tenant) share one.
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Snapshot {
     /// `(name, value)` in the order they are applied (roles last).
     pub entries: Vec<(String, String)>,
@@ -31,6 +34,9 @@ pub struct Snapshot {
     pub sql: String,
     pub hash: u64,
 }
+
+/// Every client's snapshot, by content.
+static SNAPSHOTS: LazyLock<Interner<Snapshot>> = LazyLock::new(Interner::default);
 
 /// The names a client's defaults set: its tenant's (`search_path`, settings), its own
 /// startup options, and the server login (what `session_authorization` is by default).
@@ -49,13 +55,17 @@ impl Defaults {
     }
 }
 
-/// The session state of one client beyond its defaults (`None`: nothing, the usual case).
+/// The session state of one client beyond its defaults (both `None`: nothing, the usual
+/// case). The snapshot sits outside the box: a client whose state is only settings (a pool
+/// that runs `RESET ALL` at release leaves every client so) holds one shared pointer.
 #[derive(Debug, Default)]
-pub struct VSession(Option<Box<Inner>>);
+pub struct VSession {
+    snapshot: Option<Arc<Snapshot>>,
+    rest: Option<Box<Inner>>,
+}
 
 #[derive(Debug, Default)]
 struct Inner {
-    snapshot: Option<Arc<Snapshot>>,
     /// Setting names the client's own statements named (lower case): custom ones are
     /// read at every capture (`pg_settings` does not list them).
     own_names: Vec<String>,
@@ -73,7 +83,7 @@ struct Memo {
 
 impl VSession {
     fn inner(&mut self) -> &mut Inner {
-        self.0.get_or_insert_default()
+        self.rest.get_or_insert_default()
     }
 
     /// Records the setting names a statement names.
@@ -90,7 +100,7 @@ impl VSession {
     }
 
     pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
-        self.0.as_ref()?.snapshot.as_ref()
+        self.snapshot.as_ref()
     }
 
     /// Identity of the snapshot (`0`: none).
@@ -99,7 +109,7 @@ impl VSession {
     }
 
     pub fn pins(&self) -> u8 {
-        self.0.as_ref().map_or(0, |i| i.pins)
+        self.rest.as_ref().map_or(0, |i| i.pins)
     }
 
     pub fn set_pins(&mut self, pins: u8) {
@@ -120,7 +130,7 @@ impl VSession {
              UNION ALL SELECT 'role', pg_catalog.current_setting('role')",
         );
         let own = self
-            .0
+            .rest
             .as_ref()
             .map(|i| i.own_names.as_slice())
             .unwrap_or(&[]);
@@ -164,10 +174,9 @@ impl VSession {
             }
         }
         entries.extend(roles);
-        let snapshot = (!entries.is_empty()).then(|| Arc::new(Snapshot::new(entries)));
-        if snapshot.is_some() || self.snapshot().is_some() {
-            self.inner().snapshot = snapshot;
-        }
+        let snapshot =
+            (!entries.is_empty()).then(|| SNAPSHOTS.intern(Arc::new(Snapshot::new(entries))));
+        self.snapshot = snapshot;
     }
 
     /// Remembers a plain `SET` the server just ran, with the state it left (`params`: the
@@ -184,10 +193,10 @@ impl VSession {
     /// Whether `text` is the plain `SET` that left the client exactly in its current state:
     /// then running it again changes nothing, and the proxy may answer it itself.
     pub fn is_repeated_set(&self, text: &[u8], params: &Params) -> bool {
-        let Some(inner) = self.0.as_ref() else {
+        let Some(inner) = self.rest.as_ref() else {
             return false;
         };
-        let snapshot = inner.snapshot.as_ref().map_or(0, |s| s.hash);
+        let snapshot = self.settings_hash();
         inner
             .memo
             .as_ref()
@@ -198,41 +207,42 @@ impl VSession {
     /// snapshot's entries and the setting names the client named. The memo is left out
     /// (the next `SET` is then forwarded, as after any other change).
     pub fn export(&self) -> (Vec<(String, String)>, Vec<String>) {
-        match &self.0 {
-            None => (Vec::new(), Vec::new()),
-            Some(inner) => (
-                inner
-                    .snapshot
-                    .as_ref()
-                    .map_or_else(Vec::new, |s| s.entries.clone()),
-                inner.own_names.clone(),
-            ),
-        }
+        (
+            self.snapshot
+                .as_ref()
+                .map_or_else(Vec::new, |s| s.entries.clone()),
+            self.rest
+                .as_ref()
+                .map_or_else(Vec::new, |r| r.own_names.clone()),
+        )
     }
 
     /// The session [`VSession::export`] described (no pins: a pinned client never moves).
     pub fn import(entries: Vec<(String, String)>, own_names: Vec<String>) -> VSession {
-        if entries.is_empty() && own_names.is_empty() {
-            return VSession::default();
+        VSession {
+            snapshot: (!entries.is_empty())
+                .then(|| SNAPSHOTS.intern(Arc::new(Snapshot::new(entries)))),
+            rest: (!own_names.is_empty()).then(|| {
+                Box::new(Inner {
+                    own_names,
+                    memo: None,
+                    pins: 0,
+                })
+            }),
         }
-        VSession(Some(Box::new(Inner {
-            snapshot: (!entries.is_empty()).then(|| Arc::new(Snapshot::new(entries))),
-            own_names,
-            memo: None,
-            pins: 0,
-        })))
     }
 
     /// Forgets the memo (anything else the client runs may have changed what it assumed).
     pub fn forget_memo(&mut self) {
-        if let Some(inner) = self.0.as_mut() {
+        if let Some(inner) = self.rest.as_mut() {
             inner.memo = None;
         }
     }
 }
 
 impl Snapshot {
-    fn new(entries: Vec<(String, String)>) -> Snapshot {
+    fn new(mut entries: Vec<(String, String)>) -> Snapshot {
+        entries.shrink_to_fit();
         let mut h = DefaultHasher::new();
         entries.hash(&mut h);
         let mut sql = String::from("SELECT ");
@@ -247,6 +257,7 @@ impl Snapshot {
             sql.push_str(", false)");
         }
         sql.push(';');
+        sql.shrink_to_fit();
         Snapshot {
             entries,
             sql,
@@ -347,6 +358,32 @@ mod tests {
         vs.captured(rows(&[]), &d);
         assert!(vs.snapshot().is_none());
         assert_ne!(h, vs.settings_hash());
+    }
+
+    #[test]
+    fn clients_left_in_the_same_state_share_one_snapshot() {
+        let d = Defaults {
+            tenant: Arc::new([]),
+            startup: vec![],
+            login_user: "app".into(),
+        };
+        let state = rows(&[("search_path", Some("t1, public")), ("x.y", Some("1"))]);
+        let (mut a, mut b, mut c) = (
+            VSession::default(),
+            VSession::default(),
+            VSession::default(),
+        );
+        a.captured(state.clone(), &d);
+        b.captured(state, &d);
+        c.captured(rows(&[("search_path", Some("t2, public"))]), &d);
+        let (sa, sb) = (a.snapshot().unwrap(), b.snapshot().unwrap());
+        assert!(Arc::ptr_eq(sa, sb));
+        assert!(!Arc::ptr_eq(sa, c.snapshot().unwrap()));
+        assert_eq!(a.settings_hash(), b.settings_hash());
+        // One client moving on leaves the other's state as it was.
+        a.captured(rows(&[("x.y", Some("2"))]), &d);
+        assert_eq!(b.snapshot().unwrap().entries.len(), 2);
+        assert_ne!(a.settings_hash(), b.settings_hash());
     }
 
     #[test]

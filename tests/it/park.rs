@@ -190,3 +190,61 @@ async fn parking_off_keeps_every_client_in_its_task() {
     assert_eq!(parked(&proxy).await, 0);
     assert_eq!(tenant_of(&client).await.as_deref(), Some("t1"));
 }
+
+/// Clients that log in alike share one copy of what they hold alike while parked (their
+/// reported parameters, their settings snapshot: src/intern.rs). A change one of them
+/// makes stays its own; each still has exactly what it was told and what it set, across
+/// parks, and `RESET ALL` takes each back to its own login values.
+#[tokio::test]
+async fn clients_alike_keep_their_own_state_across_parks() {
+    let proxy = OpsProxy::start(parking().pool_size(1));
+    let conn = format!(
+        "{} application_name=fleet",
+        proxy.connect_str("app", Naming::Options, "t1")
+    );
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        fleet.push(crate::support::connect(&conn).await.unwrap());
+    }
+    let [a, b, c] = &fleet[..] else {
+        unreachable!()
+    };
+    for client in [a, b] {
+        client
+            .batch_execute("SET statement_timeout = '7s'")
+            .await
+            .unwrap();
+    }
+    wait_parked(&proxy, 3).await;
+    a.batch_execute("SET application_name = 'mine'; SET statement_timeout = '9s'")
+        .await
+        .unwrap();
+    let show = |client, sql| crate::support::value(client, sql);
+    for round in 0..2 {
+        wait_parked(&proxy, 3).await;
+        let expected = [(a, "mine", "9s"), (b, "fleet", "7s"), (c, "fleet", "0")];
+        for (i, (client, app, timeout)) in expected.into_iter().enumerate() {
+            let got = (
+                show(client, "SHOW application_name").await,
+                show(client, "SHOW statement_timeout").await,
+            );
+            let want = (Some(app.to_string()), Some(timeout.to_string()));
+            assert_eq!(got, want, "round {round}, client {i}");
+        }
+        assert_eq!(tenant_of(a).await.as_deref(), Some("t1"), "round {round}");
+    }
+    a.batch_execute("RESET ALL").await.unwrap();
+    wait_parked(&proxy, 3).await;
+    for (i, client) in [a, b].into_iter().enumerate() {
+        let app = show(client, "SHOW application_name").await;
+        assert_eq!(app.as_deref(), Some("fleet"), "client {i}: its login value");
+    }
+    assert_eq!(
+        show(a, "SHOW statement_timeout").await.as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        show(b, "SHOW statement_timeout").await.as_deref(),
+        Some("7s")
+    );
+}
