@@ -192,7 +192,10 @@ async fn reap_idle(shared: Arc<Shared>) {
         let tick = {
             let generation = shared.current();
             let proxy = &generation.config.proxy;
-            for endpoint in &generation.registry.endpoints {
+            if let Some(dynamic) = &generation.registry.dynamic {
+                dynamic.sweep(proxy.server_idle_timeout);
+            }
+            for endpoint in &generation.registry.all_endpoints() {
                 let closed = endpoint.pool.prune_idle(|conn, idle_for| {
                     idle_for < proxy.server_idle_timeout && conn.age() < proxy.server_lifetime
                 });

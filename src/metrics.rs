@@ -125,7 +125,7 @@ async fn readiness(shared: &Shared) -> Result<(), String> {
     let generation = shared.current();
     let mut problems = String::new();
     let mut seen = std::collections::HashSet::new();
-    for endpoint in &generation.registry.endpoints {
+    for endpoint in &generation.registry.all_endpoints() {
         let config = &endpoint.config;
         if endpoint.health.check(config).is_err() {
             let _ = writeln!(problems, "backend {:?} is marked down", config.backend);
@@ -253,19 +253,19 @@ fn render_pinned(w: &mut Writer, registry: &crate::tenant::Registry, by_tenant: 
         "gauge",
         "Clients kept on their server connection by session objects, by tenant and reason.",
     );
-    let mut names: Vec<&String> = registry.tenants.keys().collect();
-    names.sort();
-    let count = |name: &String, i: usize| {
-        registry.tenants[name].stats.pinned_by[i].load(Ordering::Relaxed) as u64
+    let mut tenants = registry.all_tenants();
+    tenants.sort_by(|a, b| a.name.cmp(&b.name));
+    let count = |t: &crate::tenant::TenantRuntime, i: usize| {
+        t.stats.pinned_by[i].load(Ordering::Relaxed) as u64
     };
     for (i, reason) in pin::NAMES.iter().enumerate() {
         if by_tenant {
-            for name in &names {
-                let labels = [("tenant", name.as_str()), ("reason", *reason)];
-                w.sample("pgtenant_clients_pinned", &labels, count(name, i));
+            for t in &tenants {
+                let labels = [("tenant", &*t.name), ("reason", *reason)];
+                w.sample("pgtenant_clients_pinned", &labels, count(t, i));
             }
         } else {
-            let total = names.iter().map(|n| count(n, i)).sum();
+            let total = tenants.iter().map(|t| count(t, i)).sum();
             w.sample("pgtenant_clients_pinned", &[("reason", reason)], total);
         }
     }
@@ -273,8 +273,9 @@ fn render_pinned(w: &mut Writer, registry: &crate::tenant::Registry, by_tenant: 
 
 /// Server connections per backend and state (summed over the backend's endpoints).
 fn render_servers(w: &mut Writer, registry: &crate::tenant::Registry) {
+    let endpoints = registry.all_endpoints();
     let mut by_backend: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    for endpoint in &registry.endpoints {
+    for endpoint in &endpoints {
         let (open, idle) = endpoint.pool.counts();
         let e = by_backend
             .entry(endpoint.config.backend.as_str())

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
-use super::raw::{RawBackend, RawConfig, RawPeer, RawProxy, RawTenant, RawUser};
+use super::raw::{
+    RawBackend, RawConfig, RawDirectory, RawPeer, RawProxy, RawTemplate, RawTenant, RawUser,
+};
 
 const DOC: &str = include_str!("../../docs/CONFIGURATION.md");
 
@@ -78,6 +80,8 @@ fn sections() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("users", fields_of::<RawUser>()),
         ("tenants", fields_of::<RawTenant>()),
         ("peers", fields_of::<RawPeer>()),
+        ("tenant_template", fields_of::<RawTemplate>()),
+        ("directory", fields_of::<RawDirectory>()),
     ])
 }
 

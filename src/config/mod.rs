@@ -4,6 +4,7 @@
 //! user's password into the verifier form client authentication needs. Every error names the
 //! file, the key and the problem.
 
+pub mod dynamic;
 mod raw;
 mod secret;
 mod summary;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use dynamic::{DirectoryConfig, TemplateConfig};
 pub use secret::VerifierError;
 pub use tls::{ClientTls, ServerTls, SslMode, TlsAcceptorConfig};
 pub use validate::{auto_workers, is_setting_name, ConfigError};
@@ -32,6 +34,10 @@ pub struct Config {
     pub tenants: BTreeMap<String, Arc<TenantConfig>>,
     /// The other instances, by `instance_id`: where a cancel for their clients goes.
     pub peers: BTreeMap<u16, PeerConfig>,
+    /// `[tenant_template]`: tenants made from their name on first use.
+    pub tenant_template: Option<Arc<TemplateConfig>>,
+    /// `[directory]`: tenants looked up in a table.
+    pub directory: Option<Arc<DirectoryConfig>>,
 }
 
 /// The largest `instance_id`: it takes the 11 bits above the 20 random ones of a cancel

@@ -61,7 +61,7 @@ impl LoginError {
         if let Some(t) = self
             .tenant
             .as_ref()
-            .and_then(|t| generation.registry.tenants.get(t))
+            .and_then(|t| generation.registry.get(t))
         {
             t.stats.login_failures.record(self.reason);
         }
@@ -155,8 +155,21 @@ pub(super) async fn login<S: crate::transport::ClientIo>(
             .map_err(|i| fail(F::AdminForbidden, i));
     }
     let tenant_name = allowed_tenant(&identity, user).map_err(|(reason, i)| fail(reason, i))?;
-    // `identify` found the tenant in this same generation's config.
-    let tenant = generation.registry.tenants[&tenant_name].clone();
+    // A `[tenants]` block, else the directory or the template (asked only now, after
+    // authentication).
+    let tenant = generation
+        .registry
+        .resolve(config, &tenant_name)
+        .await
+        .map_err(|e| {
+            let reason = match e {
+                crate::tenant::ResolveError::Directory(
+                    crate::tenant::directory::DirectoryError::Down(_),
+                ) => F::Backend,
+                _ => F::UnknownTenant,
+            };
+            fail(reason, e.to_client(&tenant_name))
+        })?;
     admit_to_tenant(&tenant).map_err(|i| fail(F::TooManyClients, i))?;
     // Given back if the login does not finish: an error, or `client_login_timeout` while it
     // waits for a server connection (the future is dropped then).

@@ -29,7 +29,7 @@ use crate::protocol::encode::ErrorInfo;
 use crate::protocol::sqlstate;
 use crate::server::ServerConn;
 use crate::shared::{ClientEntry, ClientState, Generation, StopReason};
-use crate::tenant::LoginFailure;
+use crate::tenant::{LoginFailure, Origin, TenantRuntime};
 use crate::transport::counted::{Counted, Peer};
 use crate::transport::stream::ClientStream;
 pub use crate::transport::ClientIo;
@@ -282,6 +282,11 @@ enum SessionError {
     /// A reload removed the tenant (noticed between transactions).
     #[error("tenant \"{0}\" was removed from the configuration")]
     Removed(String),
+    /// A tenant made on demand that is no more (its directory row deleted, or no longer
+    /// served after a reload): what the client is told (`3D000`, or `08006` when the
+    /// directory cannot be asked).
+    #[error("{}", .0.message)]
+    Gone(Box<ErrorInfo>),
 }
 
 impl SessionError {
@@ -293,14 +298,16 @@ impl SessionError {
             SessionError::Forbidden(_) => SessionErrorKind::Forbidden,
             SessionError::Shutdown => SessionErrorKind::Shutdown,
             SessionError::Killed { .. } => SessionErrorKind::Killed,
-            SessionError::Removed(_) => SessionErrorKind::Removed,
+            SessionError::Removed(_) | SessionError::Gone(_) => SessionErrorKind::Removed,
         }
     }
 
     fn to_client(&self) -> Option<ErrorInfo> {
         match self {
             SessionError::Link(e) => e.to_client(),
-            SessionError::NoServer(e) | SessionError::Forbidden(e) => Some((**e).clone()),
+            SessionError::NoServer(e) | SessionError::Forbidden(e) | SessionError::Gone(e) => {
+                Some((**e).clone())
+            }
             SessionError::Shutdown | SessionError::Killed { linked: false } => {
                 Some(ErrorInfo::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
@@ -333,7 +340,9 @@ async fn run<S: ClientIo>(
 ) -> Result<RunEnd, SessionError> {
     let mut generation = shared.current();
     // A resumed session may have slept through a reload.
-    refresh(ctx, &generation)?;
+    if refresh(ctx, &generation)? {
+        Box::pin(resolve_again(ctx, &generation)).await?;
+    }
     let mode = generation.config.proxy.pool_mode;
     let session_mode = mode == PoolMode::Session;
     // Boxed: it lives as long as the session, and inline it would make every idle
@@ -368,7 +377,14 @@ async fn run<S: ClientIo>(
         // A reload since the last checkout: this client's tenant, afresh.
         if shared.generation_id() != generation.id {
             generation = shared.current();
-            refresh(ctx, &generation)?;
+            if refresh(ctx, &generation)? {
+                Box::pin(resolve_again(ctx, &generation)).await?;
+            }
+        }
+        // A directory tenant whose row's `ttl` has passed: asked again (one query however
+        // many of its clients ask at once); a deleted row ends the session here.
+        if ctx.tenant.needs_recheck() {
+            Box::pin(resolve_again(ctx, &generation)).await?;
         }
         // Boxed: what a transaction needs (the server connection, the linked state machine)
         // exists only while one runs, so an idle client's future stays small.
@@ -553,10 +569,14 @@ fn stopped(ctx: &ClientCtx, entry: &ClientEntry) -> SessionError {
 
 /// After a reload: the client's tenant as the new generation has it (a changed
 /// `search_path` then applies from this checkout on), if it still exists and the user may
-/// still use it.
-fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionError> {
+/// still use it. `Ok(true)`: a tenant made on demand that the new generation does not
+/// have in use: to be resolved again ([`resolve_again`]).
+fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<bool, SessionError> {
     let name = &ctx.tenant.name;
-    let Some(tenant) = generation.registry.tenants.get(&**name) else {
+    let Some(tenant) = generation.registry.get(name) else {
+        if ctx.tenant.origin != Origin::Configured && generation.registry.dynamic.is_some() {
+            return Ok(true);
+        }
         return Err(SessionError::Removed(name.to_string()));
     };
     let allowed = generation
@@ -571,10 +591,38 @@ fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionEr
             message,
         ))));
     }
-    if !Arc::ptr_eq(tenant, &ctx.tenant) {
-        ctx.tenant = tenant.clone();
+    if !Arc::ptr_eq(&tenant, &ctx.tenant) {
+        switch_tenant(ctx, tenant);
     }
-    Ok(())
+    Ok(false)
+}
+
+/// A tenant made on demand, resolved again (its row's `ttl` passed, or a reload changed the
+/// template or directory): the runtime in use now, or the error that ends the session.
+async fn resolve_again(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionError> {
+    let name = ctx.tenant.name.clone();
+    match generation.registry.resolve(&generation.config, &name).await {
+        Ok(tenant) => {
+            if !Arc::ptr_eq(&tenant, &ctx.tenant) {
+                switch_tenant(ctx, tenant);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::info!(tenant = %name, error = %e, "tenant no longer served; closing its client");
+            Err(SessionError::Gone(Box::new(e.to_client(&name))))
+        }
+    }
+}
+
+/// Moves the client to `tenant` (the same name's newer runtime), its place in the
+/// tenant's client count with it when the counters are not shared.
+fn switch_tenant(ctx: &mut ClientCtx, tenant: Arc<TenantRuntime>) {
+    if !Arc::ptr_eq(&tenant.stats, &ctx.tenant.stats) {
+        ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        tenant.stats.clients.fetch_add(1, Ordering::Relaxed);
+    }
+    ctx.tenant = tenant;
 }
 
 #[cfg(test)]

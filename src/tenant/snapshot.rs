@@ -43,8 +43,8 @@ pub struct TenantSnapshot {
 pub fn tenant_snapshots(registry: &Registry) -> Vec<TenantSnapshot> {
     let idle_by_state = idle_by_state(registry);
     let mut all: Vec<TenantSnapshot> = registry
-        .tenants
-        .values()
+        .all_tenants()
+        .iter()
         .map(|t| {
             let s = &t.stats;
             let pool = t.endpoint.pool.tenant_stats(t.pool_id);
@@ -85,7 +85,7 @@ pub fn tenant_snapshots(registry: &Registry) -> Vec<TenantSnapshot> {
 /// Idle connections per tenant state id, over all endpoints.
 fn idle_by_state(registry: &Registry) -> HashMap<u64, u64> {
     let mut counts = HashMap::new();
-    for endpoint in &registry.endpoints {
+    for endpoint in &registry.all_endpoints() {
         endpoint.pool.for_each_idle(|conn, _| {
             if let Some(state) = conn.state().key() {
                 *counts.entry(state.tenant).or_insert(0) += 1;
