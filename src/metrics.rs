@@ -10,7 +10,10 @@
 //! 10,000 tenants (28-character names): 210,014 series, 15.7 MB per scrape, ~60 ms to
 //! render (release build); without tenant labels: 34 series, 3 KB. Turn the labels off
 //! there, or drop `pgtenant_checkout_wait_seconds_bucket` with `metric_relabel_configs`.
-//! See `docs/OPERATIONS.md`.
+//! Tenants made on demand (`[tenant_template]`, `[directory]`) get series of their own only
+//! for the [`DYNAMIC_TENANT_SERIES`] with the most clients (then transactions); the rest are
+//! summed under `tenant="_other"`, so a directory of 100,000 tenants cannot blow up a
+//! scrape. See `docs/OPERATIONS.md`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -152,10 +155,43 @@ async fn readiness(shared: &Shared) -> Result<(), String> {
     }
 }
 
+/// How many tenants made on demand get a `tenant` label of their own (the busiest).
+pub const DYNAMIC_TENANT_SERIES: usize = 100;
+
+/// The label of the series that sums the other tenants made on demand.
+pub const OTHER_TENANTS: &str = "_other";
+
+/// Configured tenants, then the [`DYNAMIC_TENANT_SERIES`] busiest tenants made on demand,
+/// then (if any are left) their sum as [`OTHER_TENANTS`].
+fn bounded(tenants: Vec<TenantSnapshot>) -> Vec<TenantSnapshot> {
+    let (mut dynamic, mut shown): (Vec<_>, Vec<_>) =
+        tenants.into_iter().partition(|t| t.origin != "config");
+    if dynamic.len() <= DYNAMIC_TENANT_SERIES {
+        shown.extend(dynamic);
+        return shown;
+    }
+    dynamic.sort_by(|a, b| (b.clients, b.transactions).cmp(&(a.clients, a.transactions)));
+    let rest = dynamic.split_off(DYNAMIC_TENANT_SERIES);
+    let mut other = rest[0].clone();
+    other.name = OTHER_TENANTS.to_string();
+    other.paused = false;
+    for t in &rest[1..] {
+        other.add(t);
+    }
+    shown.extend(dynamic);
+    shown.push(other);
+    shown
+}
+
 /// The metrics text, as `/metrics` answers it now.
 pub fn render(shared: &Shared) -> String {
     let generation = shared.current();
     let tenants = tenant_snapshots(&generation.registry);
+    let tenants = if generation.config.proxy.metrics_tenant_labels {
+        bounded(tenants)
+    } else {
+        tenants
+    };
     let mut w = Writer::default();
     render_proxy(&mut w, shared, generation.id);
     render_servers(&mut w, &generation.registry);
@@ -258,11 +294,28 @@ fn render_pinned(w: &mut Writer, registry: &crate::tenant::Registry, by_tenant: 
     let count = |t: &crate::tenant::TenantRuntime, i: usize| {
         t.stats.pinned_by[i].load(Ordering::Relaxed) as u64
     };
+    // Bounded as the other per-tenant series: configured tenants, and tenants made on demand
+    // only while few (else summed under `_other`).
+    let dynamic = tenants
+        .iter()
+        .filter(|t| t.origin != crate::tenant::Origin::Configured)
+        .count();
+    let own_series = |t: &crate::tenant::TenantRuntime| {
+        t.origin == crate::tenant::Origin::Configured || dynamic <= DYNAMIC_TENANT_SERIES
+    };
     for (i, reason) in pin::NAMES.iter().enumerate() {
         if by_tenant {
-            for t in &tenants {
+            for t in tenants.iter().filter(|t| own_series(t)) {
                 let labels = [("tenant", &*t.name), ("reason", *reason)];
                 w.sample("pgtenant_clients_pinned", &labels, count(t, i));
+            }
+            if dynamic > DYNAMIC_TENANT_SERIES {
+                let other = tenants
+                    .iter()
+                    .filter(|t| !own_series(t))
+                    .map(|t| count(t, i));
+                let labels = [("tenant", OTHER_TENANTS), ("reason", *reason)];
+                w.sample("pgtenant_clients_pinned", &labels, other.sum());
             }
         } else {
             let total = tenants.iter().map(|t| count(t, i)).sum();

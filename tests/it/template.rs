@@ -254,3 +254,82 @@ async fn idle_template_tenants_are_dropped_and_come_back() {
     rows(&admin, "RESUME tt_0001").await;
     assert_eq!(reads(&again).await.unwrap(), ["tt_0001"; 3]);
 }
+
+/// 120 template tenants with a client each: `/metrics` labels the busiest 100 and sums the
+/// rest under `tenant="_other"` (configured tenants keep their own series).
+#[tokio::test]
+async fn metrics_label_at_most_a_hundred_tenants_made_on_demand() {
+    use crate::support::ops::{sample, OpsProxy};
+    use crate::support::ProxyOptions;
+    let template = "[tenant_template]\nbackend = \"main\"\ntenant_name_pattern = \"^tm_[0-9]+$\"\n";
+    let proxy = OpsProxy::start(ProxyOptions::default().auth("trust").extra(template));
+    let mut clients = Vec::new();
+    for i in 0..120 {
+        let conn = proxy.conn_params("app", "", "app", Some(&options(&format!("tm_{i}"))));
+        let c = connect(&conn).await.unwrap();
+        c.simple_query("SELECT 1").await.unwrap();
+        clients.push(c);
+    }
+    let text = proxy.scrape().await;
+    let labelled = text
+        .lines()
+        .filter(|l| l.starts_with("pgtenant_clients{tenant=\"tm_"))
+        .count();
+    assert_eq!(labelled, 100, "the busiest 100 get a label");
+    assert_eq!(
+        sample(&text, "pgtenant_clients{tenant=\"_other\"}"),
+        Some(20.0)
+    );
+    assert_eq!(
+        sample(&text, "pgtenant_clients{tenant=\"t1\"}"),
+        Some(0.0),
+        "configured"
+    );
+}
+
+/// A reload that leaves the template as it was keeps its tenants (same state, no new
+/// logical pool); one that changes it moves their clients to the new template at their
+/// next checkout.
+#[tokio::test]
+async fn a_reload_keeps_template_tenants_unless_the_template_changed() {
+    use crate::support::ops::{rows, OpsProxy};
+    use crate::support::ProxyOptions;
+    let template = |path: &str| {
+        format!("[tenant_template]\nbackend = \"main\"\nsearch_path = [\"{path}\"]\ntenant_name_pattern = \"^tr_[0-9]+$\"\n")
+    };
+    let options_for = |path: &str| ProxyOptions::default().auth("trust").extra(&template(path));
+    let proxy = OpsProxy::start(options_for("t1"));
+    let client = connect(&proxy.conn_params("app", "", "app", Some(&options("tr_1"))))
+        .await
+        .unwrap();
+    assert_eq!(who(&client).await, "t1");
+    let admin = proxy.admin().await;
+    // The logical pool's own count: a new runtime would start a new one at 1.
+    let checkouts = |rows: Vec<tokio_postgres::SimpleQueryRow>| {
+        crate::support::ops::num(
+            crate::support::ops::row_where(&rows, "tenant", "tr_1"),
+            "checkouts",
+        )
+    };
+    for _ in 0..20 {
+        who(&client).await;
+    }
+    let before = checkouts(rows(&admin, "SHOW POOLS").await);
+    assert!(before >= 40, "{before}");
+    proxy.write_config(&options_for("t1").proxy_line("server_lifetime = \"2h\""));
+    proxy.handle.reload().await.unwrap();
+    assert_eq!(who(&client).await, "t1");
+    let after = checkouts(rows(&admin, "SHOW POOLS").await);
+    assert!(
+        after > before,
+        "the same logical pool: {after} after {before}"
+    );
+    proxy.write_config(&options_for("t2"));
+    proxy.handle.reload().await.unwrap();
+    assert_eq!(who(&client).await, "t2", "the changed template applies");
+}
+
+async fn who(c: &tokio_postgres::Client) -> String {
+    let row = c.query_one("SELECT tenant FROM whoami", &[]).await.unwrap();
+    row.get(0)
+}
