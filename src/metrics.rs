@@ -170,7 +170,7 @@ fn bounded(tenants: Vec<TenantSnapshot>) -> Vec<TenantSnapshot> {
         shown.extend(dynamic);
         return shown;
     }
-    dynamic.sort_by(|a, b| (b.clients, b.transactions).cmp(&(a.clients, a.transactions)));
+    dynamic.sort_by_key(|t| std::cmp::Reverse((t.clients, t.transactions)));
     let rest = dynamic.split_off(DYNAMIC_TENANT_SERIES);
     let mut other = rest[0].clone();
     other.name = OTHER_TENANTS.to_string();
