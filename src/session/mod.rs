@@ -13,6 +13,7 @@ pub mod park;
 mod pause;
 pub mod prepared;
 pub mod sync;
+mod tenant;
 pub mod vsession;
 
 use std::sync::atomic::Ordering;
@@ -29,7 +30,7 @@ use crate::protocol::encode::ErrorInfo;
 use crate::protocol::sqlstate;
 use crate::server::ServerConn;
 use crate::shared::{ClientEntry, ClientState, Generation, StopReason};
-use crate::tenant::{LoginFailure, Origin, TenantRuntime};
+use crate::tenant::LoginFailure;
 use crate::transport::counted::{Counted, Peer};
 use crate::transport::stream::ClientStream;
 pub use crate::transport::ClientIo;
@@ -40,6 +41,7 @@ use idle::{answer_listen, answer_repeated_set};
 use linked::{Disposition, Link, LinkEnd, LinkError};
 use login::{login, LoggedIn, LoginError};
 use pause::pass_pause_gate;
+use tenant::{refresh, resolve_again};
 
 pub use crate::shared::Shared;
 
@@ -565,64 +567,6 @@ fn stopped(ctx: &ClientCtx, entry: &ClientEntry) -> SessionError {
         StopReason::Removed => SessionError::Removed(ctx.tenant.name.to_string()),
         StopReason::Shutdown => SessionError::Shutdown,
     }
-}
-
-/// After a reload: the client's tenant as the new generation has it (a changed
-/// `search_path` then applies from this checkout on), if it still exists and the user may
-/// still use it. `Ok(true)`: a tenant made on demand that the new generation does not
-/// have in use: to be resolved again ([`resolve_again`]).
-fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<bool, SessionError> {
-    let name = &ctx.tenant.name;
-    let Some(tenant) = generation.registry.get(name) else {
-        if ctx.tenant.origin != Origin::Configured && generation.registry.dynamic.is_some() {
-            return Ok(true);
-        }
-        return Err(SessionError::Removed(name.to_string()));
-    };
-    let allowed = generation
-        .config
-        .users
-        .get(&*ctx.user)
-        .is_some_and(|u| u.tenants.allows(name));
-    if !allowed {
-        let message = format!("user \"{}\" may no longer use tenant \"{name}\"", ctx.user);
-        return Err(SessionError::Forbidden(Box::new(ErrorInfo::fatal(
-            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            message,
-        ))));
-    }
-    if !Arc::ptr_eq(&tenant, &ctx.tenant) {
-        switch_tenant(ctx, tenant);
-    }
-    Ok(false)
-}
-
-/// A tenant made on demand, resolved again (its row's `ttl` passed, or a reload changed the
-/// template or directory): the runtime in use now, or the error that ends the session.
-async fn resolve_again(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionError> {
-    let name = ctx.tenant.name.clone();
-    match generation.registry.resolve(&generation.config, &name).await {
-        Ok(tenant) => {
-            if !Arc::ptr_eq(&tenant, &ctx.tenant) {
-                switch_tenant(ctx, tenant);
-            }
-            Ok(())
-        }
-        Err(e) => {
-            tracing::info!(tenant = %name, error = %e, "tenant no longer served; closing its client");
-            Err(SessionError::Gone(Box::new(e.to_client(&name))))
-        }
-    }
-}
-
-/// Moves the client to `tenant` (the same name's newer runtime), its place in the
-/// tenant's client count with it when the counters are not shared.
-fn switch_tenant(ctx: &mut ClientCtx, tenant: Arc<TenantRuntime>) {
-    if !Arc::ptr_eq(&tenant.stats, &ctx.tenant.stats) {
-        ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
-        tenant.stats.clients.fetch_add(1, Ordering::Relaxed);
-    }
-    ctx.tenant = tenant;
 }
 
 #[cfg(test)]
