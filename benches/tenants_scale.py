@@ -15,7 +15,11 @@ Measured (RSS from /proc, login = connect until ReadyForQuery, SCRAM with a stor
      here); the directory cache keeps their rows (ttl 10 min). RSS growth / active over the
      start = memory per cached (not active) tenant.
   4. cached login, tenant not active: `--sample` logins of cached tenants (runtime made again,
-     no query to the directory).
+     no query to the directory), after a few logins that reopen the server connections the
+     same timeout closed.
+  5./6. a second batch of `--active` new tenants, logged in then left: the growth over
+     phase 4's RSS is memory per active, then per cached tenant, without the capacity the
+     maps and the client list kept from the first batch.
 Schemas: only `--schemas` (100) are created; row i has search_path {s_(i mod 100)} and
 settings {"app.tenant_id": i}, so tenants share schemas but differ in their setting (each
 client checks both). Logins run `--concurrency` at a time.
@@ -166,8 +170,26 @@ async def run(args, port: int, pid: int) -> None:
     r2 = settle_rss(pid, 6.0)
     print(f"3. clients gone, runtimes dropped: RSS {r2 / 1024:.1f} MB: "
           f"{(r2 - r0) * 1024 / len(active):.0f} B per cached tenant", flush=True)
+    # Idle server connections were closed too (the same server_idle_timeout): open them
+    # again first, so that phase 4 measures logins, not server connects.
+    await logins(port, [args.active + 2 + k for k in range(args.concurrency)], args.concurrency,
+                 args.schemas, keep=False)
     lat3, _ = await logins(port, sample, args.concurrency, args.schemas, keep=False)
     print(line("4. cached login, tenant not active", lat3), flush=True)
+    # A second batch of as many new tenants, logged in and left: the maps and the client
+    # list already have their capacity, so the growth over phase 3 is the cache entries.
+    r3 = settle_rss(pid, 6.0)
+    second = list(range(args.active + 100, 2 * args.active + 100))
+    lat4, kept = await logins(port, second, args.concurrency, args.schemas, keep=True)
+    r4 = settle_rss(pid, 2.0)
+    print(line("5. uncached first login, second batch", lat4))
+    print(f"   RSS {r4 / 1024:.1f} MB: {(r4 - r3) * 1024 / len(second):.0f} B per active tenant "
+          f"over phase 4's (maps already grown)", flush=True)
+    for c in kept:
+        await c.close()
+    r5 = settle_rss(pid, 6.0)
+    print(f"6. second batch gone: RSS {r5 / 1024:.1f} MB: {(r5 - r3) * 1024 / len(second):.0f} B "
+          f"per cached tenant ({2 * args.active} cached in all)", flush=True)
 
 
 def main() -> int:

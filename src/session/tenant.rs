@@ -45,7 +45,10 @@ pub(super) fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<bo
 
 /// A tenant made on demand, resolved again (its row's `ttl` passed, or a reload changed the
 /// template or directory): the runtime in use now, or the error that ends the session.
-pub(super) async fn resolve_again(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionError> {
+pub(super) async fn resolve_again(
+    ctx: &mut ClientCtx,
+    generation: &Generation,
+) -> Result<(), SessionError> {
     let name = ctx.tenant.name.clone();
     match generation.registry.resolve(&generation.config, &name).await {
         Ok(tenant) => {
@@ -70,4 +73,3 @@ fn switch_tenant(ctx: &mut ClientCtx, tenant: Arc<TenantRuntime>) {
     }
     ctx.tenant = tenant;
 }
-
