@@ -129,7 +129,10 @@ impl Directory {
                     return slot.clone()
                 }
                 Some((Found::Tenant(t), _)) => Some(t.clone()),
-                Some(_) => slot.previous.clone(),
+                // Still down: the last row carries on. A row found missing or invalid
+                // since is never served again, even while the directory is down.
+                Some((Found::Down(_), _)) => slot.previous.clone(),
+                Some(_) => None,
             },
             None => None,
         };
@@ -239,5 +242,108 @@ impl Directory {
             Some((code, message)) => Err(format!("the query failed: {code} {message}")),
             None => Ok(rows),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directory() -> Directory {
+        let text = "[backends.main]\nhost='h'\ndatabase='d'\nuser='u'\npassword='p'\n\
+                    [users.app]\npassword='x'\n\
+                    [directory]\nbackend='main'\nquery='SELECT $1'\nttl='60s'\nnegative_ttl='10s'\n";
+        let config = Config::from_toml_str(text, "t").unwrap();
+        let d = config.directory.clone().unwrap();
+        let probe = TenantConfig {
+            name: String::new(),
+            backend: "main".into(),
+            search_path: Vec::new(),
+            settings: Vec::new(),
+            database: None,
+            user: None,
+            password: None,
+            max_server_connections: None,
+            max_client_connections: None,
+        };
+        Directory::new(d, config.endpoint_for(&probe))
+    }
+
+    fn put(d: &Directory, name: &str, found: Found, age: Duration, previous: Option<&str>) {
+        let previous = previous.map(|p| {
+            Arc::new(TenantConfig {
+                name: p.into(),
+                backend: "main".into(),
+                search_path: vec![p.into()],
+                settings: Vec::new(),
+                database: None,
+                user: None,
+                password: None,
+                max_server_connections: None,
+                max_client_connections: None,
+            })
+        });
+        let slot = Slot {
+            outcome: OnceCell::new_with(Some((found, Instant::now() - age))),
+            previous,
+        };
+        d.lock().insert(name.into(), Arc::new(slot));
+    }
+
+    fn tenant(name: &str) -> Found {
+        Found::Tenant(Arc::new(TenantConfig {
+            name: name.into(),
+            backend: "main".into(),
+            search_path: vec![name.into()],
+            settings: Vec::new(),
+            database: None,
+            user: None,
+            password: None,
+            max_server_connections: None,
+            max_client_connections: None,
+        }))
+    }
+
+    /// A fresh entry is reused (single flight, the cache); an expired one is replaced by a
+    /// slot to ask again that remembers the last row, but never a row found gone since.
+    #[test]
+    fn which_entry_a_lookup_waits_on() {
+        let d = directory();
+        let s = Duration::from_secs;
+        put(&d, "fresh", tenant("fresh"), s(59), None);
+        put(&d, "old", tenant("old"), s(61), None);
+        put(&d, "missing", Found::Missing, s(9), None);
+        put(&d, "gone", Found::Missing, s(11), Some("gone"));
+        put(&d, "down", Found::Down("x".into()), s(2), Some("down"));
+        let fresh = d.slot("fresh");
+        assert!(fresh.outcome.get().is_some(), "answered from the cache");
+        assert!(Arc::ptr_eq(&fresh, &d.slot("fresh")));
+        assert!(
+            d.slot("missing").outcome.get().is_some(),
+            "negative_ttl not over"
+        );
+        let old = d.slot("old");
+        assert!(old.outcome.get().is_none(), "asked again after ttl");
+        assert_eq!(
+            old.previous.as_ref().unwrap().name,
+            "old",
+            "its row kept meanwhile"
+        );
+        assert!(
+            Arc::ptr_eq(&old, &d.slot("old")),
+            "one query however many ask"
+        );
+        assert!(
+            d.slot("gone").previous.is_none(),
+            "a row found missing is not served"
+        );
+        let down = d.slot("down");
+        assert!(
+            down.outcome.get().is_none(),
+            "down is retried after a second"
+        );
+        assert_eq!(down.previous.as_ref().unwrap().name, "down");
+        assert!(d.slot("new").outcome.get().is_none());
+        assert_eq!(d.cached(), 6);
     }
 }
