@@ -155,21 +155,9 @@ pub(super) async fn login<S: crate::transport::ClientIo>(
             .map_err(|i| fail(F::AdminForbidden, i));
     }
     let tenant_name = allowed_tenant(&identity, user).map_err(|(reason, i)| fail(reason, i))?;
-    // A `[tenants]` block, else the directory or the template (asked only now, after
-    // authentication).
-    let tenant = generation
-        .registry
-        .resolve(config, &tenant_name)
+    let tenant = resolve(&generation, &tenant_name)
         .await
-        .map_err(|e| {
-            let reason = match e {
-                crate::tenant::ResolveError::Directory(
-                    crate::tenant::directory::DirectoryError::Down(_),
-                ) => F::Backend,
-                _ => F::UnknownTenant,
-            };
-            fail(reason, e.to_client(&tenant_name))
-        })?;
+        .map_err(|(reason, i)| fail(reason, i))?;
     admit_to_tenant(&tenant).map_err(|i| fail(F::TooManyClients, i))?;
     // Given back if the login does not finish: an error, or `client_login_timeout` while it
     // waits for a server connection (the future is dropped then).
@@ -194,6 +182,28 @@ pub(super) async fn login<S: crate::transport::ClientIo>(
         }
         Err(i) => Err(fail(F::Backend, i)),
     }
+}
+
+/// The tenant called `name`: a `[tenants]` block, else the directory or the template
+/// (asked only now, after authentication). The refusal's login-failure reason: `backend`
+/// when the directory cannot be asked, else `unknown_tenant`.
+async fn resolve(
+    generation: &crate::shared::Generation,
+    name: &str,
+) -> Result<Arc<TenantRuntime>, (LoginFailure, ErrorInfo)> {
+    use crate::tenant::directory::DirectoryError;
+    use crate::tenant::ResolveError;
+    generation
+        .registry
+        .resolve(&generation.config, name)
+        .await
+        .map_err(|e| {
+            let reason = match e {
+                ResolveError::Directory(DirectoryError::Down(_)) => LoginFailure::Backend,
+                _ => LoginFailure::UnknownTenant,
+            };
+            (reason, e.to_client(name))
+        })
 }
 
 /// A client counted in its tenant's `clients` while its login finishes.
