@@ -209,7 +209,7 @@ async fn adopt_clients(
 ) {
     while let Some(moving) = clients.recv().await {
         match &lot {
-            Some(lot) => session::handoff::adopt(moving, &shared, lot),
+            Some(lot) => session::handoff::adopt(moving, &shared, lot).await,
             None => tracing::warn!("takeover: no park lot to take a client into; closing it"),
         }
     }
@@ -308,8 +308,16 @@ async fn reap_idle(shared: Arc<Shared>) {
         let tick = {
             let generation = shared.current();
             let proxy = &generation.config.proxy;
+            if let Some(dynamic) = &generation.registry.dynamic {
+                dynamic.sweep(proxy.server_idle_timeout);
+            }
             let user_endpoints = generation.registry.user_endpoints.endpoints();
-            for endpoint in generation.registry.endpoints.iter().chain(&user_endpoints) {
+            for endpoint in generation
+                .registry
+                .all_endpoints()
+                .iter()
+                .chain(&user_endpoints)
+            {
                 let closed = endpoint.pool.prune_idle(|conn, idle_for| {
                     idle_for < proxy.server_idle_timeout && conn.age() < proxy.server_lifetime
                 });

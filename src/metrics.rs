@@ -10,7 +10,10 @@
 //! 10,000 tenants (28-character names): 210,014 series, 15.7 MB per scrape, ~60 ms to
 //! render (release build); without tenant labels: 34 series, 3 KB. Turn the labels off
 //! there, or drop `pgtenant_checkout_wait_seconds_bucket` with `metric_relabel_configs`.
-//! See `docs/OPERATIONS.md`.
+//! Tenants made on demand (`[tenant_template]`, `[directory]`) get series of their own only
+//! for the [`DYNAMIC_TENANT_SERIES`] with the most clients (then transactions); the rest are
+//! summed under `tenant="_other"`, so a directory of 100,000 tenants cannot blow up a
+//! scrape. See `docs/OPERATIONS.md`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -125,7 +128,7 @@ async fn readiness(shared: &Shared) -> Result<(), String> {
     let generation = shared.current();
     let mut problems = String::new();
     let mut seen = std::collections::HashSet::new();
-    for endpoint in &generation.registry.endpoints {
+    for endpoint in &generation.registry.all_endpoints() {
         let config = &endpoint.config;
         if endpoint.health.check(config).is_err() {
             let _ = writeln!(problems, "backend {:?} is marked down", config.backend);
@@ -152,10 +155,43 @@ async fn readiness(shared: &Shared) -> Result<(), String> {
     }
 }
 
+/// How many tenants made on demand get a `tenant` label of their own (the busiest).
+pub const DYNAMIC_TENANT_SERIES: usize = 100;
+
+/// The label of the series that sums the other tenants made on demand.
+pub const OTHER_TENANTS: &str = "_other";
+
+/// Configured tenants, then the [`DYNAMIC_TENANT_SERIES`] busiest tenants made on demand,
+/// then (if any are left) their sum as [`OTHER_TENANTS`].
+fn bounded(tenants: Vec<TenantSnapshot>) -> Vec<TenantSnapshot> {
+    let (mut dynamic, mut shown): (Vec<_>, Vec<_>) =
+        tenants.into_iter().partition(|t| t.origin != "config");
+    if dynamic.len() <= DYNAMIC_TENANT_SERIES {
+        shown.extend(dynamic);
+        return shown;
+    }
+    dynamic.sort_by_key(|t| std::cmp::Reverse((t.clients, t.transactions)));
+    let rest = dynamic.split_off(DYNAMIC_TENANT_SERIES);
+    let mut other = rest[0].clone();
+    other.name = OTHER_TENANTS.to_string();
+    other.paused = false;
+    for t in &rest[1..] {
+        other.add(t);
+    }
+    shown.extend(dynamic);
+    shown.push(other);
+    shown
+}
+
 /// The metrics text, as `/metrics` answers it now.
 pub fn render(shared: &Shared) -> String {
     let generation = shared.current();
     let tenants = tenant_snapshots(&generation.registry);
+    let tenants = if generation.config.proxy.metrics_tenant_labels {
+        bounded(tenants)
+    } else {
+        tenants
+    };
     let mut w = Writer::default();
     render_proxy(&mut w, shared, generation.id);
     render_servers(&mut w, &generation.registry);
@@ -253,19 +289,36 @@ fn render_pinned(w: &mut Writer, registry: &crate::tenant::Registry, by_tenant: 
         "gauge",
         "Clients kept on their server connection by session objects, by tenant and reason.",
     );
-    let mut names: Vec<&String> = registry.tenants.keys().collect();
-    names.sort();
-    let count = |name: &String, i: usize| {
-        registry.tenants[name].stats.pinned_by[i].load(Ordering::Relaxed) as u64
+    let mut tenants = registry.all_tenants();
+    tenants.sort_by(|a, b| a.name.cmp(&b.name));
+    let count = |t: &crate::tenant::TenantRuntime, i: usize| {
+        t.stats.pinned_by[i].load(Ordering::Relaxed) as u64
+    };
+    // Bounded as the other per-tenant series: configured tenants, and tenants made on demand
+    // only while few (else summed under `_other`).
+    let dynamic = tenants
+        .iter()
+        .filter(|t| t.origin != crate::tenant::Origin::Configured)
+        .count();
+    let own_series = |t: &crate::tenant::TenantRuntime| {
+        t.origin == crate::tenant::Origin::Configured || dynamic <= DYNAMIC_TENANT_SERIES
     };
     for (i, reason) in pin::NAMES.iter().enumerate() {
         if by_tenant {
-            for name in &names {
-                let labels = [("tenant", name.as_str()), ("reason", *reason)];
-                w.sample("pgtenant_clients_pinned", &labels, count(name, i));
+            for t in tenants.iter().filter(|t| own_series(t)) {
+                let labels = [("tenant", &*t.name), ("reason", *reason)];
+                w.sample("pgtenant_clients_pinned", &labels, count(t, i));
+            }
+            if dynamic > DYNAMIC_TENANT_SERIES {
+                let other = tenants
+                    .iter()
+                    .filter(|t| !own_series(t))
+                    .map(|t| count(t, i));
+                let labels = [("tenant", OTHER_TENANTS), ("reason", *reason)];
+                w.sample("pgtenant_clients_pinned", &labels, other.sum());
             }
         } else {
-            let total = names.iter().map(|n| count(n, i)).sum();
+            let total = tenants.iter().map(|t| count(t, i)).sum();
             w.sample("pgtenant_clients_pinned", &[("reason", reason)], total);
         }
     }
@@ -273,8 +326,9 @@ fn render_pinned(w: &mut Writer, registry: &crate::tenant::Registry, by_tenant: 
 
 /// Server connections per backend and state (summed over the backend's endpoints).
 fn render_servers(w: &mut Writer, registry: &crate::tenant::Registry) {
+    let endpoints = registry.all_endpoints();
     let mut by_backend: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    for endpoint in &registry.endpoints {
+    for endpoint in &endpoints {
         let (open, idle) = endpoint.pool.counts();
         let e = by_backend
             .entry(endpoint.config.backend.as_str())

@@ -14,7 +14,7 @@ pub fn run(shared: &Shared, generation: &Generation, name: &str) -> Result<Reply
         client.kill();
         killed += 1;
     }
-    if killed == 0 && !generation.registry.tenants.contains_key(name) {
+    if killed == 0 && generation.registry.get(name).is_none() {
         return Err(ErrorInfo::error(
             sqlstate::INVALID_CATALOG_NAME,
             format!("tenant \"{name}\" does not exist"),

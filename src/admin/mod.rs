@@ -219,15 +219,15 @@ fn tenants_named(
     generation: &Generation,
     name: Option<&str>,
 ) -> Result<Vec<Arc<TenantRuntime>>, ErrorInfo> {
-    let tenants = &generation.registry.tenants;
+    let registry = &generation.registry;
     match name {
-        Some(name) => match tenants.get(name) {
-            Some(t) => Ok(vec![t.clone()]),
+        Some(name) => match registry.get(name) {
+            Some(t) => Ok(vec![t]),
             None => Err(ErrorInfo::error(
                 sqlstate::INVALID_CATALOG_NAME,
                 format!("tenant \"{name}\" does not exist"),
             )),
         },
-        None => Ok(tenants.values().cloned().collect()),
+        None => Ok(registry.all_tenants()),
     }
 }

@@ -21,7 +21,7 @@ pub fn run(generation: &Generation) -> Table {
         ("checkouts", Type::Int8),
         ("affinity_hits", Type::Int8),
     ]);
-    let mut tenants: Vec<_> = generation.registry.tenants.values().collect();
+    let mut tenants = generation.registry.all_tenants();
     tenants.sort_by(|a, b| {
         let key = |t: &crate::tenant::TenantRuntime| {
             let e = &t.endpoint.config;
@@ -35,7 +35,7 @@ pub fn run(generation: &Generation) -> Table {
         };
         key(a).cmp(&key(b))
     });
-    for t in tenants {
+    for t in &tenants {
         let e = &t.endpoint.config;
         let pool = &t.endpoint.pool;
         let (open, idle) = pool.counts();

@@ -56,7 +56,7 @@ pub fn run(shared: &Shared, generation: &Generation) -> Table {
         .values()
         .map(|t| (t.state_id, &*t.name))
         .collect();
-    for endpoint in &generation.registry.endpoints {
+    for endpoint in &generation.registry.all_endpoints() {
         endpoint.pool.for_each_idle(|conn, idle_for| {
             let tenant = conn
                 .state()

@@ -9,7 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
-use super::raw::{RawAuth, RawBackend, RawConfig, RawPeer, RawProxy, RawTenant, RawUser};
+use super::raw::{
+    RawAuth, RawBackend, RawConfig, RawDirectory, RawPeer, RawProxy, RawTemplate, RawTenant,
+    RawUser,
+};
 
 const DOC: &str = include_str!("../../docs/CONFIGURATION.md");
 
@@ -79,6 +82,8 @@ fn sections() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("tenants", fields_of::<RawTenant>()),
         ("peers", fields_of::<RawPeer>()),
         ("auth", fields_of::<RawAuth>()),
+        ("tenant_template", fields_of::<RawTemplate>()),
+        ("directory", fields_of::<RawDirectory>()),
     ])
 }
 

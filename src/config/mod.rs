@@ -5,6 +5,7 @@
 //! file, the key and the problem.
 
 mod auth;
+pub mod dynamic;
 mod raw;
 mod secret;
 mod summary;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use auth::{AuthLookupConfig, PassThrough};
+pub use dynamic::{DirectoryConfig, TemplateConfig};
 pub use secret::VerifierError;
 pub use tls::{ClientTls, ServerTls, SslMode, TlsAcceptorConfig};
 pub use validate::{auto_workers, is_setting_name, ConfigError};
@@ -36,6 +38,10 @@ pub struct Config {
     pub peers: BTreeMap<u16, PeerConfig>,
     /// `[auth]`: users not in `[users]` are looked up in the database (`None`: they are not).
     pub auth_lookup: Option<AuthLookupConfig>,
+    /// `[tenant_template]`: tenants made from their name on first use.
+    pub tenant_template: Option<Arc<TemplateConfig>>,
+    /// `[directory]`: tenants looked up in a table.
+    pub directory: Option<Arc<DirectoryConfig>>,
 }
 
 /// The largest `instance_id`: it takes the 11 bits above the 20 random ones of a cancel

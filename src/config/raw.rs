@@ -31,6 +31,8 @@ pub(super) struct RawConfig {
     pub peers: BTreeMap<String, RawPeer>,
     /// `[auth]`: logins looked up in the database (see `super::auth`).
     pub auth: Option<RawAuth>,
+    pub tenant_template: Option<RawTemplate>,
+    pub directory: Option<RawDirectory>,
 }
 
 /// `[auth]`
@@ -46,6 +48,47 @@ pub(super) struct RawAuth {
 
 fn default_auth_ttl() -> DurationText {
     DurationText("60s".into())
+}
+
+/// `[tenant_template]`: tenants made from a name on first use (see `super::dynamic`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTemplate {
+    pub backend: String,
+    #[serde(default = "default_search_path")]
+    pub search_path: Vec<String>,
+    #[serde(default)]
+    pub settings: RawSettings,
+    #[serde(default)]
+    pub database: String,
+    pub max_server_connections: Option<usize>,
+    pub max_client_connections: Option<usize>,
+    #[serde(default = "default_tenant_name_pattern")]
+    pub tenant_name_pattern: String,
+}
+
+fn default_tenant_name_pattern() -> String {
+    "^[a-z0-9_]{1,63}$".into()
+}
+
+/// `[directory]`: tenants looked up in a table (see `super::dynamic`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDirectory {
+    pub backend: String,
+    pub query: String,
+    #[serde(default = "default_ttl")]
+    pub ttl: DurationText,
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: DurationText,
+}
+
+fn default_ttl() -> DurationText {
+    DurationText("60s".into())
+}
+
+fn default_negative_ttl() -> DurationText {
+    DurationText("10s".into())
 }
 
 /// `[peers.N]`

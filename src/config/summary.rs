@@ -113,6 +113,25 @@ impl Config {
         for t in self.tenants.values() {
             let _ = writeln!(out, "  {:?}  {}", t.name, tenant_details(t));
         }
+        if let Some(t) = &self.tenant_template {
+            let example = t.tenant("{tenant}");
+            let _ = writeln!(
+                out,
+                "  template: names matching {}  {}",
+                t.tenant_name_pattern,
+                tenant_details(&example)
+            );
+        }
+        if let Some(d) = &self.directory {
+            let _ = writeln!(
+                out,
+                "  directory: backend {}  ttl {}  negative_ttl {}  query {:?}",
+                d.backend,
+                humantime::format_duration(d.ttl),
+                humantime::format_duration(d.negative_ttl),
+                d.query
+            );
+        }
     }
 
     fn write_users(&self, out: &mut String) {

@@ -86,9 +86,19 @@ fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Problem> {
         let tenant = tenant_config(&name, tenant, &backends, env)?;
         tenants.insert(name, Arc::new(tenant));
     }
+    let tenant_template = raw
+        .tenant_template
+        .map(|t| dynamic::template(t, &backends).map(Arc::new))
+        .transpose()?;
+    let directory = raw
+        .directory
+        .map(|d| dynamic::directory(d, &backends).map(Arc::new))
+        .transpose()?;
+    // With a template or a directory, a user's list may name tenants no block defines.
+    let any_name = tenant_template.is_some() || directory.is_some();
     let mut users = BTreeMap::new();
     for (name, user) in raw.users {
-        let user = user_config(&name, user, &tenants)?;
+        let user = user_config(&name, user, &tenants, any_name)?;
         users.insert(name, Arc::new(user));
     }
     let proxy = proxy_config(raw.proxy, &tenants, &users)?;
@@ -101,6 +111,8 @@ fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Problem> {
         users,
         tenants,
         peers,
+        tenant_template,
+        directory,
     })
 }
 
@@ -464,6 +476,7 @@ fn user_config<T>(
     name: &str,
     raw: RawUser,
     tenants: &BTreeMap<String, T>,
+    any_name: bool,
 ) -> Result<UserConfig, Problem> {
     let path = section_path("users", name)?;
     let secret = secret::user_secret(&raw.password).map_err(|e| format!("{path}.password: {e}"))?;
@@ -472,7 +485,7 @@ fn user_config<T>(
     for (i, tenant) in raw.tenants.into_iter().enumerate() {
         if tenant == "*" {
             all = true;
-        } else if tenants.contains_key(&tenant) {
+        } else if any_name || tenants.contains_key(&tenant) {
             allowed.insert(tenant);
         } else {
             return Err(format!(
@@ -629,6 +642,9 @@ pub(super) fn nonzero_duration(path: &str, value: &DurationText) -> Result<Durat
     }
     Ok(parsed)
 }
+
+#[path = "validate_dynamic.rs"]
+mod dynamic;
 
 #[cfg(test)]
 #[path = "validate_tests.rs"]

@@ -145,6 +145,9 @@ impl<C> TenantSlot<C> {
 
 struct Inner<C> {
     idle: Vec<Idle<C>>,
+    /// Logical pools given up ([`Pool::remove_tenant`]): reused by a later `add_tenant`
+    /// once nothing is checked out through them and nobody waits in them.
+    retired: Vec<usize>,
     /// Connections counted against `size`: idle, in use and being opened.
     open: usize,
     tenants: Vec<TenantSlot<C>>,
@@ -169,6 +172,7 @@ impl<C: Poolable> Pool<C> {
             size,
             inner: Mutex::new(Inner {
                 idle: Vec::new(),
+                retired: Vec::new(),
                 open: 0,
                 tenants: Vec::new(),
                 ring: VecDeque::new(),
@@ -179,17 +183,47 @@ impl<C: Poolable> Pool<C> {
         })
     }
 
-    /// Registers a tenant's logical pool with its own cap (`None` = the pool size).
+    /// Registers a tenant's logical pool with its own cap (`None` = the pool size). Reuses
+    /// the slot of a removed one when that one is quiet (nothing checked out, no waiter):
+    /// the pool holds as many slots as tenants were ever in use at once. Connections never
+    /// carry a slot, only a state key, so a reused slot matches no connection's state.
     pub fn add_tenant(&self, max: Option<usize>) -> TenantId {
         let mut inner = self.lock();
-        inner.tenants.push(TenantSlot {
+        let fresh = TenantSlot {
             max: max.unwrap_or(self.size).min(self.size),
             in_use: 0,
             waiters: VecDeque::new(),
             checkouts: 0,
             affinity_hits: 0,
+        };
+        let inner = &mut *inner;
+        let quiet = inner.retired.iter().position(|&i| {
+            let slot = &mut inner.tenants[i];
+            drop_given_up(&mut slot.waiters);
+            slot.in_use == 0 && slot.waiters.is_empty()
         });
+        if let Some(at) = quiet {
+            let i = inner.retired.swap_remove(at);
+            inner.tenants[i] = fresh;
+            return TenantId(i);
+        }
+        inner.tenants.push(fresh);
         TenantId(inner.tenants.len() - 1)
+    }
+
+    /// Gives up a logical pool (a tenant made on demand that has been idle): its slot is
+    /// reused by a later [`Pool::add_tenant`] once it is quiet.
+    pub fn remove_tenant(&self, tenant: TenantId) {
+        let mut inner = self.lock();
+        if !inner.retired.contains(&tenant.0) {
+            inner.retired.push(tenant.0);
+        }
+    }
+
+    /// Logical pools in use and given up: (slots, of which retired).
+    pub fn tenant_slots(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.tenants.len(), inner.retired.len())
     }
 
     pub fn size(&self) -> usize {

@@ -286,3 +286,26 @@ async fn a_released_connection_goes_to_a_waiter_wanting_its_state_within_bounds(
     let (_, last) = waiters.remove(0);
     tokio::time::timeout(T, last).await.unwrap().unwrap();
 }
+
+/// A removed tenant's slot is reused only once nothing is checked out through it: a guard
+/// that comes back late must never count against the tenant that took the slot over.
+#[tokio::test]
+async fn a_removed_slot_is_reused_only_when_quiet() {
+    let pool: Arc<Pool<Fake>> = Pool::new(4);
+    let a = pool.add_tenant(Some(1));
+    let held = take(&pool, a, "a", 1).await;
+    pool.remove_tenant(a);
+    let b = pool.add_tenant(Some(1));
+    assert_ne!(a, b, "a still has a connection out: its slot is not free");
+    drop(held);
+    let c = pool.add_tenant(Some(1));
+    assert_eq!(a, c, "quiet now: reused");
+    assert_eq!(
+        pool.tenant_stats(c),
+        TenantStats::default(),
+        "fresh counters"
+    );
+    let _c1 = take(&pool, c, "c", 2).await;
+    assert_eq!(pool.tenant_stats(c).in_use, 1);
+    assert_eq!(pool.tenant_slots(), (2, 0));
+}

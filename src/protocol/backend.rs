@@ -208,6 +208,25 @@ pub fn data_row(message: &[u8]) -> Result<Vec<Option<&[u8]>>, DecodeError> {
     Ok(out)
 }
 
+/// The columns of a RowDescription (`T`): each one's name and type OID.
+pub fn row_description(message: &[u8]) -> Result<Vec<(&[u8], u32)>, DecodeError> {
+    const BAD: DecodeError = DecodeError::Malformed("RowDescription");
+    let b = body(message);
+    let count = u16::from_be_bytes([*b.first().ok_or(BAD)?, *b.get(1).ok_or(BAD)?]);
+    let mut rest = &b[2..];
+    let mut out = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let end = memchr::memchr(0, rest).ok_or(BAD)?;
+        let name = &rest[..end];
+        // table oid (4), column number (2), type oid (4), size (2), modifier (4), format (2)
+        let fixed = rest.get(end + 1..end + 19).ok_or(BAD)?;
+        let oid = u32::from_be_bytes([fixed[6], fixed[7], fixed[8], fixed[9]]);
+        out.push((name, oid));
+        rest = &rest[end + 19..];
+    }
+    Ok(out)
+}
+
 /// True for CommandComplete tags after which the proxy no longer knows the session state.
 pub fn tag_changes_session_state(tag: &[u8]) -> bool {
     tag == b"SET" || tag == b"RESET" || tag.starts_with(b"DISCARD")

@@ -242,6 +242,28 @@ pub fn parse(buf: &mut BytesMut, name: &[u8], sql: &[u8], types: &[u8]) {
     finish(buf, at);
 }
 
+/// One lookup of the proxy's own in the extended protocol (server-bound): Parse (unnamed)
+/// of `sql`, Bind of `param` as its one text parameter (`$1`, never spliced into the text),
+/// Describe of the portal (for the column names), Execute, Sync.
+pub fn lookup(buf: &mut BytesMut, sql: &str, param: &[u8]) {
+    parse(buf, b"", sql.as_bytes(), &[0, 0]);
+    let at = begin(buf, super::ftag::BIND);
+    put_cstr(buf, b"");
+    put_cstr(buf, b"");
+    buf.put_i16(0); // parameter formats: all text
+    buf.put_i16(1);
+    buf.put_i32(param.len() as i32);
+    buf.put_slice(param);
+    buf.put_i16(0); // result formats: all text
+    finish(buf, at);
+    describe_or_close(buf, super::ftag::DESCRIBE, b'P', b"");
+    let at = begin(buf, super::ftag::EXECUTE);
+    put_cstr(buf, b"");
+    buf.put_i32(0);
+    finish(buf, at);
+    bodiless(buf, super::ftag::SYNC);
+}
+
 /// The head of a Bind (server-bound) whose last `rest_len` bytes, everything after the
 /// statement name, follow unchanged from the client's own Bind as it streams through.
 pub fn bind_head(buf: &mut BytesMut, portal: &[u8], statement: &[u8], rest_len: usize) {

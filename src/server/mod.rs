@@ -4,6 +4,7 @@
 
 mod health;
 mod login;
+mod lookup;
 pub mod notify;
 mod params;
 pub mod passthrough;
@@ -28,6 +29,7 @@ use crate::pool::Poolable;
 use crate::protocol::{DecodeError, FrameError, FrameScanner};
 
 pub use health::Health;
+pub use lookup::LookupRows;
 pub use params::{tracked_name, Params, TRACKED_PARAMS};
 pub use reason::FailureReason;
 

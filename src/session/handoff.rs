@@ -229,7 +229,7 @@ fn params_of(list: &[(String, Vec<u8>)]) -> Params {
 /// The new process takes a client over: registers it (same cancel key) and parks it. A
 /// client whose tenant this process does not serve, or whose state cannot be read, is
 /// closed (and logged).
-pub fn adopt(moving: Moving, shared: &Arc<Shared>, lot: &Arc<ParkLot>) {
+pub async fn adopt(moving: Moving, shared: &Arc<Shared>, lot: &Arc<ParkLot>) {
     let socket = std::net::TcpStream::from(moving.socket);
     let d = match decode(&moving.state) {
         Ok(d) => d,
@@ -239,7 +239,12 @@ pub fn adopt(moving: Moving, shared: &Arc<Shared>, lot: &Arc<ParkLot>) {
         }
     };
     let generation = shared.current();
-    let Some(mut tenant) = generation.registry.tenants.get(&d.tenant).cloned() else {
+    // As a login resolves it: `[tenants]`, the directory, the template.
+    let resolved = generation
+        .registry
+        .resolve(&generation.config, &d.tenant)
+        .await;
+    let Ok(mut tenant) = resolved else {
         tracing::warn!(user = %d.user, tenant = %d.tenant,
             "takeover: this process does not serve the client's tenant; closing it");
         return;

@@ -61,7 +61,7 @@ impl LoginError {
         if let Some(t) = self
             .tenant
             .as_ref()
-            .and_then(|t| generation.registry.tenants.get(t))
+            .and_then(|t| generation.registry.get(t))
         {
             t.stats.login_failures.record(self.reason);
         }
@@ -154,8 +154,9 @@ pub(super) async fn login<S: crate::transport::ClientIo>(
     }
     let tenant_name = allowed_tenant(&identity, user, pass_through.is_some())
         .map_err(|(reason, i)| fail(reason, i))?;
-    // `identify` found the tenant in this same generation's config.
-    let mut tenant = generation.registry.tenants[&tenant_name].clone();
+    let mut tenant = resolve(&generation, &tenant_name)
+        .await
+        .map_err(|(reason, i)| fail(reason, i))?;
     if let Some(keys) = &pass_through {
         tenant = super::auth_query::own_runtime(&generation, &tenant, &identity.user, keys, true);
     }
@@ -183,6 +184,28 @@ pub(super) async fn login<S: crate::transport::ClientIo>(
         }
         Err(i) => Err(fail(F::Backend, i)),
     }
+}
+
+/// The tenant called `name`: a `[tenants]` block, else the directory or the template
+/// (asked only now, after authentication). The refusal's login-failure reason: `backend`
+/// when the directory cannot be asked, else `unknown_tenant`.
+async fn resolve(
+    generation: &crate::shared::Generation,
+    name: &str,
+) -> Result<Arc<TenantRuntime>, (LoginFailure, ErrorInfo)> {
+    use crate::tenant::directory::DirectoryError;
+    use crate::tenant::ResolveError;
+    generation
+        .registry
+        .resolve(&generation.config, name)
+        .await
+        .map_err(|e| {
+            let reason = match e {
+                ResolveError::Directory(DirectoryError::Down(_)) => LoginFailure::Backend,
+                _ => LoginFailure::UnknownTenant,
+            };
+            (reason, e.to_client(name))
+        })
 }
 
 /// A client counted in its tenant's `clients` while its login finishes.

@@ -15,6 +15,7 @@ pub mod park;
 mod pause;
 pub mod prepared;
 pub mod sync;
+mod tenant;
 pub mod vsession;
 
 use std::sync::atomic::Ordering;
@@ -42,6 +43,7 @@ use idle::{answer_listen, answer_repeated_set};
 use linked::{Disposition, Link, LinkEnd, LinkError};
 use login::{login, LoggedIn, LoginError};
 use pause::pass_pause_gate;
+use tenant::{refresh, resolve_again};
 
 pub use crate::shared::Shared;
 
@@ -288,6 +290,11 @@ enum SessionError {
     /// A reload removed the tenant (noticed between transactions).
     #[error("tenant \"{0}\" was removed from the configuration")]
     Removed(String),
+    /// A tenant made on demand that is no more (its directory row deleted, or no longer
+    /// served after a reload): what the client is told (`3D000`, or `08006` when the
+    /// directory cannot be asked).
+    #[error("{}", .0.message)]
+    Gone(Box<ErrorInfo>),
 }
 
 impl SessionError {
@@ -299,14 +306,16 @@ impl SessionError {
             SessionError::Forbidden(_) => SessionErrorKind::Forbidden,
             SessionError::Shutdown => SessionErrorKind::Shutdown,
             SessionError::Killed { .. } => SessionErrorKind::Killed,
-            SessionError::Removed(_) => SessionErrorKind::Removed,
+            SessionError::Removed(_) | SessionError::Gone(_) => SessionErrorKind::Removed,
         }
     }
 
     fn to_client(&self) -> Option<ErrorInfo> {
         match self {
             SessionError::Link(e) => e.to_client(),
-            SessionError::NoServer(e) | SessionError::Forbidden(e) => Some((**e).clone()),
+            SessionError::NoServer(e) | SessionError::Forbidden(e) | SessionError::Gone(e) => {
+                Some((**e).clone())
+            }
             SessionError::Shutdown | SessionError::Killed { linked: false } => {
                 Some(ErrorInfo::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
@@ -339,7 +348,9 @@ async fn run<S: ClientIo>(
 ) -> Result<RunEnd, SessionError> {
     let mut generation = shared.current();
     // A resumed session may have slept through a reload.
-    refresh(ctx, &generation)?;
+    if refresh(ctx, &generation)? {
+        Box::pin(resolve_again(ctx, &generation)).await?;
+    }
     let mode = generation.config.proxy.pool_mode;
     let session_mode = mode == PoolMode::Session;
     // Boxed: it lives as long as the session, and inline it would make every idle
@@ -374,7 +385,14 @@ async fn run<S: ClientIo>(
         // A reload since the last checkout: this client's tenant, afresh.
         if shared.generation_id() != generation.id {
             generation = shared.current();
-            refresh(ctx, &generation)?;
+            if refresh(ctx, &generation)? {
+                Box::pin(resolve_again(ctx, &generation)).await?;
+            }
+        }
+        // A directory tenant whose row's `ttl` has passed: asked again (one query however
+        // many of its clients ask at once); a deleted row ends the session here.
+        if ctx.tenant.needs_recheck() {
+            Box::pin(resolve_again(ctx, &generation)).await?;
         }
         // Boxed: what a transaction needs (the server connection, the linked state machine)
         // exists only while one runs, so an idle client's future stays small.
@@ -561,37 +579,6 @@ fn stopped(ctx: &ClientCtx, entry: &ClientEntry) -> SessionError {
         StopReason::Removed => SessionError::Removed(ctx.tenant.name.to_string()),
         StopReason::Shutdown => SessionError::Shutdown,
     }
-}
-
-/// After a reload: the client's tenant as the new generation has it (a changed
-/// `search_path` then applies from this checkout on), if it still exists and the user may
-/// still use it.
-fn refresh(ctx: &mut ClientCtx, generation: &Generation) -> Result<(), SessionError> {
-    let name = &ctx.tenant.name;
-    let Some(tenant) = generation.registry.tenants.get(&**name) else {
-        return Err(SessionError::Removed(name.to_string()));
-    };
-    // A user found by auth_query: its own endpoint, never the tenant's shared one.
-    if let Some(own) = auth_query::refreshed(generation, tenant, ctx)? {
-        ctx.tenant = own;
-        return Ok(());
-    }
-    let allowed = generation
-        .config
-        .users
-        .get(&*ctx.user)
-        .is_some_and(|u| u.tenants.allows(name));
-    if !allowed {
-        let message = format!("user \"{}\" may no longer use tenant \"{name}\"", ctx.user);
-        return Err(SessionError::Forbidden(Box::new(ErrorInfo::fatal(
-            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            message,
-        ))));
-    }
-    if !Arc::ptr_eq(tenant, &ctx.tenant) {
-        ctx.tenant = tenant.clone();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -52,6 +52,16 @@ pub fn identify(
     let sources = &config.proxy.tenant_from;
     let (user, user_tenant) = split_user(config, user);
     let exists = |t: &str| config.tenants.contains_key(t);
+    // Named explicitly: a `[tenants]` block, or a name the directory or the template may
+    // know (resolved after authentication; `database` never names one of those).
+    let may_exist = |t: &str| {
+        exists(t)
+            || config.directory.is_some()
+            || config
+                .tenant_template
+                .as_ref()
+                .is_some_and(|tt| tt.serves(t))
+    };
     for source in sources {
         let named = match source {
             TenantSource::Options => options_tenant,
@@ -66,7 +76,7 @@ pub fn identify(
             }
         };
         if let Some(t) = named {
-            let tenant = if exists(t) {
+            let tenant = if may_exist(t) {
                 Ok(t.to_string())
             } else {
                 Err(IdentifyError::Unknown(t.to_string()))

@@ -55,10 +55,66 @@ pub struct TenantRuntime {
     pub stats: Arc<TenantStats>,
     /// Pause and removal (kept across reloads).
     pub control: Arc<TenantControl>,
+    /// Where the tenant comes from: a `[tenants]` block, the template or the directory.
+    pub origin: Origin,
+    /// Directory tenants: until when (ms on [`now_ms`]'s clock) the row it was made from
+    /// is known to be current; a checkout after that asks the directory again.
+    pub valid_until_ms: AtomicU64,
+}
+
+/// Where a tenant comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A `[tenants]` block.
+    Configured,
+    /// `[tenant_template]`, made on first use.
+    Template,
+    /// A `[directory]` row, made on first use and checked again after `ttl`.
+    Directory,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Configured => "config",
+            Origin::Template => "template",
+            Origin::Directory => "directory",
+        }
+    }
+}
+
+/// Milliseconds on a monotonic clock of the process's own (for validity stamps).
+pub fn now_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl TenantRuntime {
+    /// Whether a checkout must ask the directory again first (its row's `ttl` has passed).
+    #[inline]
+    pub fn needs_recheck(&self) -> bool {
+        self.origin == Origin::Directory && now_ms() >= self.valid_until_ms.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TenantRuntime {
+    /// A tenant made on demand gives its logical pool back (reused once quiet); configured
+    /// tenants' slots follow their name across reloads.
+    fn drop(&mut self) {
+        if self.origin != Origin::Configured {
+            self.endpoint.pool.remove_tenant(self.pool_id);
+        }
+    }
 }
 
 pub struct Registry {
+    /// The `[tenants]` blocks.
     pub tenants: HashMap<String, Arc<TenantRuntime>>,
+    /// Tenants made on demand (`[tenant_template]`, `[directory]`), if configured; shared
+    /// by the generations whose template, directory and backends are the same.
+    pub dynamic: Option<Arc<super::dynamic::Dynamic>>,
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Failed server connection attempts by kind, over every endpoint (and every reload).
     pub connect_failures: Arc<KindCounts<ConnectFailure>>,
@@ -91,14 +147,7 @@ impl Registry {
                     let reused = old.and_then(|o| o.endpoints.iter().find(|e| *e.config == ep));
                     let e = match reused {
                         Some(e) => e.clone(),
-                        None => Arc::new(Endpoint {
-                            pool: Pool::new(ep.pool_size),
-                            config: Arc::new(ep),
-                            params: tokio::sync::OnceCell::new(),
-                            health: crate::server::Health::default(),
-                            listen: Default::default(),
-                            connect_failures: connect_failures.clone(),
-                        }),
+                        None => new_endpoint(ep, &connect_failures),
                     };
                     endpoints.push(e.clone());
                     e
@@ -115,8 +164,14 @@ impl Registry {
             };
             tenants.insert(name.clone(), runtime);
         }
+        let dynamic = super::dynamic::Dynamic::for_config(
+            config,
+            old.and_then(|o| o.dynamic.as_ref()),
+            &connect_failures,
+        );
         Registry {
             tenants,
+            dynamic,
             endpoints,
             connect_failures,
             user_endpoints: old
@@ -124,6 +179,89 @@ impl Registry {
                 .unwrap_or_default(),
         }
     }
+
+    /// The tenant called `name` if it is loaded: a `[tenants]` block, or a tenant made on
+    /// demand that is in use now.
+    pub fn get(&self, name: &str) -> Option<Arc<TenantRuntime>> {
+        match self.tenants.get(name) {
+            Some(t) => Some(t.clone()),
+            None => self.dynamic.as_ref()?.get(name),
+        }
+    }
+
+    /// Every loaded tenant (see [`Registry::get`]), configured ones first.
+    pub fn all_tenants(&self) -> Vec<Arc<TenantRuntime>> {
+        let mut all: Vec<_> = self.tenants.values().cloned().collect();
+        if let Some(d) = &self.dynamic {
+            all.extend(d.active());
+        }
+        all
+    }
+
+    /// Every endpoint in use: the configured tenants' and those of tenants made on demand.
+    pub fn all_endpoints(&self) -> Vec<Arc<Endpoint>> {
+        let mut all = self.endpoints.clone();
+        if let Some(d) = &self.dynamic {
+            for e in d.endpoints() {
+                if !all.iter().any(|a| Arc::ptr_eq(a, &e)) {
+                    all.push(e);
+                }
+            }
+        }
+        all
+    }
+
+    /// The tenant called `name`, in SPEC's order: a `[tenants]` block, then the directory,
+    /// then the template (made now if it is not in use).
+    pub async fn resolve(
+        &self,
+        config: &Config,
+        name: &str,
+    ) -> Result<Arc<TenantRuntime>, super::dynamic::ResolveError> {
+        if let Some(t) = self.tenants.get(name) {
+            return Ok(t.clone());
+        }
+        match &self.dynamic {
+            Some(d) => d.resolve(name, config, &self.endpoints).await,
+            None => Err(super::dynamic::ResolveError::Unknown),
+        }
+    }
+}
+
+/// A new endpoint pool.
+pub(super) fn new_endpoint(
+    ep: EndpointConfig,
+    connect_failures: &Arc<KindCounts<ConnectFailure>>,
+) -> Arc<Endpoint> {
+    Arc::new(Endpoint {
+        pool: Pool::new(ep.pool_size),
+        config: Arc::new(ep),
+        params: tokio::sync::OnceCell::new(),
+        health: crate::server::Health::default(),
+        listen: Default::default(),
+        connect_failures: connect_failures.clone(),
+    })
+}
+
+/// A runtime for a tenant made on demand: always a logical pool of its own (given back
+/// when the runtime is dropped) and a fresh `state_id`; counters and controls carried over
+/// from `previous` (the same name's runtime before its row changed).
+pub(super) fn on_demand_runtime(
+    tenant: &Arc<TenantConfig>,
+    endpoint: Arc<Endpoint>,
+    previous: Option<&TenantRuntime>,
+    origin: Origin,
+    valid_until_ms: u64,
+) -> TenantRuntime {
+    // Without a previous runtime `new_runtime` takes a slot of its own.
+    let mut runtime = new_runtime(&tenant.name, tenant, endpoint, None);
+    runtime.origin = origin;
+    runtime.valid_until_ms = AtomicU64::new(valid_until_ms);
+    if let Some(p) = previous {
+        runtime.stats = p.stats.clone();
+        runtime.control = p.control.clone();
+    }
+    runtime
 }
 
 /// A runtime for a new or changed tenant. A changed one keeps its counters and controls,
@@ -155,6 +293,8 @@ fn new_runtime(
         stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
         control: previous.map(|p| p.control.clone()).unwrap_or_default(),
         endpoint,
+        origin: Origin::Configured,
+        valid_until_ms: AtomicU64::new(u64::MAX),
     }
 }
 
@@ -163,7 +303,7 @@ fn new_runtime(
 /// logging in the same way (password, TLS). Anything less would hand one backend's tenants
 /// connections made as the other says (fail closed: a `verify-full` backend never gets a
 /// connection a `disable` one made).
-fn same_endpoint(a: &EndpointConfig, b: &EndpointConfig) -> bool {
+pub(super) fn same_endpoint(a: &EndpointConfig, b: &EndpointConfig) -> bool {
     a.host == b.host
         && a.port == b.port
         && a.database == b.database

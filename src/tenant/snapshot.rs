@@ -11,6 +11,8 @@ use super::stats::{HistogramSnapshot, LoginFailure};
 #[derive(Debug, Clone)]
 pub struct TenantSnapshot {
     pub name: String,
+    /// Where the tenant comes from (`config`, `template`, `directory`).
+    pub origin: &'static str,
     pub backend: String,
     pub database: String,
     /// The configured `search_path`, comma-separated.
@@ -43,8 +45,8 @@ pub struct TenantSnapshot {
 pub fn tenant_snapshots(registry: &Registry) -> Vec<TenantSnapshot> {
     let idle_by_state = idle_by_state(registry);
     let mut all: Vec<TenantSnapshot> = registry
-        .tenants
-        .values()
+        .all_tenants()
+        .iter()
         .map(|t| {
             let s = &t.stats;
             let pool = t.endpoint.pool.tenant_stats(t.pool_id);
@@ -52,6 +54,7 @@ pub fn tenant_snapshots(registry: &Registry) -> Vec<TenantSnapshot> {
             let load_usize = |c: &std::sync::atomic::AtomicUsize| c.load(Ordering::Relaxed) as u64;
             TenantSnapshot {
                 name: t.name.to_string(),
+                origin: t.origin.as_str(),
                 backend: t.config.backend.clone(),
                 database: t.endpoint.config.database.clone(),
                 search_path: t.config.search_path.join(","),
@@ -85,7 +88,7 @@ pub fn tenant_snapshots(registry: &Registry) -> Vec<TenantSnapshot> {
 /// Idle connections per tenant state id, over all endpoints.
 fn idle_by_state(registry: &Registry) -> HashMap<u64, u64> {
     let mut counts = HashMap::new();
-    for endpoint in &registry.endpoints {
+    for endpoint in &registry.all_endpoints() {
         endpoint.pool.for_each_idle(|conn, _| {
             if let Some(state) = conn.state().key() {
                 *counts.entry(state.tenant).or_insert(0) += 1;
@@ -93,4 +96,43 @@ fn idle_by_state(registry: &Registry) -> HashMap<u64, u64> {
         });
     }
     counts
+}
+
+impl TenantSnapshot {
+    /// Adds `other`'s numbers to these (for a summed series).
+    pub fn add(&mut self, other: &TenantSnapshot) {
+        self.clients += other.clients;
+        self.linked += other.linked;
+        self.waiting += other.waiting;
+        self.paused_waiting += other.paused_waiting;
+        self.server_in_use += other.server_in_use;
+        self.server_idle += other.server_idle;
+        self.transactions += other.transactions;
+        self.queries += other.queries;
+        self.bytes_received += other.bytes_received;
+        self.bytes_sent += other.bytes_sent;
+        self.preludes += other.preludes;
+        self.checkouts += other.checkouts;
+        self.affinity_hits += other.affinity_hits;
+        let wait = &mut self.checkout_wait;
+        if wait.cumulative.len() < other.checkout_wait.cumulative.len() {
+            wait.cumulative
+                .resize(other.checkout_wait.cumulative.len(), 0);
+        }
+        for (sum, n) in wait
+            .cumulative
+            .iter_mut()
+            .zip(&other.checkout_wait.cumulative)
+        {
+            *sum += n;
+        }
+        wait.sum_micros += other.checkout_wait.sum_micros;
+        wait.count += other.checkout_wait.count;
+        for (reason, n) in &other.login_failures {
+            match self.login_failures.iter_mut().find(|(r, _)| r == reason) {
+                Some((_, total)) => *total += n,
+                None => self.login_failures.push((*reason, *n)),
+            }
+        }
+    }
 }

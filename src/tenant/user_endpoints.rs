@@ -9,7 +9,7 @@
 //! shares the tenant's state SQL, counters and controls.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::registry::{Endpoint, TenantRuntime};
@@ -152,5 +152,7 @@ fn user_runtime(tenant: &TenantRuntime, endpoint: Arc<Endpoint>) -> TenantRuntim
         settings_verified: AtomicBool::new(tenant.settings_verified.load(Ordering::Relaxed)),
         stats: tenant.stats.clone(),
         control: tenant.control.clone(),
+        origin: tenant.origin,
+        valid_until_ms: AtomicU64::new(tenant.valid_until_ms.load(Ordering::Relaxed)),
     }
 }

@@ -318,3 +318,36 @@ async fn a_user_found_by_auth_query_moves_and_still_logs_in_as_itself() {
     old.check_log();
     new.check_log();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_tenant_moves_and_is_made_again_in_the_new_process() {
+    let server = crate::support::own_pg();
+    crate::template::make_schemas(&server, 1, 2);
+    let mut old = Binary::start(&crate::template::template_toml(&server, 2, "")).await;
+    let conn = |port: u16, tenant: &str| {
+        format!(
+            "host=127.0.0.1 port={port} user=app password={PROXY_PASSWORD} dbname=app \
+             options='-c tenant={tenant}' connect_timeout=10"
+        )
+    };
+    let a = connect(&conn(old.port, "tt_0001")).await.unwrap();
+    let b = connect(&conn(old.port, "tt_0002")).await.unwrap();
+    let reads = "SELECT tenant || ' ' || current_setting('app.tenant_id') FROM whoami";
+    assert_eq!(
+        simple_value(&a, reads).await.unwrap().as_deref(),
+        Some("tt_0001 tt_0001")
+    );
+    let new = old.take_over().await;
+    assert!(old.wait(Duration::from_secs(30)).await.success());
+    assert!(old.log().contains("sent=2 lost=0"), "{}", old.log());
+    assert_eq!(
+        simple_value(&a, reads).await.unwrap().as_deref(),
+        Some("tt_0001 tt_0001")
+    );
+    assert_eq!(
+        simple_value(&b, reads).await.unwrap().as_deref(),
+        Some("tt_0002 tt_0002")
+    );
+    old.check_log();
+    new.check_log();
+}
