@@ -116,9 +116,7 @@ impl Proxy {
         let port = listener.local_addr()?.port();
         let mut point = open_takeover_point(&config, port);
         let successor = accept_loop(&listener, &shared, lot.as_ref(), &tracker, &mut point).await?;
-        if let Some(point) = point {
-            point.close();
-        }
+        drop(point);
         if let Some(conn) = successor {
             let fds: Vec<_> = std::iter::once(listener.as_raw_fd())
                 .chain(metrics_fd.as_ref().map(|m| m.as_raw_fd()))

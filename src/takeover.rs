@@ -180,10 +180,13 @@ impl Point {
             Err(_) => std::future::pending().await,
         }
     }
+}
 
-    /// No successor any more: the thread ends and the path is removed (unless a successor
-    /// came: then the path is the successor's).
-    pub fn close(mut self) {
+/// No successor any more (also when the point is dropped with its runtime, as in-process
+/// tests do): the thread ends and the path is removed (unless a successor came: then the
+/// path is the successor's).
+impl Drop for Point {
+    fn drop(&mut self) {
         // SAFETY: shutting down a socket we own; the blocked accept returns an error.
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         if self.successor.try_recv().is_err() {
@@ -392,6 +395,18 @@ fn recv(conn: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_point_lets_go_of_its_path() {
+        let path = std::env::temp_dir().join(format!("pgtenant-drop-{}", std::process::id()));
+        let point = Point::open(&path).unwrap();
+        assert!(listen(&path).is_err(), "taken while the point lives");
+        drop(point);
+        assert!(!path.exists());
+        let again = listen(&path).expect("free once the point is dropped");
+        drop(again);
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn a_bad_hello_is_ignored() {
