@@ -38,18 +38,7 @@ struct Target {
 pub async fn connect_check(config: &Config) -> Vec<String> {
     let mut targets: BTreeMap<EndpointKey, Target> = BTreeMap::new();
     for backend in config.backends.values() {
-        let endpoint = EndpointConfig {
-            backend: backend.name.clone(),
-            host: backend.host.clone(),
-            port: backend.port,
-            database: backend.database.clone(),
-            user: backend.user.clone(),
-            password: backend.password.clone(),
-            pool_size: backend.pool_size,
-            min_pool_size: backend.min_pool_size,
-            tls: backend.tls.clone(),
-            pass_through: None,
-        };
+        let endpoint = backend.own_endpoint();
         targets.entry(key(&endpoint)).or_insert(Target {
             endpoint,
             tenants: Vec::new(),

@@ -132,18 +132,10 @@ impl AuthLookup {
 
 /// The `[auth]` backend's own login.
 fn lookup_endpoint(config: &Config, auth: &AuthLookupConfig) -> EndpointConfig {
-    let backend = &config.backends[&auth.backend];
     EndpointConfig {
-        backend: backend.name.clone(),
-        host: backend.host.clone(),
-        port: backend.port,
-        database: backend.database.clone(),
-        user: backend.user.clone(),
-        password: backend.password.clone(),
         pool_size: 1,
         min_pool_size: 0,
-        tls: backend.tls.clone(),
-        pass_through: None,
+        ..config.backends[&auth.backend].own_endpoint()
     }
 }
 

@@ -70,24 +70,31 @@ impl Config {
     /// The server endpoint a tenant's connections go to: its backend, with the tenant's
     /// `database`/`user`/`password` overrides applied.
     pub fn endpoint_for(&self, tenant: &TenantConfig) -> EndpointConfig {
-        let backend = &self.backends[&tenant.backend];
+        let mut endpoint = self.backends[&tenant.backend].own_endpoint();
+        if let Some(database) = &tenant.database {
+            endpoint.database = database.clone();
+        }
+        if let Some(user) = &tenant.user {
+            endpoint.user = user.clone();
+            endpoint.password = tenant.password.clone();
+        }
+        endpoint
+    }
+}
+
+impl BackendConfig {
+    /// The backend's own database and login (what a tenant's `database`/`user` override).
+    pub fn own_endpoint(&self) -> EndpointConfig {
         EndpointConfig {
-            backend: backend.name.clone(),
-            host: backend.host.clone(),
-            port: backend.port,
-            database: tenant
-                .database
-                .clone()
-                .unwrap_or_else(|| backend.database.clone()),
-            user: tenant.user.clone().unwrap_or_else(|| backend.user.clone()),
-            password: if tenant.user.is_some() {
-                tenant.password.clone()
-            } else {
-                backend.password.clone()
-            },
-            pool_size: backend.pool_size,
-            min_pool_size: backend.min_pool_size,
-            tls: backend.tls.clone(),
+            backend: self.name.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            database: self.database.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            pool_size: self.pool_size,
+            min_pool_size: self.min_pool_size,
+            tls: self.tls.clone(),
             pass_through: None,
         }
     }
@@ -373,4 +380,21 @@ pub struct TenantConfig {
     pub password: Option<String>,
     pub max_server_connections: Option<usize>,
     pub max_client_connections: Option<usize>,
+}
+
+impl TenantConfig {
+    /// A tenant of `backend` with `search_path` and nothing else set.
+    pub fn plain(name: &str, backend: &str, search_path: Vec<String>) -> TenantConfig {
+        TenantConfig {
+            name: name.to_string(),
+            backend: backend.to_string(),
+            search_path,
+            settings: Vec::new(),
+            database: None,
+            user: None,
+            password: None,
+            max_server_connections: None,
+            max_client_connections: None,
+        }
+    }
 }

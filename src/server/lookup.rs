@@ -45,14 +45,7 @@ impl ServerConn {
                         .map(|(n, oid)| (String::from_utf8_lossy(n).into_owned(), oid))
                         .collect();
                 }
-                Backend::Other(btag::DATA_ROW) => {
-                    let row = backend::data_row(&msg)
-                        .map_err(ServerProtocol::from)?
-                        .into_iter()
-                        .map(|c| c.map(|v| String::from_utf8_lossy(v).into_owned()))
-                        .collect();
-                    result.rows.push(row);
-                }
+                Backend::Other(btag::DATA_ROW) => result.rows.push(super::text_row(&msg)?),
                 _ => {}
             }
         }

@@ -473,12 +473,7 @@ impl ServerConn {
                     self.params.set(&name, value);
                 }
                 Backend::Other(crate::protocol::btag::DATA_ROW) => {
-                    let row = backend::data_row(&msg)
-                        .map_err(ServerProtocol::from)?
-                        .into_iter()
-                        .map(|c| c.map(|v| String::from_utf8_lossy(v).into_owned()))
-                        .collect();
-                    result.rows.push(row);
+                    result.rows.push(text_row(&msg)?);
                 }
                 Backend::Other(crate::protocol::btag::NOTIFICATION_RESPONSE) => {
                     result.notifications.push(msg);
@@ -487,4 +482,13 @@ impl ServerConn {
             }
         }
     }
+}
+
+/// A DataRow's columns as text (NULL as `None`).
+pub(crate) fn text_row(msg: &[u8]) -> Result<Vec<Option<String>>, ServerProtocol> {
+    Ok(crate::protocol::backend::data_row(msg)
+        .map_err(ServerProtocol::from)?
+        .into_iter()
+        .map(|c| c.map(|v| String::from_utf8_lossy(v).into_owned()))
+        .collect())
 }

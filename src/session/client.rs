@@ -180,7 +180,7 @@ impl ClientCtx {
         params: Params,
         key: (i32, i32),
     ) -> Self {
-        ClientCtx::made(
+        ClientCtx::adopted(
             user,
             tenant,
             info.settings.clone(),
@@ -190,7 +190,9 @@ impl ClientCtx {
         )
     }
 
-    fn made(
+    /// A client with `settings` and the parameters it was told (now and at login): a new
+    /// login's, or one another process handed over (`super::handoff`).
+    pub fn adopted(
         user: String,
         tenant: Arc<TenantRuntime>,
         settings: Vec<(String, String)>,
@@ -218,19 +220,6 @@ impl ClientCtx {
             vs: Default::default(),
             listening: None,
         }
-    }
-
-    /// A client another process handed over (`super::handoff`): what `new` would have
-    /// made of its login, with the parameters it has been told since.
-    pub fn adopted(
-        user: String,
-        tenant: Arc<TenantRuntime>,
-        settings: Vec<(String, String)>,
-        params: Params,
-        login_params: Params,
-        key: (i32, i32),
-    ) -> Self {
-        ClientCtx::made(user, tenant, settings, params, login_params, key)
     }
 
     /// The client's startup settings.

@@ -255,34 +255,12 @@ mod tests {
                     [directory]\nbackend='main'\nquery='SELECT $1'\nttl='60s'\nnegative_ttl='10s'\n";
         let config = Config::from_toml_str(text, "t").unwrap();
         let d = config.directory.clone().unwrap();
-        let probe = TenantConfig {
-            name: String::new(),
-            backend: "main".into(),
-            search_path: Vec::new(),
-            settings: Vec::new(),
-            database: None,
-            user: None,
-            password: None,
-            max_server_connections: None,
-            max_client_connections: None,
-        };
+        let probe = TenantConfig::plain("", "main", Vec::new());
         Directory::new(d, config.endpoint_for(&probe))
     }
 
     fn put(d: &Directory, name: &str, found: Found, age: Duration, previous: Option<&str>) {
-        let previous = previous.map(|p| {
-            Arc::new(TenantConfig {
-                name: p.into(),
-                backend: "main".into(),
-                search_path: vec![p.into()],
-                settings: Vec::new(),
-                database: None,
-                user: None,
-                password: None,
-                max_server_connections: None,
-                max_client_connections: None,
-            })
-        });
+        let previous = previous.map(|p| Arc::new(TenantConfig::plain(p, "main", vec![p.into()])));
         let slot = Slot {
             outcome: OnceCell::new_with(Some((found, Instant::now() - age))),
             previous,
@@ -291,17 +269,11 @@ mod tests {
     }
 
     fn tenant(name: &str) -> Found {
-        Found::Tenant(Arc::new(TenantConfig {
-            name: name.into(),
-            backend: "main".into(),
-            search_path: vec![name.into()],
-            settings: Vec::new(),
-            database: None,
-            user: None,
-            password: None,
-            max_server_connections: None,
-            max_client_connections: None,
-        }))
+        Found::Tenant(Arc::new(TenantConfig::plain(
+            name,
+            "main",
+            vec![name.into()],
+        )))
     }
 
     /// A fresh entry is reused (single flight, the cache); an expired one is replaced by a

@@ -91,17 +91,7 @@ impl Dynamic {
         }
         let directory = config.directory.as_ref().map(|d| {
             let backend = config.backends[&d.backend].clone();
-            let probe = TenantConfig {
-                name: String::new(),
-                backend: backend.name.clone(),
-                search_path: Vec::new(),
-                settings: Vec::new(),
-                database: None,
-                user: None,
-                password: None,
-                max_server_connections: None,
-                max_client_connections: None,
-            };
+            let probe = TenantConfig::plain("", &backend.name, Vec::new());
             Directory::new(d.clone(), config.endpoint_for(&probe))
         });
         Some(Arc::new(Dynamic {
