@@ -173,6 +173,18 @@ impl Reader<'_> {
             .collect()
     }
 
+    fn pass_through(&mut self) -> Result<Option<PassThrough>, BadState> {
+        Ok(match self.0.try_get_u8() {
+            Ok(0) => None,
+            Ok(1) => Some(PassThrough::Scram {
+                client_key: self.bytes()?.to_vec(),
+                server_key: self.bytes()?.to_vec(),
+            }),
+            Ok(2) => Some(PassThrough::Md5(self.string()?)),
+            _ => return Err(BadState("an unknown server login")),
+        })
+    }
+
     fn params(&mut self) -> Result<Vec<(String, Vec<u8>)>, BadState> {
         (0..self.count()?)
             .map(|_| Ok((self.string()?, self.bytes()?.to_vec())))
@@ -186,7 +198,7 @@ pub fn decode(state: &[u8]) -> Result<Decoded, BadState> {
         return Err(BadState("another version of the session state"));
     }
     let key = (r.u32()? as i32, r.u32()? as i32);
-    let mut decoded = Decoded {
+    let decoded = Decoded {
         key,
         user: r.string()?,
         tenant: r.string()?,
@@ -201,16 +213,7 @@ pub fn decode(state: &[u8]) -> Result<Decoded, BadState> {
         statements: (0..r.count()?)
             .map(|_| Ok((r.bytes()?, r.bytes()?, r.bytes()?)))
             .collect::<Result<_, _>>()?,
-        pass_through: None,
-    };
-    decoded.pass_through = match r.0.try_get_u8() {
-        Ok(0) => None,
-        Ok(1) => Some(PassThrough::Scram {
-            client_key: r.bytes()?.to_vec(),
-            server_key: r.bytes()?.to_vec(),
-        }),
-        Ok(2) => Some(PassThrough::Md5(r.string()?)),
-        _ => return Err(BadState("an unknown server login")),
+        pass_through: r.pass_through()?,
     };
     if !r.0.is_empty() {
         return Err(BadState("bytes after the session state"));
@@ -276,13 +279,7 @@ pub async fn adopt(moving: Moving, shared: &Arc<Shared>, lot: &Arc<ParkLot>) {
         ctx.stmts.insert(name, Arc::new(stmt));
     }
     tenant.stats.clients.fetch_add(1, Ordering::Relaxed);
-    let entry = Arc::new(ClientEntry::new(
-        ctx.user.clone(),
-        tenant.name.clone(),
-        socket.peer_addr().ok(),
-        d.application_name,
-    ));
-    shared.clients.insert(d.key, entry.clone());
+    let entry = super::enlist(&ctx, socket.peer_addr().ok(), d.application_name, shared);
     let parked = Parked {
         socket,
         ctx: Box::new(ctx),

@@ -144,10 +144,21 @@ fn register<S: ClientIo>(
     shared: &Shared,
 ) -> Arc<ClientEntry> {
     tracing::info!(user = %ctx.user, tenant = %ctx.tenant.name, result = "ok", "login");
+    enlist(ctx, client.io.peer(), application_name, shared)
+}
+
+/// The console entry of a client (logged in, or taken over from another process), under
+/// its cancel key, told of a shutdown or handoff already under way.
+fn enlist(
+    ctx: &ClientCtx,
+    peer: Option<std::net::SocketAddr>,
+    application_name: String,
+    shared: &Shared,
+) -> Arc<ClientEntry> {
     let entry = Arc::new(ClientEntry::new(
         ctx.user.clone(),
         ctx.tenant.name.clone(),
-        client.io.peer(),
+        peer,
         application_name,
     ));
     shared.clients.insert(ctx.key, entry.clone());
@@ -161,7 +172,8 @@ fn register<S: ClientIo>(
     entry
 }
 
-/// The client has gone: off the console's list, its tenant's counts and its channels.
+/// The client has gone (or moved to another process): off the console's list, its
+/// tenant's counts and its channels.
 fn unregister(ctx: &mut ClientCtx, shared: &Shared) {
     ctx.unlisten(None);
     shared.clients.remove(&ctx.key);

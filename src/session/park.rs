@@ -126,11 +126,15 @@ impl ParkLot {
     /// Parks a session. `Err` gives it back when the lot is closed (shutdown) or the
     /// socket cannot be watched: the caller resumes it at once.
     pub fn park(&self, entry: &Arc<ClientEntry>, parked: Parked) -> Result<(), Parked> {
-        let sink = self
-            .handoff
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        // The flag first: no lock while nothing is handed over (the sink is set before it).
+        let sink = if self.shared.handing_off.load(Ordering::SeqCst) {
+            self.handoff
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        } else {
+            None
+        };
         let parked = match sink {
             Some(sink) => match self.hand_over(&sink, entry, parked) {
                 Ok(()) => return Ok(()),
@@ -190,8 +194,8 @@ impl ParkLot {
             });
         }
         // Gone from this process: as if it had left (its permit is dropped here).
-        self.shared.clients.remove(&ctx.key);
-        ctx.tenant.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        let mut ctx = ctx;
+        super::unregister(&mut ctx, &self.shared);
         Ok(())
     }
 
@@ -199,6 +203,8 @@ impl ParkLot {
     /// now (those that cannot move stay parked here).
     pub fn start_handoff(self: &Arc<Self>, sink: Sender<Moving>) {
         *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+        // What `park` looks at before the sink (also set by `Shared::hand_off_sessions`).
+        self.shared.handing_off.store(true, Ordering::SeqCst);
         let keys: Vec<CancelKey> = self.lock().keys().copied().collect();
         for key in keys {
             if let Some((entry, parked)) = self.take(key) {
