@@ -284,8 +284,10 @@ fn calls(t: &[Token<'_>], fx: &mut Effects) {
         match w.as_slice() {
             b"set_config" => {
                 fx.settings = true;
-                match t.get(i + 2) {
-                    Some(Token::Str(name)) => fx
+                match (t.get(i + 2), t.get(i + 3)) {
+                    // Only a literal that is the whole argument names the setting (not
+                    // `'app.k' || i`, nor `'app.k'::text`).
+                    (Some(Token::Str(name)), Some(Token::Punct(b','))) => fx
                         .names
                         .push(String::from_utf8_lossy(name).to_ascii_lowercase()),
                     // A name the text does not spell out: treated as unseen code.

@@ -64,6 +64,17 @@ fn finds_settings() {
     let e = fx("select pg_catalog.set_config('App.X', '1', false)");
     assert!(e.settings && !e.plain_set);
     assert_eq!(e.names, vec!["app.x"]);
+    // A literal that is only part of the name (or cast) does not name the setting: the
+    // statement is unseen code, whose settings no capture can list.
+    for sql in [
+        "select set_config('app.k' || i, 'v', false) from generate_series(1, 3) i",
+        "select set_config('app.k'::text, 'v', false)",
+        "select set_config(name, 'v', false) from t",
+    ] {
+        let e = fx(sql);
+        assert!(e.settings && e.calls, "{sql}");
+        assert!(e.names.is_empty(), "{sql}");
+    }
     let e = fx("RESET SESSION AUTHORIZATION");
     assert_eq!(
         e.resets,
