@@ -15,5 +15,6 @@ pub const INVALID_NAME: &str = "42602";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
 pub const QUERY_CANCELED: &str = "57014";
+pub const LOCK_NOT_AVAILABLE: &str = "55P03";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CONFIG_FILE_ERROR: &str = "F0000";

@@ -55,6 +55,12 @@ impl SettingNames {
     }
 }
 
+/// The settings that may cut any statement short whatever it does (`transaction_timeout`
+/// exists from PostgreSQL 17).
+pub const TIMEOUTS: [&str; 3] = ["statement_timeout", "lock_timeout", "transaction_timeout"];
+/// Every bit of [`TIMEOUTS`].
+pub const ALL_TIMEOUTS: u8 = 0b111;
+
 /// Which tenant state a connection holds, as far as the proxy knows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StateKey {
@@ -246,6 +252,10 @@ pub struct ServerConn {
     params: Params,
     startup_params: Params,
     state: ConnState,
+    /// Which of [`TIMEOUTS`] the state on the connection may have left short enough to cut
+    /// the next client's prelude (bit `i`: `TIMEOUTS[i]`): all after anything the proxy
+    /// does not know; what the last state set once it is known.
+    short_timeouts: u8,
     statements: StatementCache,
     created: Instant,
     lifetime: Duration,
@@ -288,6 +298,8 @@ impl ServerConn {
                 params: Params::default(),
                 startup_params: Params::default(),
                 state: ConnState::Unknown,
+                // The server's own defaults: a direct connection has them too.
+                short_timeouts: 0,
                 statements: StatementCache::new(max_prepared),
                 created: Instant::now(),
                 lifetime,
@@ -363,16 +375,25 @@ impl ServerConn {
         self.state = ConnState::Broken;
     }
 
-    /// The proxy no longer vouches for the connection's state (a broken one stays broken).
+    /// The proxy no longer vouches for the connection's state (a broken one stays broken):
+    /// any timeout may be set too.
     pub fn forget_state(&mut self) {
         if !self.is_broken() {
             self.state = ConnState::Unknown;
+            self.short_timeouts = ALL_TIMEOUTS;
         }
     }
 
-    /// The connection now holds state `key`, made of the settings `applied` (a broken one
-    /// stays broken).
-    pub fn hold(&mut self, key: StateKey, applied: SettingNames) {
+    /// The state is unknown (code the proxy cannot see into ran) but its settings were read
+    /// back: `short_timeouts` are the timeouts among them that may cut a statement short.
+    pub fn forget_state_but_timeouts(&mut self, short_timeouts: u8) {
+        self.forget_state();
+        self.short_timeouts = short_timeouts;
+    }
+
+    /// The connection now holds state `key`, made of the settings `applied`, of which
+    /// `short_timeouts` may cut a statement short (a broken one stays broken).
+    pub fn hold(&mut self, key: StateKey, applied: SettingNames, short_timeouts: u8) {
         if self.is_broken() {
             return;
         }
@@ -382,11 +403,35 @@ impl ServerConn {
             applied,
             reported_search_path,
         });
+        self.short_timeouts = short_timeouts;
+    }
+
+    /// See [`ServerConn::short_timeouts`] (bits of [`TIMEOUTS`]).
+    pub fn short_timeouts(&self) -> u8 {
+        self.short_timeouts
+    }
+
+    /// The timeouts were set to 0 (the state's prelude puts them back as the next state
+    /// has them).
+    pub fn timeouts_lifted(&mut self) {
+        self.short_timeouts = 0;
+    }
+
+    /// The server's major version (`server_version` as reported at login).
+    pub fn server_major(&self) -> u32 {
+        self.startup_params
+            .get("server_version")
+            .and_then(|v| {
+                let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
+                std::str::from_utf8(&v[..digits]).ok()?.parse().ok()
+            })
+            .unwrap_or(0)
     }
 
     /// After `DISCARD ALL` (or an equivalent reset): nothing of any client's is left.
     pub fn discarded(&mut self) {
         self.forget_state();
+        self.short_timeouts = 0;
         self.statements.clear();
     }
 

@@ -437,8 +437,7 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let proxy = &generation.config.proxy;
     // Session mode links once, for the client's whole life (the link never releases).
-    let mut conn = timed_checkout(proxy, ctx, entry).await?;
-    let prelude = sync::prelude(proxy.search_path_sync, ctx, &conn);
+    let (mut conn, prelude) = checkout_with_prelude(proxy, ctx, entry).await?;
     if prelude.is_some() {
         ctx.tenant.stats.preludes.fetch_add(1, Ordering::Relaxed);
     }
@@ -476,6 +475,56 @@ async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     entry.set_state(ClientState::Idle);
     let pinned = ctx.vs.pins() != 0 || link.may_hold_objects();
     let_go(conn, link, pinned, end).await
+}
+
+/// A server connection and the prelude that brings it to the client's state, with the
+/// timeouts its last state left that could cut that prelude short lifted first. A
+/// connection whose timeouts cannot be lifted is closed and another one taken (a new
+/// connection has none to lift, so this ends).
+async fn checkout_with_prelude(
+    proxy: &crate::config::ProxyConfig,
+    ctx: &ClientCtx,
+    entry: &ClientEntry,
+) -> Result<(Pooled<ServerConn>, Option<sync::Prelude>), SessionError> {
+    loop {
+        let mut conn = timed_checkout(proxy, ctx, entry).await?;
+        let prelude = sync::prelude(proxy.search_path_sync, ctx, &conn);
+        match prelude.as_ref().and_then(|p| p.lift.as_deref()) {
+            Some(sql) if !lift_timeouts(&mut conn, sql).await => {
+                dispose(conn, Disposition::Close).await;
+            }
+            _ => return Ok((conn, prelude)),
+        }
+    }
+}
+
+/// How often lifting a connection's timeouts is tried before the connection is closed.
+const LIFT_TRIES: usize = 10;
+
+/// Runs `sql` ([`sync::lift_timeouts_sql`]) until it succeeds. Cut short by the very
+/// timeout it lifts (armed before the statement runs), nothing of it applied: it is tried
+/// again.
+async fn lift_timeouts(conn: &mut ServerConn, sql: &str) -> bool {
+    for _ in 0..LIFT_TRIES {
+        let Ok(result) = conn.own_query(sql).await else {
+            return false;
+        };
+        match result.error.as_deref() {
+            None => {
+                conn.timeouts_lifted();
+                return true;
+            }
+            Some(sqlstate::QUERY_CANCELED | sqlstate::LOCK_NOT_AVAILABLE) => {}
+            Some(code) => {
+                tracing::warn!(
+                    code,
+                    "could not lift a server connection's timeouts; closing it"
+                );
+                return false;
+            }
+        }
+    }
+    false
 }
 
 /// What becomes of the connection once the link has ended (`end`: `None` when a KILL cut

@@ -23,19 +23,24 @@ use super::client::ClientCtx;
 use super::vsession::CLEANUP_SQL;
 use crate::config::SearchPathSync;
 use crate::protocol::backend::{self, Backend};
-use crate::protocol::encode;
 use crate::protocol::sql::Resets;
-use crate::server::{ServerConn, StateKey, TRACKED_PARAMS};
+use crate::protocol::{encode, sqlstate};
+use crate::server::{ServerConn, StateKey, TIMEOUTS, TRACKED_PARAMS};
 
 pub struct Prelude {
     pub sql: String,
     /// The state the connection holds once the prelude succeeded (`None`: it only re-sets
     /// reported parameters and leaves the known state as it is).
     pub state: Option<StateKey>,
-    /// Whether settings never applied before are in it: then it runs in a round trip of its
-    /// own before any client message is sent, so a failing setting cannot leave the client's
-    /// statement running in someone else's state.
-    pub unverified: bool,
+    /// Whether it runs in a round trip of its own before any client message is sent:
+    /// settings never applied before are in it (a failing one must not leave the client's
+    /// statement running in someone else's state), or the client's own timeouts may cut
+    /// its statements after the one that sets them (then it is tried again).
+    pub alone: bool,
+    /// `SET`s that lift the timeouts the connection's last state set, when they may be
+    /// short enough to cut this prelude: they run first, in a round trip of their own (see
+    /// [`lift_timeouts_sql`]).
+    pub lift: Option<String>,
 }
 
 pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Option<Prelude> {
@@ -57,9 +62,10 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
         None => full,
     };
     let mut sql = String::new();
+    let lift = full.then(|| lift_timeouts_sql(conn)).flatten();
     if full {
         let other_tenant = held.is_none_or(|h| h.key.tenant != want.tenant);
-        if held.is_none_or(|h| h.applied.contains("statement_timeout")) {
+        if lift.is_none() && held.is_none_or(|h| h.applied.contains("statement_timeout")) {
             // The last client's own timeout must not cut the prelude short (PostgreSQL
             // times each statement of a Query separately, so this covers the rest).
             sql.push_str("SET statement_timeout = 0;");
@@ -101,6 +107,7 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
                 .tenant
                 .settings_verified
                 .load(std::sync::atomic::Ordering::Relaxed));
+    let alone = unverified || short_timeouts(ctx) != 0;
     Some(Prelude {
         sql,
         state: if full {
@@ -108,8 +115,81 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
         } else {
             conn.state().key().cloned()
         },
-        unverified,
+        alone,
+        lift,
     })
+}
+
+/// Below this many milliseconds, a timeout may cut a prelude short before its first
+/// statement could lift it: PostgreSQL arms `statement_timeout` when a Query arrives and
+/// parses the whole Query under it. From here up, the prelude's own first statement (`SET
+/// statement_timeout = 0`) covers the rest.
+const SHORT_MS: f64 = 1000.0;
+
+/// `SET`s that bring the timeouts the connection's state may have left short to 0, or
+/// `None` when none may be. A known state's prelude resets or sets each of them again (they
+/// are among the settings it applied); after an unknown one, `RESET ALL` does.
+pub fn lift_timeouts_sql(conn: &ServerConn) -> Option<String> {
+    let bits = conn.short_timeouts();
+    let mut sql = String::new();
+    for (i, name) in TIMEOUTS.iter().enumerate() {
+        // (`transaction_timeout` does not exist before PostgreSQL 17.)
+        if bits & (1 << i) != 0 && (i < 2 || conn.server_major() >= 17) {
+            sql.push_str("SET ");
+            sql.push_str(name);
+            sql.push_str(" = 0;");
+        }
+    }
+    (!sql.is_empty()).then_some(sql)
+}
+
+/// Which of [`TIMEOUTS`] the client's state sets short enough to cut the next client's
+/// prelude (bits), or a value the proxy cannot read (fail closed).
+pub fn short_timeouts(ctx: &ClientCtx) -> u8 {
+    let mut values: [Option<&str>; 3] = [None; 3];
+    // A snapshot holds every session setting; without one, the tenant's then the startup
+    // options' (applied in that order).
+    let settings: &mut dyn Iterator<Item = &(String, String)> = match ctx.vs.snapshot() {
+        Some(snapshot) => &mut snapshot.entries.iter(),
+        None => &mut ctx
+            .tenant
+            .config
+            .settings
+            .iter()
+            .chain(ctx.startup_settings()),
+    };
+    for (name, value) in settings {
+        if let Some(i) = TIMEOUTS.iter().position(|t| t.eq_ignore_ascii_case(name)) {
+            values[i] = Some(value);
+        }
+    }
+    let mut bits = 0;
+    for (i, value) in values.iter().enumerate() {
+        if value.is_some_and(|v| timeout_ms(v).is_none_or(|ms| ms > 0.0 && ms < SHORT_MS)) {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
+/// A timeout setting's value in milliseconds (PostgreSQL's units; a bare number is
+/// milliseconds), `None` when it cannot be read.
+fn timeout_ms(value: &str) -> Option<f64> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(value.len());
+    let number: f64 = value[..split].parse().ok()?;
+    let unit = match value[split..].trim() {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    Some(number * unit)
 }
 
 /// Appends a `SET` for each reported parameter whose value on `conn` (after the resets the
@@ -163,6 +243,13 @@ pub fn on_reply(conn: &mut ServerConn, msg: &[u8]) -> Result<Reply, crate::proto
     })
 }
 
+/// Whether an ErrorResponse says a timeout cut the statement short (nothing of a Query
+/// cut short applied: it may be sent again).
+pub fn cut_short(msg: &[u8]) -> bool {
+    matches!(backend::decode(msg), Ok(Backend::Error(fields))
+        if matches!(fields.code(), sqlstate::QUERY_CANCELED | sqlstate::LOCK_NOT_AVAILABLE))
+}
+
 /// After a successful prelude: record the state and tell the client about any reported
 /// parameter whose value the server spells differently than the client was told.
 pub fn finish(
@@ -172,7 +259,7 @@ pub fn finish(
     out: &mut BytesMut,
 ) {
     match state {
-        Some(key) => conn.hold(key, ctx.setting_names()),
+        Some(key) => conn.hold(key, ctx.setting_names(), short_timeouts(ctx)),
         None => conn.forget_state(),
     }
     ctx.settings_verified = true;
@@ -305,5 +392,24 @@ pub fn tell_params(conn: &ServerConn, ctx: &mut ClientCtx, out: &mut BytesMut) {
                 ctx.params.set(name, value);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timeout_ms;
+
+    #[test]
+    fn reads_timeouts_in_postgres_units() {
+        assert_eq!(timeout_ms("0"), Some(0.0));
+        assert_eq!(timeout_ms("250"), Some(250.0));
+        assert_eq!(timeout_ms("1ms"), Some(1.0));
+        assert_eq!(timeout_ms(" 1.5s "), Some(1500.0));
+        assert_eq!(timeout_ms("2min"), Some(120_000.0));
+        assert_eq!(timeout_ms("1h"), Some(3_600_000.0));
+        assert_eq!(timeout_ms("500us"), Some(0.5));
+        // Unreadable: the caller treats it as short (fail closed).
+        assert_eq!(timeout_ms("soon"), None);
+        assert_eq!(timeout_ms("5 fortnights"), None);
     }
 }

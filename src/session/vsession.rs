@@ -22,6 +22,7 @@ use postgres_protocol::escape::escape_literal;
 
 use crate::intern::Interner;
 use crate::protocol::sql::{pin, Effects};
+use crate::server::TIMEOUTS;
 use crate::server::{tracked_name, Params};
 
 /// Settings the client holds beyond its defaults, as the server reported them. Clients
@@ -30,7 +31,8 @@ use crate::server::{tracked_name, Params};
 pub struct Snapshot {
     /// `(name, value)` in the order they are applied (roles last).
     pub entries: Vec<(String, String)>,
-    /// `SELECT pg_catalog.set_config(...), ...;` (empty when there are no entries).
+    /// `SELECT pg_catalog.set_config(...), ...;` (one `SELECT` per thousand entries; empty
+    /// when there are no entries).
     pub sql: String,
     pub hash: u64,
 }
@@ -240,14 +242,31 @@ impl VSession {
     }
 }
 
+/// PostgreSQL refuses a target list of more than 1664 entries: a snapshot of more settings
+/// than this is applied by more than one `SELECT`.
+const SET_CONFIG_PER_SELECT: usize = 1000;
+
 impl Snapshot {
     fn new(mut entries: Vec<(String, String)>) -> Snapshot {
+        // Timeouts go last but for the roles (which must be: a setting may need the login's
+        // privileges), and the last SELECT holds them: PostgreSQL arms a timeout per
+        // statement, so no statement of the prelude runs under the client's own timeout
+        // but the reported parameters' `SET`s after it.
+        entries.sort_by_key(|(name, _)| match name.as_str() {
+            "session_authorization" | "role" => 2,
+            n if TIMEOUTS.iter().any(|t| t.eq_ignore_ascii_case(n)) => 1,
+            _ => 0,
+        });
         entries.shrink_to_fit();
         let mut h = DefaultHasher::new();
         entries.hash(&mut h);
         let mut sql = String::from("SELECT ");
+        // The first SELECT takes the remainder, so the last one is full.
+        let first = entries.len() % SET_CONFIG_PER_SELECT;
         for (i, (name, value)) in entries.iter().enumerate() {
-            if i > 0 {
+            if i > 0 && i % SET_CONFIG_PER_SELECT == first {
+                sql.push_str(";SELECT ");
+            } else if i > 0 {
                 sql.push_str(", ");
             }
             sql.push_str("pg_catalog.set_config(");
@@ -308,6 +327,47 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_of_many_settings_is_applied_by_several_selects() {
+        let entries: Vec<(String, String)> = (0..2500)
+            .map(|i| (format!("app.k{i}"), "v".into()))
+            .collect();
+        let s = Snapshot::new(entries);
+        assert_eq!(s.sql.matches("SELECT ").count(), 3);
+        assert_eq!(s.sql.matches("set_config(").count(), 2500);
+        assert!(!s.sql.contains(", ;") && !s.sql.contains("SELECT ,"));
+        let last = s.sql.rsplit("SELECT ").next().unwrap();
+        assert_eq!(last.matches("set_config(").count(), SET_CONFIG_PER_SELECT);
+    }
+
+    #[test]
+    fn timeouts_come_last_but_for_the_roles() {
+        let entries = [
+            ("role", "r"),
+            ("statement_timeout", "1ms"),
+            ("work_mem", "9MB"),
+            ("Lock_Timeout", "2ms"),
+            ("app.x", "1"),
+        ];
+        let s = Snapshot::new(
+            entries
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        );
+        let names: Vec<&str> = s.names().collect();
+        assert_eq!(
+            names,
+            [
+                "work_mem",
+                "app.x",
+                "statement_timeout",
+                "Lock_Timeout",
+                "role"
+            ]
+        );
+    }
+
+    #[test]
     fn keeps_the_session_settings_but_reported_and_default_roles() {
         let tenant = vec!["search_path".to_string(), "app.tenant_id".to_string()];
         let d = Defaults {
@@ -335,8 +395,8 @@ mod tests {
             s.entries,
             vec![
                 ("search_path".into(), "t1, public".into()),
-                ("statement_timeout".into(), "5000".into()),
                 ("app.tenant_id".into(), "1".into()),
+                ("statement_timeout".into(), "5000".into()),
                 ("role".into(), "limited".into())
             ]
         );

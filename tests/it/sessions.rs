@@ -9,7 +9,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::support::clients::superuser;
 use crate::support::ops::eventually;
-use crate::support::{connect, tenant_of, Naming, ProxyOptions, TestProxy};
+use crate::support::{connect, describe, simple_value, tenant_of, Naming, ProxyOptions, TestProxy};
 use crate::support::{exec, tenant_client as client, value};
 
 async fn code_of(client: &Client, sql: &str) -> String {
@@ -459,11 +459,69 @@ async fn two_phase_commit_is_forwarded() {
     );
 }
 
+/// A setting whose name is made up at run time (`'app.d' || i`) cannot be read back, so
+/// the connection's state is unknown to the next client, of the same tenant too: it must
+/// not see the setting (the scanner once took `'app.d'` for the name).
+#[tokio::test]
+async fn a_setting_named_at_run_time_never_reaches_another_client() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let b = client(&proxy, "t1").await;
+    let a = client(&proxy, "t1").await;
+    exec(
+        &b,
+        "SELECT pg_catalog.set_config('app.d' || i, 'secret', false) FROM generate_series(1, 3) i",
+    )
+    .await;
+    assert_eq!(
+        value(&a, "SELECT current_setting('app.d3', true)")
+            .await
+            .unwrap_or_default(),
+        ""
+    );
+}
+
+/// The same hole, made certain: PostgreSQL arms a statement timeout when a Query arrives
+/// and parses the whole Query under it, so a prelude that takes longer to parse than the
+/// last client's timeout is cut before its first statement could lift it. b's prelude is
+/// long (thousands of settings of its own); a's timeout is short.
+#[tokio::test]
+async fn a_long_prelude_never_runs_under_the_last_clients_timeout() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let b = client(&proxy, "t1").await;
+    // 3,000 named settings of 200 bytes: a prelude of about 700 KB, which PostgreSQL takes
+    // some milliseconds to parse.
+    let long = "x".repeat(200);
+    for chunk in 0..3 {
+        let sets: String = (1..=1000)
+            .map(|i| format!("SET app.k{} = '{long}';", chunk * 1000 + i))
+            .collect();
+        exec(&b, &sets).await;
+    }
+    for round in 0..3 {
+        let a = client(&proxy, "t1").await;
+        // b's settings are b's alone.
+        assert_eq!(
+            value(&a, "SELECT current_setting('app.k3000', true)")
+                .await
+                .unwrap_or_default(),
+            "",
+            "round {round}"
+        );
+        // From a default of 0, these SETs themselves are never cut.
+        exec(&a, "SET lock_timeout = '1ms'").await;
+        exec(&a, "SET statement_timeout = '2ms'").await;
+        let got = simple_value(&b, "SELECT current_setting('app.k3000') = repeat('x', 200)")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {}", describe(&e)));
+        assert_eq!(got.as_deref(), Some("t"), "round {round}");
+        assert_eq!(tenant_of(&b).await.as_deref(), Some("t1"));
+    }
+}
+
 /// A client keeps its own `statement_timeout`, but the prelude that takes its state off the
 /// connection must not run under it (seen in CI: under load, a 1 ms timeout cut the next
 /// client's prelude, and that client got 57014). On a quiet machine the prelude is fast
-/// enough either way; under load this fails without the prelude's own `SET
-/// statement_timeout = 0`.
+/// enough either way; the test above makes the same hole certain.
 #[tokio::test]
 async fn a_clients_short_statement_timeout_never_cuts_another_clients_work() {
     let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));

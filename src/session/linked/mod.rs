@@ -376,7 +376,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// A prelude that only re-applies known settings goes in the same write as the client's
-/// first messages; one with settings never applied before runs in a round trip of its own.
+/// first messages; one that may fail runs in a round trip of its own ([`Prelude::alone`]).
 async fn send_prelude<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
@@ -384,10 +384,8 @@ async fn send_prelude<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link,
     p: Prelude,
 ) -> Result<(), LinkError> {
-    if p.unverified {
-        let mut out = BytesMut::new();
-        sync::encode_prelude(&mut out, &p);
-        return round_trip(client, ctx, conn, p, out).await;
+    if p.alone {
+        return round_trip(client, ctx, conn, p).await;
     }
     sync::encode_prelude(&mut client.sbuf, &p);
     link.expect.push(Entry::Prelude);
@@ -428,40 +426,51 @@ fn reserve(buf: &mut BytesMut) {
     }
 }
 
-/// Applies an unverified prelude in a round trip of its own.
+/// How often a prelude cut short by a timeout is tried.
+const PRELUDE_TRIES: usize = 10;
+
+/// Applies a prelude in a round trip of its own. One cut short by a timeout (the client's
+/// own, set by the prelude itself) is tried again: nothing of it applied. Any other error
+/// goes to the client, and the session ends.
 async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut ClientStream<S>,
     ctx: &mut ClientCtx,
     conn: &mut ServerConn,
     p: Prelude,
-    bytes: BytesMut,
 ) -> Result<(), LinkError> {
-    let lost = |_| LinkError::ServerLost { told: false };
-    conn.write_all(&bytes)
-        .await
-        .map_err(|_| LinkError::ServerLost { told: false })?;
-    let mut failed = false;
-    loop {
-        let msg = conn.read_message().await.map_err(lost)?;
-        match sync::on_reply(conn, &msg).map_err(|e| LinkError::ServerProtocol(e.to_string()))? {
-            Reply::More => {}
-            Reply::Failed => {
-                failed = true;
-                client.wbuf.extend_from_slice(&msg);
-            }
-            Reply::Done if failed => {
-                conn.mark_broken();
-                let _ = client.flush().await;
-                return Err(LinkError::StateFailed);
-            }
-            Reply::Done => break,
-        }
+    fn lost<E>(_: E) -> LinkError {
+        LinkError::ServerLost { told: false }
     }
-    sync::finish(conn, ctx, p.state, &mut client.wbuf);
-    client
-        .flush()
-        .await
-        .map_err(|_| LinkError::ServerLost { told: false })
+    let mut bytes = BytesMut::new();
+    sync::encode_prelude(&mut bytes, &p);
+    for tries_left in (0..PRELUDE_TRIES).rev() {
+        conn.write_all(&bytes).await.map_err(lost)?;
+        let mut failure = None;
+        loop {
+            let msg = conn.read_message().await.map_err(lost)?;
+            match sync::on_reply(conn, &msg).map_err(|e| proto(&e))? {
+                Reply::More => {}
+                Reply::Failed => failure = Some(msg),
+                Reply::Done => break,
+            }
+        }
+        let Some(error) = failure else {
+            sync::finish(conn, ctx, p.state, &mut client.wbuf);
+            return client.flush().await.map_err(lost);
+        };
+        if tries_left > 0 && sync::cut_short(&error) {
+            continue;
+        }
+        conn.mark_broken();
+        client.wbuf.extend_from_slice(&error);
+        let _ = client.flush().await;
+        return Err(LinkError::StateFailed);
+    }
+    unreachable!("the last try returns")
+}
+
+pub(super) fn proto(e: &dyn std::fmt::Display) -> LinkError {
+    LinkError::ServerProtocol(e.to_string())
 }
 
 /// What goes to the server from one batch of client messages. As long as every message goes

@@ -6,7 +6,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::messages::{forget, on_forwarded};
-use super::{emit_synths, pin_refused, Link, LinkError, PIN_REFUSED_MARK};
+use super::{emit_synths, pin_refused, proto, Link, LinkError, PIN_REFUSED_MARK};
 use crate::protocol::backend::{self, Backend};
 use crate::protocol::Scanned;
 use crate::protocol::{btag, encode, sqlstate};
@@ -139,10 +139,6 @@ fn is_refusal(msg: &[u8]) -> bool {
     matches!(backend::decode(msg), Ok(Backend::Error(fields))
         if fields.code() == sqlstate::CONFIGURATION_LIMIT_EXCEEDED
             && fields.get(b'M') == Some(PIN_REFUSED_MARK))
-}
-
-fn proto(e: &dyn std::fmt::Display) -> LinkError {
-    LinkError::ServerProtocol(e.to_string())
 }
 
 /// Whether a server message of type `t` is looked at (rows and copy data stream through).

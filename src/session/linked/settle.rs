@@ -125,9 +125,13 @@ pub(super) async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
             .collect();
         ctx.vs.captured(rows, &defaults);
         if link.opaque {
-            conn.forget_state();
+            conn.forget_state_but_timeouts(sync::short_timeouts(ctx));
         } else {
-            conn.hold(ctx.wanted_state(), ctx.setting_names());
+            conn.hold(
+                ctx.wanted_state(),
+                ctx.setting_names(),
+                sync::short_timeouts(ctx),
+            );
         }
         match sole_set {
             Some(text) if !link.pending.failed && link.status == TxStatus::Idle => {
