@@ -518,6 +518,41 @@ async fn a_long_prelude_never_runs_under_the_last_clients_timeout() {
     }
 }
 
+/// A client whose own timeout is shorter than reading its session back takes (thousands of
+/// settings: PostgreSQL times the whole Query, parsing included) keeps that timeout and
+/// the rest of its settings.
+#[tokio::test]
+async fn a_timeout_shorter_than_reading_the_session_back_is_kept() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let a = client(&proxy, "t1").await;
+    let c = client(&proxy, "t2").await;
+    let long = "x".repeat(200);
+    for chunk in 0..3 {
+        let sets: String = (1..=1000)
+            .map(|i| format!("SET app.k{} = '{long}';", chunk * 1000 + i))
+            .collect();
+        exec(&a, &sets).await;
+    }
+    exec(&a, "SET statement_timeout = '2ms'").await;
+    for round in 0..2 {
+        // Another tenant's client takes a's state off the connection; a's next checkout
+        // puts it back.
+        assert_eq!(tenant_of(&c).await.as_deref(), Some("t2"), "round {round}");
+        assert_eq!(
+            value(&a, "SHOW statement_timeout").await.as_deref(),
+            Some("2ms"),
+            "round {round}"
+        );
+        assert_eq!(
+            value(&a, "SELECT current_setting('app.k3000') = repeat('x', 200)")
+                .await
+                .as_deref(),
+            Some("t"),
+            "round {round}"
+        );
+    }
+}
+
 /// A client keeps its own `statement_timeout`, but the prelude that takes its state off the
 /// connection must not run under it (seen in CI: under load, a 1 ms timeout cut the next
 /// client's prelude, and that client got 57014). On a quiet machine the prelude is fast

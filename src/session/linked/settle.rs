@@ -93,13 +93,7 @@ pub(super) async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut result = own_query(client, conn, &sql).await?;
     if result.error.as_deref() == Some(crate::protocol::sqlstate::QUERY_CANCELED) {
-        // The client's own statement_timeout is shorter than the query: read it first,
-        // then run the query without it (its value then comes from the first row).
-        let retry = format!(
-            "SELECT 'statement_timeout', pg_catalog.current_setting('statement_timeout');\
-             BEGIN;SET LOCAL statement_timeout = 0;{sql};COMMIT"
-        );
-        result = own_query(client, conn, &retry).await?;
+        result = untimed(client, conn, &sql).await?;
     }
     if !client.wbuf.is_empty() {
         let _ = client.flush().await;
@@ -148,6 +142,56 @@ pub(super) async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
         update_pins(ctx, entry, vsession::census_pins(&row));
     }
     Ok(())
+}
+
+/// How often the lifting Query of [`untimed`] is tried.
+const LIFT_TRIES: usize = 10;
+
+/// The client's timeouts (cheaply: `pg_settings` alone can take milliseconds), then a
+/// transaction where they are 0. Both are recorded as the session's own, as a direct
+/// connection would keep them (its defaults are fixed at login).
+const LIFT: &str = "SELECT 'statement_timeout', pg_catalog.current_setting('statement_timeout') \
+UNION ALL SELECT 'lock_timeout', pg_catalog.current_setting('lock_timeout');\
+BEGIN;SET LOCAL statement_timeout = 0;SET LOCAL lock_timeout = 0";
+
+/// Runs `sql` (a capture, a census) when the client's own timeout cut it short: PostgreSQL
+/// times a whole Query, its parsing included, so the timeouts are read and lifted for one
+/// transaction by a small Query of its own first (tried again when cut short too), then
+/// `sql` runs, then `COMMIT` puts the client's timeouts back.
+async fn untimed<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut ClientStream<S>,
+    conn: &mut ServerConn,
+    sql: &str,
+) -> Result<crate::server::OwnQuery, LinkError> {
+    for _ in 0..LIFT_TRIES {
+        let lifted = own_query(client, conn, LIFT).await?;
+        match lifted.status {
+            Some(TxStatus::InTransaction) if lifted.error.is_none() => {
+                let mut result = own_query(client, conn, sql).await?;
+                let commit = own_query(client, conn, "COMMIT").await?;
+                result.error = result.error.or(commit.error);
+                // The capture sees the lifted values (set in this transaction, so as if
+                // by the session): the rows read before the lift are the session's.
+                result.rows.retain(|row| {
+                    !matches!(row.first(), Some(Some(name))
+                        if row.len() == 2 && (name == "statement_timeout" || name == "lock_timeout"))
+                });
+                let mut rows = lifted.rows;
+                rows.append(&mut result.rows);
+                result.rows = rows;
+                return Ok(result);
+            }
+            // Cut short inside the transaction: out of it, then again.
+            Some(TxStatus::InTransaction | TxStatus::Failed) => {
+                own_query(client, conn, "ROLLBACK").await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(crate::server::OwnQuery {
+        error: Some(crate::protocol::sqlstate::QUERY_CANCELED.into()),
+        ..Default::default()
+    })
 }
 
 /// Records the client's session objects: its pins, the console's and the metrics' view,
