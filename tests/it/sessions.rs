@@ -553,6 +553,26 @@ async fn a_timeout_shorter_than_reading_the_session_back_is_kept() {
     }
 }
 
+/// A client's own `idle_session_timeout` ends the server connections it leaves idle in the
+/// pool (pgtenant replaces them), never the client, nor another client's work.
+#[tokio::test]
+async fn a_clients_idle_session_timeout_hurts_nobody() {
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let a = client(&proxy, "t1").await;
+    let b = client(&proxy, "t1").await;
+    exec(&a, "SET idle_session_timeout = '200ms'").await;
+    for round in 0..3 {
+        // The server ends the pooled connection a left behind.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(tenant_of(&b).await.as_deref(), Some("t1"), "round {round}");
+        assert_eq!(
+            value(&a, "SHOW idle_session_timeout").await.as_deref(),
+            Some("200ms"),
+            "round {round}"
+        );
+    }
+}
+
 /// A client keeps its own `statement_timeout`, but the prelude that takes its state off the
 /// connection must not run under it (seen in CI: under load, a 1 ms timeout cut the next
 /// client's prelude, and that client got 57014). On a quiet machine the prelude is fast
