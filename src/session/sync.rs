@@ -1,15 +1,22 @@
 //! Bringing a server connection to a client's state at checkout.
 //!
-//! The prelude is one simple Query: when the connection's state is not known to be this
-//! client's (or sync is `always`): a reset, the tenant's `search_path` and settings, the
-//! client's own settings; then, in every case, `SET` for each reported parameter whose value
-//! differs from the client's. It runs as its own implicit transaction, so a client's later
-//! ROLLBACK cannot undo it.
+//! The prelude is one or two simple Queries. When the connection's state is not known to be
+//! this client's (or sync is `always`), the first takes the last state off (the cleanup of
+//! session objects, a reset) and the second applies the client's: the tenant's
+//! `search_path` and settings, the client's own settings. In every case, `SET` for each
+//! reported parameter whose value differs from the client's ends the last Query. Each
+//! runs as its own implicit transaction, so a client's later ROLLBACK cannot undo them.
+//!
+//! Two Queries, because the client's first messages go to the server right behind the
+//! prelude: a setting that applied before can fail now (its role was dropped), and the
+//! client's statement then runs whatever the prelude left. With the reset committed on its
+//! own, that is the connection's defaults, never the last client's state. (The client is
+//! told the error and its session ends.)
 //!
 //! The reset is `RESET ALL` (so nothing of a previous tenant or client survives) unless sync
 //! is `tracked` and the connection holds another *known* state: then exactly the settings
-//! that state set ([`ServerConn::applied`]) and the new one does not are `RESET` one by
-//! one. A known state is one the proxy applied with nothing since that could have changed a
+//! that state set ([`crate::server::Held::applied`]) are `RESET` one by one, roles first. A
+//! known state is one the proxy applied with nothing since that could have changed a
 //! setting (a `SET` tag, `set_config`, a changed `search_path` all make it unknown), the
 //! same trust `tracked` places in a connection whose state already matches. `RESET ALL`
 //! costs PostgreSQL more than the SETs themselves (measured: RESET ALL + SET + SELECT runs
@@ -28,6 +35,10 @@ use crate::protocol::{encode, sqlstate};
 use crate::server::{ServerConn, StateKey, TIMEOUTS, TRACKED_PARAMS};
 
 pub struct Prelude {
+    /// The first Query: what takes the last state off (empty when the state is the
+    /// client's already).
+    pub reset: String,
+    /// The last Query: the client's state, its reported parameters.
     pub sql: String,
     /// The state the connection holds once the prelude succeeded (`None`: it only re-sets
     /// reported parameters and leaves the known state as it is).
@@ -53,14 +64,15 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
         return None;
     }
     // `tracked`, and the connection holds another known state: reset only what that state
-    // set and this one does not (a `RESET ALL` costs the server more than the SETs).
+    // set (a `RESET ALL` costs the server more than the SETs).
     let switch = held
         .filter(|_| full && mode == SearchPathSync::Tracked)
-        .map(|h| (&h.applied, ctx.setting_names()));
-    let resets = |name: &str| match &switch {
-        Some((old, new)) => old.contains(name) && !new.contains(name),
+        .map(|h| &h.applied);
+    let resets = |name: &str| match switch {
+        Some(old) => old.contains(name),
         None => full,
     };
+    let mut reset = String::new();
     let mut sql = String::new();
     let lift = full.then(|| lift_timeouts_sql(conn)).flatten();
     if full {
@@ -68,24 +80,34 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
         if lift.is_none() && held.is_none_or(|h| h.applied.contains("statement_timeout")) {
             // The last client's own timeout must not cut the prelude short (PostgreSQL
             // times each statement of a Query separately, so this covers the rest).
-            sql.push_str("SET statement_timeout = 0;");
+            reset.push_str("SET statement_timeout = 0;");
         }
         if other_tenant || mode == SearchPathSync::Always {
             // Whatever the last client left (a temp table, a lock, a cursor made where no
             // scanner sees it) goes before another tenant's client, after an unknown one,
             // and before anyone in `always` mode.
-            sql.push_str(CLEANUP_SQL);
+            reset.push_str(CLEANUP_SQL);
         }
-        match &switch {
-            Some((old, new)) => {
-                for name in old.iter().filter(|n| !new.contains(n)) {
-                    sql.push_str("RESET ");
-                    sql.push_str(name);
-                    sql.push(';');
+        match switch {
+            Some(old) => {
+                // Roles first: a setting only the login may change cannot be reset under
+                // another role.
+                let is_role = |n: &&str| {
+                    n.eq_ignore_ascii_case("role")
+                        || n.eq_ignore_ascii_case("session_authorization")
+                };
+                for name in old
+                    .iter()
+                    .filter(is_role)
+                    .chain(old.iter().filter(|n| !is_role(n)))
+                {
+                    reset.push_str("RESET ");
+                    reset.push_str(name);
+                    reset.push(';');
                 }
             }
             // RESET ALL leaves the roles alone (PostgreSQL marks them GUC_NO_RESET_ALL).
-            None => sql.push_str("RESET ALL;SET SESSION AUTHORIZATION DEFAULT;"),
+            None => reset.push_str("RESET ALL;SET SESSION AUTHORIZATION DEFAULT;"),
         }
         match ctx.vs.snapshot() {
             // A snapshot holds every session setting, the tenant's and the startup
@@ -99,7 +121,11 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
     }
     set_reported(&mut sql, ctx, conn, &resets);
     if sql.is_empty() {
-        return None;
+        if reset.is_empty() {
+            return None;
+        }
+        // (Never when full: the tenant's state always sets `search_path`.)
+        std::mem::swap(&mut reset, &mut sql);
     }
     let unverified = full
         && (!ctx.settings_verified
@@ -109,6 +135,7 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
                 .load(std::sync::atomic::Ordering::Relaxed));
     let alone = unverified || short_timeouts(ctx) != 0;
     Some(Prelude {
+        reset,
         sql,
         state: if full {
             Some(want)
@@ -216,8 +243,15 @@ fn set_reported(
     }
 }
 
-pub fn encode_prelude(buf: &mut BytesMut, p: &Prelude) {
+/// Writes the prelude's Queries; returns how many (each ends with its ReadyForQuery).
+pub fn encode_prelude(buf: &mut BytesMut, p: &Prelude) -> usize {
+    let mut queries = 1;
+    if !p.reset.is_empty() {
+        encode::query(buf, &p.reset);
+        queries += 1;
+    }
     encode::query(buf, &p.sql);
+    queries
 }
 
 /// What one reply to the prelude means.

@@ -573,6 +573,54 @@ async fn a_clients_idle_session_timeout_hurts_nobody() {
     }
 }
 
+/// A setting that applied before can fail later (its role was dropped). The client's
+/// statement goes to the server right behind the prelude, so it runs whether the prelude
+/// failed or not: it must never run in the state of the client before it (another
+/// tenant's `search_path`, another client's settings).
+#[tokio::test]
+async fn a_prelude_that_fails_never_leaves_the_last_clients_state() {
+    let su = superuser().await;
+    su.batch_execute(
+        "DROP TABLE IF EXISTS public.sessions_seen; \
+         CREATE TABLE public.sessions_seen (search_path text, secret text); \
+         GRANT ALL ON public.sessions_seen TO PUBLIC; \
+         DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sessions_gone') \
+         THEN CREATE ROLE sessions_gone; END IF; END $$; GRANT sessions_gone TO app",
+    )
+    .await
+    .unwrap();
+    let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
+    let a = client(&proxy, "t1").await;
+    let c = client(&proxy, "t2").await;
+    exec(&a, "SET ROLE sessions_gone").await;
+    exec(&c, "SET app.secret = 'c-only'").await;
+    su.batch_execute("DROP ROLE sessions_gone").await.unwrap();
+    // a's state cannot be put back: a is told, and its statement must not have run as c.
+    let err = a
+        .simple_query(
+            "INSERT INTO public.sessions_seen \
+             SELECT current_setting('search_path'), current_setting('app.secret', true)",
+        )
+        .await
+        .expect_err("a's role is gone");
+    assert_eq!(
+        crate::support::db_error(&err).code().code(),
+        "22023",
+        "{err}"
+    );
+    let seen = su
+        .query("SELECT search_path, secret FROM public.sessions_seen", &[])
+        .await
+        .unwrap();
+    for row in &seen {
+        let (path, secret): (String, Option<String>) = (row.get(0), row.get(1));
+        assert!(!path.contains("t2"), "ran in c's search_path: {path}");
+        assert_ne!(secret.as_deref(), Some("c-only"), "ran with c's setting");
+    }
+    // c is not disturbed.
+    assert_eq!(tenant_of(&c).await.as_deref(), Some("t2"));
+}
+
 /// A client keeps its own `statement_timeout`, but the prelude that takes its state off the
 /// connection must not run under it (seen in CI: under load, a 1 ms timeout cut the next
 /// client's prelude, and that client got 57014). On a quiet machine the prelude is fast

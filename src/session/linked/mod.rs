@@ -387,8 +387,9 @@ async fn send_prelude<S: AsyncRead + AsyncWrite + Unpin>(
     if p.alone {
         return round_trip(client, ctx, conn, p).await;
     }
-    sync::encode_prelude(&mut client.sbuf, &p);
-    link.expect.push(Entry::Prelude);
+    for _ in 0..sync::encode_prelude(&mut client.sbuf, &p) {
+        link.expect.push(Entry::Prelude);
+    }
     link.pending_state = p.state;
     Ok(())
 }
@@ -442,16 +443,17 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
         LinkError::ServerLost { told: false }
     }
     let mut bytes = BytesMut::new();
-    sync::encode_prelude(&mut bytes, &p);
+    let queries = sync::encode_prelude(&mut bytes, &p);
     for tries_left in (0..PRELUDE_TRIES).rev() {
         conn.write_all(&bytes).await.map_err(lost)?;
         let mut failure = None;
-        loop {
+        let mut done = 0;
+        while done < queries {
             let msg = conn.read_message().await.map_err(lost)?;
             match sync::on_reply(conn, &msg).map_err(|e| proto(&e))? {
                 Reply::More => {}
-                Reply::Failed => failure = Some(msg),
-                Reply::Done => break,
+                Reply::Failed => failure = failure.or(Some(msg)),
+                Reply::Done => done += 1,
             }
         }
         let Some(error) = failure else {

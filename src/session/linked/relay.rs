@@ -166,7 +166,8 @@ fn prelude_reply<S>(
     if let Backend::ParameterStatus { name, value } = backend::decode(msg).map_err(|e| proto(&e))? {
         conn.set_param(&String::from_utf8_lossy(name), value);
     }
-    if msg[0] == btag::READY_FOR_QUERY {
+    // (The prelude's last Query ends it: its first one may be still pending.)
+    if msg[0] == btag::READY_FOR_QUERY && !link.expect.prelude_pending() {
         let state = link.pending_state.take();
         sync::finish(conn, ctx, state, &mut client.wbuf);
     }
