@@ -40,8 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.stack import (  # noqa: E402
-    APP_DB, APP_USER, PROXY_PASSWORD, PROXY_USER, Auth, Postgres, Reaper, find_pg_bin,
-    free_port, rss_kb, wait_accepting,
+    APP_DB, APP_USER, PROXY_PASSWORD, PROXY_USER, Auth, Postgres, Reaper,
+    backend_and_user_toml, find_pg_bin, free_port, rss_kb, wait_accepting,
 )
 from harness.wire import Connection, scram_verifier  # noqa: E402
 
@@ -79,16 +79,7 @@ def write_config(path: str, port: int, pg: Postgres, auth: Auth) -> None:
         'server_idle_timeout = "3s"',
         'shutdown_timeout = "5s"',
         "",
-        "[backends.main]",
-        'host = "127.0.0.1"',
-        f"port = {pg.port}",
-        f'database = "{APP_DB}"',
-        f'user = "{APP_USER}"',
-        f'password = "{auth.server_password}"',
-        "pool_size = 8",
-        "",
-        f"[users.{PROXY_USER}]",
-        f'password = "{auth.proxy_secret}"',
+        *backend_and_user_toml(pg, auth),
         "",
         "[directory]",
         'backend = "main"',

@@ -355,6 +355,23 @@ pidfile = {self.dir}/pgbouncer.pid
 DEFAULT_TENANT = "shared"
 
 
+def backend_and_user_toml(pg: Postgres, auth: Auth) -> list[str]:
+    """proxy.toml lines for the bench's one backend (`main`, pool_size 8) and its proxy
+    user's `[users]` block (its password last: a caller may add lines to the block)."""
+    return [
+        "[backends.main]",
+        'host = "127.0.0.1"',
+        f"port = {pg.port}",
+        f'database = "{APP_DB}"',
+        f'user = "{APP_USER}"',
+        f'password = "{auth.server_password}"',
+        "pool_size = 8",
+        "",
+        f"[users.{PROXY_USER}]",
+        f'password = "{auth.proxy_secret}"',
+    ]
+
+
 class PgTenant:
     """pgtenant (release build) with `search_path_sync` set per instance. With
     `default_tenant`, a tenant `shared` (search_path public) takes clients that name none."""
@@ -377,16 +394,7 @@ class PgTenant:
             "max_client_connections = 12000",
             "shutdown_timeout = \"5s\"",
             "",
-            "[backends.main]",
-            'host = "127.0.0.1"',
-            f"port = {pg.port}",
-            f'database = "{APP_DB}"',
-            f'user = "{APP_USER}"',
-            f'password = "{auth.server_password}"',
-            "pool_size = 8",
-            "",
-            f"[users.{PROXY_USER}]",
-            f'password = "{auth.proxy_secret}"',
+            *backend_and_user_toml(pg, auth),
             'tenants = ["*"]',
             "",
         ]

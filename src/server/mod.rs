@@ -61,6 +61,17 @@ pub const TIMEOUTS: [&str; 3] = ["statement_timeout", "lock_timeout", "transacti
 /// Every bit of [`TIMEOUTS`].
 pub const ALL_TIMEOUTS: u8 = 0b111;
 
+/// Which of [`TIMEOUTS`] the setting `name` is (setting names are case-insensitive).
+pub fn timeout_index(name: &str) -> Option<usize> {
+    TIMEOUTS.iter().position(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// Whether `name` is a role setting (`role`, `session_authorization`): a prelude sets them
+/// last and resets them first, as a setting may need the login's privileges.
+pub fn is_role_setting(name: &str) -> bool {
+    name.eq_ignore_ascii_case("role") || name.eq_ignore_ascii_case("session_authorization")
+}
+
 /// Which tenant state a connection holds, as far as the proxy knows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StateKey {

@@ -498,14 +498,11 @@ async fn checkout_with_prelude(
     }
 }
 
-/// How often lifting a connection's timeouts is tried before the connection is closed.
-const LIFT_TRIES: usize = 10;
-
 /// Runs `sql` ([`sync::lift_timeouts_sql`]) until it succeeds. Cut short by the very
 /// timeout it lifts (armed before the statement runs), nothing of it applied: it is tried
 /// again.
 async fn lift_timeouts(conn: &mut ServerConn, sql: &str) -> bool {
-    for _ in 0..LIFT_TRIES {
+    for _ in 0..sync::CUT_SHORT_TRIES {
         let Ok(result) = conn.own_query(sql).await else {
             return false;
         };
@@ -514,7 +511,7 @@ async fn lift_timeouts(conn: &mut ServerConn, sql: &str) -> bool {
                 conn.timeouts_lifted();
                 return true;
             }
-            Some(sqlstate::QUERY_CANCELED | sqlstate::LOCK_NOT_AVAILABLE) => {}
+            Some(code) if sync::cut_short(code) => {}
             Some(code) => {
                 tracing::warn!(
                     code,

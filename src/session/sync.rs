@@ -32,7 +32,9 @@ use crate::config::SearchPathSync;
 use crate::protocol::backend::{self, Backend};
 use crate::protocol::sql::Resets;
 use crate::protocol::{encode, sqlstate};
-use crate::server::{ServerConn, StateKey, TIMEOUTS, TRACKED_PARAMS};
+use crate::server::{
+    is_role_setting, timeout_index, ServerConn, StateKey, TIMEOUTS, TRACKED_PARAMS,
+};
 
 pub struct Prelude {
     /// The first Query: what takes the last state off (empty when the state is the
@@ -92,14 +94,10 @@ pub fn prelude(mode: SearchPathSync, ctx: &ClientCtx, conn: &ServerConn) -> Opti
             Some(old) => {
                 // Roles first: a setting only the login may change cannot be reset under
                 // another role.
-                let is_role = |n: &&str| {
-                    n.eq_ignore_ascii_case("role")
-                        || n.eq_ignore_ascii_case("session_authorization")
-                };
                 for name in old
                     .iter()
-                    .filter(is_role)
-                    .chain(old.iter().filter(|n| !is_role(n)))
+                    .filter(|n| is_role_setting(n))
+                    .chain(old.iter().filter(|n| !is_role_setting(n)))
                 {
                     reset.push_str("RESET ");
                     reset.push_str(name);
@@ -186,7 +184,7 @@ pub fn short_timeouts(ctx: &ClientCtx) -> u8 {
             .chain(ctx.startup_settings()),
     };
     for (name, value) in settings {
-        if let Some(i) = TIMEOUTS.iter().position(|t| t.eq_ignore_ascii_case(name)) {
+        if let Some(i) = timeout_index(name) {
             values[i] = Some(value);
         }
     }
@@ -277,11 +275,17 @@ pub fn on_reply(conn: &mut ServerConn, msg: &[u8]) -> Result<Reply, crate::proto
     })
 }
 
-/// Whether an ErrorResponse says a timeout cut the statement short (nothing of a Query
-/// cut short applied: it may be sent again).
-pub fn cut_short(msg: &[u8]) -> bool {
-    matches!(backend::decode(msg), Ok(Backend::Error(fields))
-        if matches!(fields.code(), sqlstate::QUERY_CANCELED | sqlstate::LOCK_NOT_AVAILABLE))
+/// How often a Query of the proxy's own that a timeout cut short is sent again (the
+/// prelude, the timeouts' lift) before the proxy gives up on the connection.
+pub const CUT_SHORT_TRIES: usize = 10;
+
+/// Whether an SQLSTATE says a timeout cut the statement short (nothing of a Query cut
+/// short applied: it may be sent again).
+pub fn cut_short(code: &str) -> bool {
+    matches!(
+        code,
+        sqlstate::QUERY_CANCELED | sqlstate::LOCK_NOT_AVAILABLE
+    )
 }
 
 /// After a successful prelude: record the state and tell the client about any reported

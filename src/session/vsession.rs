@@ -22,8 +22,7 @@ use postgres_protocol::escape::escape_literal;
 
 use crate::intern::Interner;
 use crate::protocol::sql::{pin, Effects};
-use crate::server::TIMEOUTS;
-use crate::server::{tracked_name, Params};
+use crate::server::{is_role_setting, timeout_index, tracked_name, Params};
 
 /// Settings the client holds beyond its defaults, as the server reported them. Clients
 /// left in the same state (the same app's statements, in the same tenant) share one.
@@ -252,10 +251,14 @@ impl Snapshot {
         // privileges), and the last SELECT holds them: PostgreSQL arms a timeout per
         // statement, so no statement of the prelude runs under the client's own timeout
         // but the reported parameters' `SET`s after it.
-        entries.sort_by_key(|(name, _)| match name.as_str() {
-            "session_authorization" | "role" => 2,
-            n if TIMEOUTS.iter().any(|t| t.eq_ignore_ascii_case(n)) => 1,
-            _ => 0,
+        entries.sort_by_key(|(name, _)| {
+            if is_role_setting(name) {
+                2
+            } else if timeout_index(name).is_some() {
+                1
+            } else {
+                0
+            }
         });
         entries.shrink_to_fit();
         let mut h = DefaultHasher::new();

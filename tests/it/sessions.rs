@@ -480,6 +480,19 @@ async fn a_setting_named_at_run_time_never_reaches_another_client() {
     );
 }
 
+/// Sets `app.k1` .. `app.k3000` to 200 bytes each (in Queries of 1,000): a state whose
+/// prelude is about 700 KB, which PostgreSQL takes some milliseconds to parse, and whose
+/// capture takes as long.
+async fn set_3000_long_settings(client: &Client) {
+    let long = "x".repeat(200);
+    for chunk in 0..3 {
+        let sets: String = (1..=1000)
+            .map(|i| format!("SET app.k{} = '{long}';", chunk * 1000 + i))
+            .collect();
+        exec(client, &sets).await;
+    }
+}
+
 /// The same hole, made certain: PostgreSQL arms a statement timeout when a Query arrives
 /// and parses the whole Query under it, so a prelude that takes longer to parse than the
 /// last client's timeout is cut before its first statement could lift it. b's prelude is
@@ -488,15 +501,7 @@ async fn a_setting_named_at_run_time_never_reaches_another_client() {
 async fn a_long_prelude_never_runs_under_the_last_clients_timeout() {
     let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
     let b = client(&proxy, "t1").await;
-    // 3,000 named settings of 200 bytes: a prelude of about 700 KB, which PostgreSQL takes
-    // some milliseconds to parse.
-    let long = "x".repeat(200);
-    for chunk in 0..3 {
-        let sets: String = (1..=1000)
-            .map(|i| format!("SET app.k{} = '{long}';", chunk * 1000 + i))
-            .collect();
-        exec(&b, &sets).await;
-    }
+    set_3000_long_settings(&b).await;
     for round in 0..3 {
         let a = client(&proxy, "t1").await;
         // b's settings are b's alone.
@@ -526,13 +531,7 @@ async fn a_timeout_shorter_than_reading_the_session_back_is_kept() {
     let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));
     let a = client(&proxy, "t1").await;
     let c = client(&proxy, "t2").await;
-    let long = "x".repeat(200);
-    for chunk in 0..3 {
-        let sets: String = (1..=1000)
-            .map(|i| format!("SET app.k{} = '{long}';", chunk * 1000 + i))
-            .collect();
-        exec(&a, &sets).await;
-    }
+    set_3000_long_settings(&a).await;
     exec(&a, "SET statement_timeout = '2ms'").await;
     for round in 0..2 {
         // Another tenant's client takes a's state off the connection; a's next checkout
@@ -624,7 +623,8 @@ async fn a_prelude_that_fails_never_leaves_the_last_clients_state() {
 /// A client keeps its own `statement_timeout`, but the prelude that takes its state off the
 /// connection must not run under it (seen in CI: under load, a 1 ms timeout cut the next
 /// client's prelude, and that client got 57014). On a quiet machine the prelude is fast
-/// enough either way; the test above makes the same hole certain.
+/// enough either way; `a_long_prelude_never_runs_under_the_last_clients_timeout` makes
+/// the same hole certain.
 #[tokio::test]
 async fn a_clients_short_statement_timeout_never_cuts_another_clients_work() {
     let proxy = TestProxy::start_with(ProxyOptions::default().pool_size(1));

@@ -25,7 +25,7 @@ use super::expect::{Entry, Expect, Synth};
 use super::sync::{self, Prelude, Reply};
 use crate::config::PoolMode;
 use crate::kinds::SessionErrorKind;
-use crate::protocol::backend::TxStatus;
+use crate::protocol::backend::{self, Backend, TxStatus};
 use crate::protocol::encode::{self, ErrorInfo};
 use crate::protocol::frontend::is_known_tag;
 use crate::protocol::sql::Resets;
@@ -427,9 +427,6 @@ fn reserve(buf: &mut BytesMut) {
     }
 }
 
-/// How often a prelude cut short by a timeout is tried.
-const PRELUDE_TRIES: usize = 10;
-
 /// Applies a prelude in a round trip of its own. One cut short by a timeout (the client's
 /// own, set by the prelude itself) is tried again: nothing of it applied. Any other error
 /// goes to the client, and the session ends.
@@ -444,7 +441,8 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut bytes = BytesMut::new();
     let queries = sync::encode_prelude(&mut bytes, &p);
-    for tries_left in (0..PRELUDE_TRIES).rev() {
+    let mut tries = 1;
+    loop {
         conn.write_all(&bytes).await.map_err(lost)?;
         let mut failure = None;
         let mut done = 0;
@@ -460,7 +458,10 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
             sync::finish(conn, ctx, p.state, &mut client.wbuf);
             return client.flush().await.map_err(lost);
         };
-        if tries_left > 0 && sync::cut_short(&error) {
+        let cut = matches!(backend::decode(&error),
+            Ok(Backend::Error(fields)) if sync::cut_short(fields.code()));
+        if cut && tries < sync::CUT_SHORT_TRIES {
+            tries += 1;
             continue;
         }
         conn.mark_broken();
@@ -468,7 +469,6 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = client.flush().await;
         return Err(LinkError::StateFailed);
     }
-    unreachable!("the last try returns")
 }
 
 pub(super) fn proto(e: &dyn std::fmt::Display) -> LinkError {

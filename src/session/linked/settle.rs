@@ -144,9 +144,6 @@ pub(super) async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// How often the lifting Query of [`untimed`] is tried.
-const LIFT_TRIES: usize = 10;
-
 /// The client's timeouts (cheaply: `pg_settings` alone can take milliseconds), then a
 /// transaction where they are 0. Both are recorded as the session's own, as a direct
 /// connection would keep them (its defaults are fixed at login).
@@ -163,7 +160,7 @@ async fn untimed<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut ServerConn,
     sql: &str,
 ) -> Result<crate::server::OwnQuery, LinkError> {
-    for _ in 0..LIFT_TRIES {
+    for _ in 0..sync::CUT_SHORT_TRIES {
         let lifted = own_query(client, conn, LIFT).await?;
         match lifted.status {
             Some(TxStatus::InTransaction) if lifted.error.is_none() => {
